@@ -1,0 +1,435 @@
+"""The evaluator: one patient's facts + a trial + an as-of date -> a result.
+
+``evaluate`` is pure: no I/O, no clock, no globals. Evidence dated after the
+as-of date is ignored as if it did not exist yet. Every rule of the trial
+vocabulary is evaluated to True (met), False (not met) or None (cannot tell),
+and each answer carries the facts it rests on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from ..normalise.dates import add_months, age_on, date_bounds
+from ..normalise.facts import ConditionFact, ExposureFact, LabFact, Note, PatientFacts
+from . import labtests
+from .results import (
+    CLEAR,
+    ELIGIBLE,
+    EXCLUDED,
+    MET,
+    NEEDS_REVIEW,
+    NOT_A_CANDIDATE,
+    NOT_MET,
+    REVIEW,
+    UNKNOWN,
+    WASHOUT,
+    AcrResult,
+    ActivityResult,
+    AgeResult,
+    Evidence,
+    Finding,
+    PatientResult,
+)
+from .trial import AnyRule, ConditionRule, LabRule, LabTest, ProcedureRule, Rule, Trial, Washout
+
+CURRENT_STATUSES = frozenset({"active", "recurrence", "relapse"})
+_SEVERITY = {CLEAR: 0, REVIEW: 1, EXCLUDED: 2}
+
+Window = tuple[date, date]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One fact that satisfies a rule (result True) or might (None)."""
+
+    date: date | None
+    result: bool | None
+    evidence: Evidence
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A rule's answer: matches, and whether any fact gave a definite answer."""
+
+    matches: list[Match] = field(default_factory=list)
+    seen: bool = False
+
+    def value(self) -> bool | None:
+        if any(m.result for m in self.matches):
+            return True
+        return None if self.matches else False
+
+    def evidence(self) -> tuple[Evidence, ...]:
+        wanted = self.value()
+        chosen = sorted(
+            (m for m in self.matches if m.result is wanted),
+            key=lambda m: m.date or date.min,
+            reverse=True,
+        )
+        return tuple(dict.fromkeys(m.evidence for m in chosen))
+
+    def on_occasions(self, occasions: int) -> Outcome:
+        """Re-read as "on at least N distinct dated days" (undated facts never count).
+
+        When unreadable results could make up the days, the answer is unknown;
+        otherwise too few days is not met (no matches).
+        """
+        if occasions <= 1:
+            return self
+        hits = [m for m in self.matches if m.result and m.date]
+        if len({m.date for m in hits}) >= occasions:
+            return Outcome(hits, self.seen)
+        unreadable = [m for m in self.matches if m.result is None and m.date]
+        if len({m.date for m in hits + unreadable}) >= occasions:
+            return Outcome(
+                [*unreadable, *(Match(m.date, None, m.evidence) for m in hits)], self.seen
+            )
+        return Outcome([], self.seen)
+
+
+def _in(day: date | None, window: Window | None) -> bool:
+    return window is None or (day is not None and window[0] <= day <= window[1])
+
+
+class _Patient:
+    """One evaluation: the facts as they stood on ``as_of``, and the notes found."""
+
+    def __init__(self, facts: PatientFacts, as_of: date):
+        self.facts = facts
+        self.as_of = as_of
+        self.notes: dict[tuple[str, str], Note] = {}
+
+        def known(items: Iterable):
+            return tuple(f for f in items if f.date is None or f.date <= as_of)
+
+        self.conditions = known(facts.conditions)
+        self.labs = known(facts.labs)
+        self.procedures = known(facts.procedures)
+        self._lab_cache: dict[str, tuple[LabFact, ...]] = {}
+
+    def note(self, note: Note | None) -> None:
+        if note is not None:
+            self.notes.setdefault((note.code, note.where), note)
+
+    def window(self, days: int | None) -> Window | None:
+        return None if days is None else (self.as_of - timedelta(days=days), self.as_of)
+
+    def labs_of(self, lab: LabTest) -> tuple[LabFact, ...]:
+        if lab.name not in self._lab_cache:
+            self._lab_cache[lab.name] = tuple(f for f in self.labs if lab.valueset.match(f.codes))
+        return self._lab_cache[lab.name]
+
+    # -- rules -------------------------------------------------------------
+    def rule(self, rule: Rule, window: Window | None = None) -> Outcome:
+        if isinstance(rule, AnyRule):
+            outcome = Outcome()
+            for part in rule.rules:
+                found = self.rule(part, window)
+                outcome.matches += found.matches
+                outcome.seen |= found.seen
+            return outcome.on_occasions(rule.occasions)
+        window = self.window(rule.within_days) or window
+        if isinstance(rule, ConditionRule):
+            return self.condition_rule(rule, window)
+        if isinstance(rule, ProcedureRule):
+            return self.procedure_rule(rule, window)
+        return self.lab_rule(rule, window)
+
+    def condition_rule(self, rule: ConditionRule, window: Window | None) -> Outcome:
+        outcome = Outcome()
+        for fact in self.conditions:
+            code = rule.valueset.match(fact.codes)
+            if code is None or not _in(fact.date, window):
+                continue
+            if rule.use == "current" and not _is_current(fact):
+                continue
+            if rule.unless_followed_by and self.followed(rule.unless_followed_by, fact.date):
+                continue
+            outcome.matches.append(
+                Match(
+                    fact.date,
+                    True,
+                    Evidence(
+                        fact.source.reference,
+                        fact.date,
+                        code.key,
+                        code.display or fact.text,
+                        f"clinicalStatus {fact.clinical_status or 'missing'}"
+                        + (
+                            f", verificationStatus {fact.verification_status}"
+                            if fact.verification_status
+                            else ""
+                        ),
+                    ),
+                )
+            )
+        outcome.seen = bool(outcome.matches)
+        return outcome
+
+    def procedure_rule(self, rule: ProcedureRule, window: Window | None) -> Outcome:
+        outcome = Outcome()
+        for fact in self.procedures:
+            code = rule.valueset.match(fact.codes)
+            if code is not None and _in(fact.date, window):
+                outcome.matches.append(
+                    Match(
+                        fact.date,
+                        True,
+                        Evidence(
+                            fact.source.reference, fact.date, code.key, code.display or fact.text
+                        ),
+                    )
+                )
+        outcome.seen = bool(outcome.matches)
+        return outcome
+
+    def followed(self, lab: LabTest, day: date | None) -> bool:
+        """Is there any result of ``lab`` on or after ``day`` (any result, if undated)?"""
+        return any(day is None or (f.date is not None and f.date >= day) for f in self.labs_of(lab))
+
+    def lab_rule(self, rule: LabRule, window: Window | None) -> Outcome:
+        facts = [f for f in self.labs_of(rule.lab) if _in(f.date, window)]
+        if rule.latest and facts:
+            dated = [f for f in facts if f.date]
+            if dated:
+                last = max(f.date for f in dated)  # type: ignore[type-var]
+                facts = [f for f in dated if f.date == last]
+        outcome = Outcome()
+        for fact in facts:
+            result = self.lab_test(rule, fact)
+            outcome.seen |= result is not None
+            if result is False:
+                continue
+            if rule.unless_followed_by and self.followed(rule.unless_followed_by, fact.date):
+                continue
+            outcome.matches.append(Match(fact.date, result, _lab_evidence(rule, fact, result)))
+        return outcome
+
+    def lab_test(self, rule: LabRule, fact: LabFact) -> bool | None:
+        where = fact.source.reference
+        test, threshold, unit = rule.test, rule.threshold, rule.lab.unit
+        if test == "positive":
+            return labtests.positive(fact, rule.lab.viral_load)
+        if test == "present":
+            return labtests.present(fact)
+        if test == "titer_at_least":
+            assert threshold is not None
+            return fact.titer.at_least(threshold) if fact.titer else labtests.positive(fact)
+        if test == "grade_at_least":
+            grade = labtests.dipstick_grade(fact)
+            return None if grade is None else grade >= threshold  # type: ignore[operator]
+        assert threshold is not None and unit is not None
+        if test == "low":
+            result, note = labtests.low(fact, threshold, unit, where)
+            self.note(note)
+            return result
+        value, note = labtests.in_unit(fact.quantity, unit, where)
+        self.note(note)
+        if value is None:
+            return None
+        op = {"above": ">", "below": "<", "at_least": ">="}[test]
+        return labtests.compare(value.value, value.comparator, op, threshold)
+
+    # -- washouts ------------------------------------------------------------
+    def washout(self, washout: Washout) -> Finding:
+        last: tuple[date, ExposureFact, str] | None = None
+        for exposure in self.facts.exposures:
+            matched = washout.medication.matches(exposure.codes, exposure.names)
+            if not matched:
+                continue
+            day = _last_exposure(exposure, self.as_of)
+            if day is not None and (last is None or day > last[0]):
+                last = (day, exposure, matched)
+        if last is None:
+            return Finding(CLEAR)
+        day, exposure, matched = last
+        until = add_months(day, washout.months)
+        span = (
+            "ongoing"
+            if exposure.ongoing or (exposure.end and exposure.end > self.as_of)
+            else f"last exposure {day.isoformat()}"
+        )
+        evidence = Evidence(
+            exposure.source.reference,
+            day,
+            matched,
+            ", ".join(exposure.names[:2]) or None,
+            f"{exposure.status}; {span}",
+            f"+{washout.months} calendar months = {until.isoformat()}",
+        )
+        if until > self.as_of:
+            return Finding(WASHOUT, (evidence,), until)
+        return Finding(CLEAR, (evidence,))
+
+
+def _is_current(fact: ConditionFact) -> bool:
+    if fact.clinical_status in CURRENT_STATUSES:
+        return True
+    return fact.clinical_status is None and fact.date is not None
+
+
+def _last_exposure(exposure: ExposureFact, as_of: date) -> date | None:
+    """The last day of exposure as seen on ``as_of`` (capped at it), None if it lies after."""
+    first = exposure.start or exposure.end
+    if first is not None and first > as_of:
+        return None
+    if exposure.ongoing or exposure.end is None:
+        return as_of
+    return min(exposure.end, as_of)
+
+
+def _lab_evidence(rule: LabRule, fact: LabFact, result: bool | None) -> Evidence:
+    code = rule.lab.valueset.match(fact.codes)
+    value = fact.describe_value()
+    extras = []
+    if fact.interpretation:
+        extras.append("interpretation " + "/".join(sorted(fact.interpretation)))
+    if fact.reference_low or fact.reference_high:
+        low = fact.reference_low.describe() if fact.reference_low else ""
+        high = fact.reference_high.describe() if fact.reference_high else ""
+        extras.append(f"reference {low}–{high}")
+    if extras:
+        value = f"{value} ({'; '.join(extras)})" if value else "; ".join(extras)
+    note = (
+        None
+        if result
+        else f"cannot tell whether {rule.test.replace('_', ' ')} "
+        + (
+            f"{rule.threshold:g} {rule.lab.unit or ''}".strip()
+            if rule.threshold is not None
+            else ""
+        )
+    )
+    return Evidence(
+        fact.source.reference,
+        fact.date,
+        code.key if code else None,
+        (code.display if code else None) or fact.text,
+        value or None,
+        note.strip() if note else None,
+    )
+
+
+def _age(facts: PatientFacts, trial: Trial, as_of: date, patient: _Patient) -> AgeResult:
+    where = f"Patient/{facts.patient_id}"
+    if not facts.birth_date:
+        return AgeResult(UNKNOWN, None, (Evidence(where, None, value="no birthDate"),))
+    bounds = date_bounds(facts.birth_date)
+    if bounds is None:
+        patient.note(Note("bad-date", f"birthDate {facts.birth_date!r} is not a date", where))
+        return AgeResult(
+            UNKNOWN, None, (Evidence(where, None, value=f"birthDate {facts.birth_date}"),)
+        )
+    youngest, oldest = age_on(bounds[1], as_of), age_on(bounds[0], as_of)
+    low = trial.min_age if trial.min_age is not None else -1
+    high = trial.max_age if trial.max_age is not None else 10**4
+    evidence = (
+        Evidence(
+            where,
+            None,
+            value=f"birthDate {facts.birth_date}",
+            note=None if youngest == oldest else f"age {youngest}–{oldest}",
+        ),
+    )
+    age = oldest if youngest == oldest else None
+    if youngest >= low and oldest <= high:
+        return AgeResult(MET, age, evidence)
+    if oldest < low or youngest > high:
+        return AgeResult(NOT_MET, age, evidence)
+    return AgeResult(UNKNOWN, age, evidence)
+
+
+def _deceased(facts: PatientFacts, as_of: date) -> Finding:
+    where = f"Patient/{facts.patient_id}"
+    if facts.deceased_boolean:
+        return Finding(EXCLUDED, (Evidence(where, None, value="deceasedBoolean true"),))
+    if facts.deceased_date and facts.deceased_date <= as_of:
+        return Finding(EXCLUDED, (Evidence(where, facts.deceased_date, value="deceasedDateTime"),))
+    return Finding(CLEAR)
+
+
+def _finding(outcome: Outcome) -> Finding:
+    value = outcome.value()
+    result = MET if value else NOT_MET if value is False else UNKNOWN
+    return Finding(result, outcome.evidence())
+
+
+def _activity(patient: _Patient, trial: Trial) -> ActivityResult:
+    spec = trial.activity
+    window = (patient.as_of - timedelta(days=spec.window_days), patient.as_of)
+    descriptors: dict[str, Finding] = {}
+    assessed = False
+    for descriptor in spec.descriptors:
+        outcome = patient.rule(descriptor.rule, window)
+        assessed |= outcome.seen
+        descriptors[descriptor.id] = _finding(outcome)
+    weights = {d.id: d.weight for d in spec.descriptors}
+    score = sum(weights[k] for k, f in descriptors.items() if f.result == MET)
+    acute = patient.rule(spec.met_by, window) if spec.met_by.rules else Outcome()
+    acute_evidence = acute.evidence() if acute.value() else ()
+    if acute_evidence or score >= spec.min_score:
+        result = MET
+    else:
+        result = NOT_MET if assessed else UNKNOWN
+    return ActivityResult(result, score, window[0], window[1], descriptors, weights, acute_evidence)
+
+
+def _exclusion(patient: _Patient, rules: tuple[Rule, ...]) -> Finding:
+    worst, evidence = CLEAR, []
+    for rule in rules:
+        answer = patient.rule(rule)
+        value = answer.value()
+        if value is False:
+            continue
+        outcome = (rule.outcome or EXCLUDED) if value else REVIEW
+        found = answer.evidence()
+        if _SEVERITY[outcome] > _SEVERITY[worst]:
+            worst, evidence = outcome, list(found)
+        elif outcome == worst:
+            evidence += found
+    return Finding(worst, tuple(dict.fromkeys(evidence)))
+
+
+def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> PatientResult:
+    """Decide one patient for one trial as of one day (pure)."""
+    patient = _Patient(facts, as_of)
+    age = _age(facts, trial, as_of, patient)
+    criteria = {c.id: _finding(patient.rule(c.rule)) for c in trial.acr}
+    met = tuple(k for k, f in criteria.items() if f.result == MET)
+    acr = AcrResult(MET if len(met) >= trial.acr_min_met else NOT_MET, met, criteria)
+    candidate = bool(patient.rule(trial.pool).value()) or acr.result == MET
+    activity = _activity(patient, trial)
+    exclusions = {key: _exclusion(patient, rules) for key, rules in trial.exclusions.items()}
+    for washout in trial.washouts:
+        exclusions[washout.id] = patient.washout(washout)
+    exclusions["deceased"] = _deceased(facts, as_of)
+
+    results = {f.result for f in exclusions.values()}
+    running = [f.until for f in exclusions.values() if f.result == WASHOUT and f.until]
+    eligible_from = max(running) if running else None
+    if not candidate:
+        status = NOT_A_CANDIDATE
+    elif age.result == NOT_MET or EXCLUDED in results:
+        status = EXCLUDED
+    elif (
+        age.result == MET and acr.result == MET and activity.result == MET and REVIEW not in results
+    ):
+        status = WASHOUT if running else ELIGIBLE
+    else:
+        status = NEEDS_REVIEW
+    return PatientResult(
+        patient=facts.patient_id,
+        name=facts.name,
+        as_of=as_of,
+        candidate=candidate,
+        status=status,
+        eligible_from=eligible_from,
+        age=age,
+        acr=acr,
+        activity=activity,
+        exclusions=exclusions,
+        notes=(*facts.notes, *patient.notes.values()),
+    )

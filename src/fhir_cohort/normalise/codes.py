@@ -1,0 +1,143 @@
+"""Codes: canonical code-system URLs and code spellings, so matching is exact.
+
+Real feeds spell the same system many ways (``http://snomed.info/sct``,
+``urn:oid:2.16.840.1.113883.6.96``, ``SNOMED``) and ICD-10-CM codes with or
+without the dot (``M3214``). Everything is brought to one spelling here, once,
+so that value-set membership is a plain set lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CPT = "http://www.ama-assn.org/go/cpt"
+ATC = "http://www.whocc.no/atc"
+HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+
+_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "snomed": SNOMED,
+    "sct": SNOMED,
+    "snomed-ct": SNOMED,
+    "http://snomed.info/sct/": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "loinc": LOINC,
+    "http://loinc.org/": LOINC,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "icd-10-cm": ICD10CM,
+    "icd10cm": ICD10CM,
+    "http://hl7.org/fhir/sid/icd-10-cm/": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.3": ICD10,
+    "urn:oid:2.16.840.1.113883.6.103": ICD9CM,
+    "urn:oid:2.16.840.1.113883.6.104": ICD9CM,
+    "icd-9-cm": ICD9CM,
+    "http://hl7.org/fhir/sid/icd-9": ICD9CM,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "rxnorm": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.12": CPT,
+    "cpt": CPT,
+    "urn:oid:2.16.840.1.113883.6.285": HCPCS,
+    "http://www.cms.gov/medicare/coding/hcpcsreleasecodesets": HCPCS,
+    "hcpcs": HCPCS,
+    "urn:oid:2.16.840.1.113883.6.73": ATC,
+    "atc": ATC,
+}
+_ICD = {ICD10CM, ICD10, ICD9CM}
+
+
+def canonical_system(system: str) -> str:
+    """One spelling per code system.
+
+    >>> canonical_system("urn:oid:2.16.840.1.113883.6.96")
+    'http://snomed.info/sct'
+    >>> canonical_system("http://loinc.org")
+    'http://loinc.org'
+    """
+    return _ALIASES.get(system.strip().lower(), system.strip())
+
+
+def canonical_code(system: str, code: str) -> str:
+    """One spelling per code: ICD codes upper-case with their dot.
+
+    >>> canonical_code(ICD10CM, "m3214"), canonical_code(ICD10CM, "B20")
+    ('M32.14', 'B20')
+    >>> canonical_code(ICD9CM, "7100")
+    '710.0'
+    >>> canonical_code(SNOMED, " 55464009 ")
+    '55464009'
+    """
+    code = code.strip()
+    if system in _ICD:
+        code = code.upper()
+        if "." not in code and len(code) > 3:
+            code = f"{code[:3]}.{code[3:]}"
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """One coding, canonicalised; ``key`` is ``system|code``."""
+
+    system: str
+    code: str
+    display: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.system}|{self.code}"
+
+
+def codes_of(concept: object) -> tuple[Code, ...]:
+    """The canonical codings of a CodeableConcept (codings without system or code are skipped).
+
+    >>> codes_of({"coding": [{"system": "SNOMED", "code": "55464009", "display": "SLE"},
+    ...                      {"code": "x"}]})
+    (Code(system='http://snomed.info/sct', code='55464009', display='SLE'),)
+    """
+    if not isinstance(concept, dict):
+        return ()
+    found = []
+    for coding in concept.get("coding") or ():
+        if not isinstance(coding, dict):
+            continue
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(system, str) and isinstance(code, str) and code.strip():
+            system = canonical_system(system)
+            display = coding.get("display")
+            found.append(
+                Code(
+                    system,
+                    canonical_code(system, code),
+                    display if isinstance(display, str) else None,
+                )
+            )
+    return tuple(found)
+
+
+def text_of(concept: object) -> str | None:
+    """A CodeableConcept's human text: its text, else its first display."""
+    if not isinstance(concept, dict):
+        return None
+    text = concept.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            return coding["display"]
+    return None
+
+
+def has_uncoded_codings(concept: object) -> bool:
+    """True when a concept has codings that lack a system (they can never match)."""
+    if not isinstance(concept, dict):
+        return False
+    return any(
+        isinstance(c, dict) and c.get("code") and not c.get("system")
+        for c in concept.get("coding") or ()
+    )

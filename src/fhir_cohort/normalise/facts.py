@@ -1,0 +1,127 @@
+"""Facts: the typed, provenance-carrying records the evaluator reads.
+
+Every fact names the resource it came from (``source``), so every criterion
+result can show its evidence. Facts are frozen dataclasses of plain values:
+they pickle, so the same evaluator can run in another process or engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+from .codes import Code
+from .units import Converted, UnitProblem
+from .values import Titer
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a fact came from: ``Observation/abc``."""
+
+    resource_type: str
+    resource_id: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A data-quality note: a machine code, a sentence, and where it happened."""
+
+    code: str
+    message: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """A number as sent (value, comparator, unit) and in its canonical unit."""
+
+    value: float
+    comparator: str | None
+    unit: str | None
+    canonical: Converted | UnitProblem
+
+    def describe(self) -> str:
+        return f"{self.comparator or ''}{self.value:g} {self.unit or ''}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFact:
+    source: Source
+    codes: tuple[Code, ...]
+    text: str | None
+    date: date | None
+    clinical_status: str | None
+    verification_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabFact:
+    """A counting Observation, its value read every way it can be read."""
+
+    source: Source
+    codes: tuple[Code, ...]
+    text: str | None
+    date: date | None
+    status: str
+    quantity: Quantity | None = None
+    titer: Titer | None = None
+    answer: bool | None = None  # a coded or written Positive/Negative
+    value_text: str | None = None
+    interpretation: frozenset[str] = frozenset()
+    reference_low: Quantity | None = None
+    reference_high: Quantity | None = None
+
+    def describe_value(self) -> str:
+        if self.value_text:
+            return self.value_text
+        if self.quantity:
+            return self.quantity.describe()
+        if self.titer:
+            return f"{self.titer.comparator or ''}1:{self.titer.denominator:g}"
+        return "(interpretation only)" if self.interpretation else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureFact:
+    source: Source
+    codes: tuple[Code, ...]
+    text: str | None
+    date: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureFact:
+    """A medication exposure: from ``start`` to ``end``, or ongoing.
+
+    ``end`` is the last day the drug is known to have been given; an
+    ``ongoing`` exposure has no end and runs up to the as-of date.
+    """
+
+    source: Source
+    codes: tuple[Code, ...]
+    names: tuple[str, ...]
+    start: date | None
+    end: date | None
+    ongoing: bool
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatientFacts:
+    """Everything the evaluator may know about one patient."""
+
+    patient_id: str
+    birth_date: str | None = None
+    deceased_boolean: bool | None = None
+    deceased_date: date | None = None
+    name: str | None = None
+    conditions: tuple[ConditionFact, ...] = ()
+    labs: tuple[LabFact, ...] = ()
+    procedures: tuple[ProcedureFact, ...] = ()
+    exposures: tuple[ExposureFact, ...] = ()
+    notes: tuple[Note, ...] = field(default=())

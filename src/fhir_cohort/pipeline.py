@@ -1,0 +1,179 @@
+"""Pipeline: sources -> store -> normalise -> evaluate -> rank, for one run.
+
+Rule: this is the only module that knows every stage; it wires them in one
+direction and holds no state between runs. The per-patient step
+(``normalise.patient_facts`` then ``criteria.evaluate``) is pure, so an
+engine that groups resources by patient some other way (Spark, a REST
+funnel) can call it and get identical results.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date
+
+from .criteria.evaluator import evaluate
+from .criteria.relevance import resource_filter
+from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
+from .criteria.trial import Trial
+from .normalise.facts import Note
+from .normalise.resources import patient_facts
+from .rank import Candidate, rank
+from .sources import ResourceSource
+from .store import SqliteStore
+
+PATIENT_SCOPED = frozenset(
+    {
+        "Condition",
+        "Observation",
+        "Procedure",
+        "MedicationStatement",
+        "MedicationRequest",
+        "MedicationAdministration",
+    }
+)
+EXAMPLES_PER_NOTE = 5
+
+
+@dataclass
+class DataQuality:
+    """Notes aggregated by code: a count, a message and the first few places."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add(self, note: Note) -> None:
+        self.counts[note.code] += 1
+        examples = self.examples.setdefault(note.code, [])
+        if len(examples) < EXAMPLES_PER_NOTE:
+            examples.append({"where": note.where, "message": note.message})
+
+    def to_list(self) -> list[dict]:
+        return [
+            {"code": code, "count": count, "examples": self.examples.get(code, [])}
+            for code, count in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+
+
+@dataclass
+class Funnel:
+    """How many patients reached each step of the screen."""
+
+    trial: Trial
+    patients_read: int = 0
+    resources_read: dict[str, int] = field(default_factory=dict)
+    lupus_evidence: int = 0
+    inclusion: dict[str, Counter] = field(default_factory=dict)
+    exclusions: dict[str, Counter] = field(default_factory=dict)
+    status: Counter = field(default_factory=Counter)
+
+    def count(self, result: PatientResult) -> None:
+        self.patients_read += 1
+        self.status[result.status] += 1
+        if not result.candidate:
+            return
+        self.lupus_evidence += 1
+        for key, value in (
+            ("age", result.age.result),
+            ("acr", result.acr.result),
+            ("activity", result.activity.result),
+        ):
+            self.inclusion.setdefault(key, Counter())[value] += 1
+        for key, finding in result.exclusions.items():
+            self.exclusions.setdefault(key, Counter())[finding.result] += 1
+
+    def to_dict(self) -> dict:
+        return {
+            "patients_read": self.patients_read,
+            "resources_read": dict(sorted(self.resources_read.items())),
+            "lupus_evidence": self.lupus_evidence,
+            "inclusion": {
+                key: {
+                    "passed": self.inclusion.get(key, Counter())[MET],
+                    **dict(sorted(self.inclusion.get(key, Counter()).items())),
+                }
+                for key in ("age", "acr", "activity")
+            },
+            "exclusions": {
+                key: dict(sorted(self.exclusions.get(key, Counter()).items()))
+                for key in self.trial.exclusion_ids
+            },
+            "status": {s: self.status[s] for s in (*STATUSES, NOT_A_CANDIDATE)},
+        }
+
+
+@dataclass
+class Screening:
+    """The outcome of one run."""
+
+    trial: Trial
+    as_of: date
+    funnel: Funnel
+    data_quality: DataQuality
+    candidates: list[Candidate]
+
+
+def screen(
+    sources: Iterable[ResourceSource],
+    trial: Trial,
+    as_of: date,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+) -> Screening:
+    """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
+
+    ``progress(label, total)`` may return a callback that is told how much work
+    was done; it is how the command line draws its progress bars.
+    """
+    sources = list(sources)
+    quality = DataQuality()
+    funnel = Funnel(trial)
+    keep = resource_filter(trial)
+    results: list[PatientResult] = []
+
+    def no_progress(_: int) -> None:
+        return None
+
+    with SqliteStore() as store:
+        total = sum(s.total_bytes() or 0 for s in sources) or None
+        advance = progress("reading", total) if progress else no_progress
+        for source in sources:
+            for raw in source.read(quality.add, advance):
+                wanted = keep(raw.resource)
+                if (
+                    wanted
+                    and raw.patient is None
+                    and raw.resource["resourceType"] in PATIENT_SCOPED
+                ):
+                    quality.add(
+                        Note(
+                            "no-patient-reference",
+                            "resource names no Patient (subject/patient); skipped",
+                            raw.where,
+                        )
+                    )
+                store.add(raw, wanted)
+        store.finish()
+        duplicates = store.kept - store.distinct_kept
+        if duplicates:
+            quality.counts["duplicate-resource"] += duplicates
+            quality.examples["duplicate-resource"] = [
+                {
+                    "where": "(several files)",
+                    "message": "the same type and id was read more than once; counted once "
+                    "(later meta.lastUpdated wins, else the first seen)",
+                }
+            ]
+        funnel.resources_read = store.resources_by_type
+        advance = progress("screening", store.patient_count()) if progress else no_progress
+        for patient_id, resources in store.patients():
+            facts = patient_facts(patient_id, resources, store.medication)
+            result = evaluate(facts, trial, as_of)
+            funnel.count(result)
+            for note in result.notes:
+                quality.add(note)
+            if result.candidate:
+                results.append(result)
+            advance(1)
+    return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking))

@@ -1,0 +1,35 @@
+"""Shared fixtures: the trial definition and one screening of the bundled cohort."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.outputs.candidates import screening_dict
+from fhir_cohort.pipeline import screen
+from fhir_cohort.sources.files import FileSource
+
+ROOT = Path(__file__).resolve().parents[1]
+COHORT = ROOT / "fixtures" / "misle-cohort"
+EXPECTED = ROOT / "fixtures" / "misle-cohort.expected.json"
+
+
+@pytest.fixture(scope="session")
+def trial():
+    return load_trial("misle")
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    return json.loads(EXPECTED.read_text())
+
+
+@pytest.fixture(scope="session")
+def cohort_output(trial, expected) -> dict:
+    """candidates.json for the bundled cohort, screened once per test session."""
+    as_of = date.fromisoformat(expected["as_of"])
+    return screening_dict(screen([FileSource(COHORT)], trial, as_of))
