@@ -1,7 +1,7 @@
 """File sources: Bulk Data NDJSON (``.ndjson``, ``.ndjson.gz``) and Bundle JSON.
 
-A path may be a file or a folder (read recursively, in sorted order, hidden
-files skipped). NDJSON is streamed line by line; a ``.json`` file is one
+A path may be a file or a folder (read recursively, in sorted order; hidden
+files and an exporter's ``log.ndjson`` skipped). NDJSON is streamed line by line; a ``.json`` file is one
 resource or one Bundle (searchset, collection, transaction, batch, ...), whose
 ``urn:uuid:`` references are resolved to ``Type/id`` within the Bundle. A line
 that is not JSON, or JSON that is not a resource, becomes a data-quality note
@@ -25,9 +25,16 @@ JSON_SUFFIXES = (".json", ".json.gz")
 _REFERENCE_FIELDS = ("subject", "patient", "medicationReference")
 
 
+EXPORT_LOGS = frozenset({"log.ndjson"})  # an exporter's own event log, not FHIR data
+
+
 def _is_data_file(path: Path) -> bool:
     name = path.name.lower()
-    return not name.startswith(".") and name.endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
+    return (
+        not name.startswith(".")
+        and name not in EXPORT_LOGS
+        and name.endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
+    )
 
 
 class FileSource:
