@@ -112,9 +112,12 @@ def _screen(args: argparse.Namespace) -> int:
     sources = [FileSource(*(args.source or [bundled_fixtures()]))]
     as_of = args.as_of or date.today()
     result = screen(sources, trial, as_of, progress=_progress(not args.quiet))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(result, args.out / "candidates.json")
-    write_csv(result, args.out / "candidates.csv")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(result, args.out / "candidates.json")
+        write_csv(result, args.out / "candidates.csv")
+    except OSError as error:
+        raise SourceError(f"cannot write to {args.out}: {error.strerror or error}") from None
     if not args.quiet:
         print(summary(result, str(args.out)))
     return EXIT_OK

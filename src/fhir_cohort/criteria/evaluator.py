@@ -52,7 +52,11 @@ class Match:
 
 @dataclass(slots=True)
 class Outcome:
-    """A rule's answer: matches, and whether any fact gave a definite answer."""
+    """A rule's answer: its matches, and whether any counting fact was examined at all.
+
+    ``seen`` tells "tested and not met" from "nothing to test": activity with
+    no counting lab in the window is unknown, not "not met".
+    """
 
     matches: list[Match] = field(default_factory=list)
     seen: bool = False
@@ -199,8 +203,10 @@ class _Patient:
                 facts = [f for f in dated if f.date == last]
         outcome = Outcome()
         for fact in facts:
-            result = self.lab_test(rule, fact)
-            outcome.seen |= result is not None
+            result, unit_problem = self.lab_test(rule, fact)
+            self.note(unit_problem)
+            # A counting result examined; a value whose unit cannot be read does not count.
+            outcome.seen |= unit_problem is None
             if result is False:
                 continue
             if rule.unless_followed_by and self.followed(rule.unless_followed_by, fact.date):
@@ -208,30 +214,28 @@ class _Patient:
             outcome.matches.append(Match(fact.date, result, _lab_evidence(rule, fact, result)))
         return outcome
 
-    def lab_test(self, rule: LabRule, fact: LabFact) -> bool | None:
-        where = fact.source.reference
+    def lab_test(self, rule: LabRule, fact: LabFact) -> tuple[bool | None, Note | None]:
+        """One result against one rule, and the unit problem that stopped it, if any."""
         test, threshold, unit = rule.test, rule.threshold, rule.lab.unit
         if test == "positive":
-            return labtests.positive(fact, rule.lab.viral_load)
+            return labtests.positive(fact, rule.lab.viral_load), None
         if test == "present":
-            return labtests.present(fact)
+            return labtests.present(fact), None
         if test == "titer_at_least":
             assert threshold is not None
-            return fact.titer.at_least(threshold) if fact.titer else labtests.positive(fact)
+            titer = fact.titer
+            return (titer.at_least(threshold) if titer else labtests.positive(fact)), None
         if test == "grade_at_least":
             grade = labtests.dipstick_grade(fact)
-            return None if grade is None else grade >= threshold  # type: ignore[operator]
+            return (None if grade is None else grade >= threshold), None  # type: ignore[operator]
         assert threshold is not None and unit is not None
         if test == "low":
-            result, note = labtests.low(fact, threshold, unit, where)
-            self.note(note)
-            return result
-        value, note = labtests.in_unit(fact.quantity, unit, where)
-        self.note(note)
+            return labtests.low(fact, threshold, unit, fact.source.reference)
+        value, note = labtests.in_unit(fact.quantity, unit, fact.source.reference)
         if value is None:
-            return None
+            return None, note
         op = {"above": ">", "below": "<", "at_least": ">="}[test]
-        return labtests.compare(value.value, value.comparator, op, threshold)
+        return labtests.compare(value.value, value.comparator, op, threshold), None
 
     # -- washouts ------------------------------------------------------------
     def washout(self, washout: Washout) -> Finding:
