@@ -1,9 +1,10 @@
 """File sources: Bulk Data NDJSON (``.ndjson``, ``.ndjson.gz``) and Bundle JSON.
 
 A path may be a file or a folder (read recursively, in sorted order; hidden
-files and an exporter's ``log.ndjson`` skipped). NDJSON is streamed line by line; a ``.json`` file is one
-resource or one Bundle (searchset, collection, transaction, batch, ...), whose
-``urn:uuid:`` references are resolved to ``Type/id`` within the Bundle. A line
+files and an exporter's ``log.ndjson`` skipped). NDJSON is streamed line by
+line; a ``.json`` file is one resource or one Bundle (searchset, collection,
+transaction, batch, ...), whose ``urn:uuid:`` references are resolved to
+``Type/id`` within the Bundle. A line
 that is not JSON, or JSON that is not a resource, becomes a data-quality note
 with its file and line, and reading goes on.
 """
