@@ -208,13 +208,6 @@ def test_earlier_version_outside_valuesets_does_not_retire_a_newer_kept_copy(tmp
         assert [r["id"] for r in _stored(store)["a"]] == ["o1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SqliteStore.add() records a not-kept version for retirement only when it has "
-    "meta.lastUpdated, and finish() only retires rows that have one; so when neither copy has "
-    "lastUpdated and the irrelevant version is read first, the later-read relevant copy is "
-    "kept, although R14 says the first seen wins.",
-)
 def test_first_seen_version_outside_valuesets_wins_without_last_updated(tmp_path, trial):
     """R14: without lastUpdated the first copy seen wins, even if the trial cannot use it."""
     keep = resource_filter(trial)

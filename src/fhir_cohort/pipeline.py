@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from .criteria.evaluator import evaluate
-from .criteria.relevance import resource_filter
+from .criteria.relevance import CODED, resource_filter
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
 from .normalise.facts import Note
@@ -135,7 +135,7 @@ def screen(
     def no_progress(_: int) -> None:
         return None
 
-    with SqliteStore() as store:
+    with SqliteStore(filtered_types=CODED) as store:
         total = sum(s.total_bytes() or 0 for s in sources) or None
         advance = progress("reading", total) if progress else no_progress
         for source in sources:

@@ -5,7 +5,7 @@ Rule: memory holds one patient's record at a time, never the data set. The
 resources the trial can use in a private temporary SQLite file (mode 0700
 folder), keyed by type and id so a duplicate counts once: the copy with the
 later ``meta.lastUpdated`` wins, otherwise the first seen. Resources the trial
-cannot use are not kept, but their later versions still retire a kept copy.
+cannot use are not kept, but a winning copy of one still retires a kept copy.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def _updated(resource: dict) -> float | None:
 class SqliteStore:
     """Patient-grouped resources in a temporary SQLite database."""
 
-    def __init__(self, folder: Path | None = None):
+    def __init__(self, folder: Path | None = None, filtered_types: frozenset[str] | None = None):
+        """``filtered_types``: the types whose copies may be kept or not by content
+        (None: any type). A copy not kept still competes with a kept copy of the
+        same type and id."""
         self._folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-", dir=folder))
         self._db = sqlite3.connect(self._folder / "resources.sqlite3")
         self._db.executescript(
@@ -61,14 +64,16 @@ class SqliteStore:
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
             PRAGMA temp_store = FILE;
-            CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, updated REAL, body BLOB,
-                                    PRIMARY KEY (rtype, rid));
+            CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, updated REAL,
+                                    seen INTEGER, body BLOB, PRIMARY KEY (rtype, rid));
             CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
-            CREATE TABLE retired (rtype TEXT, rid TEXT, updated REAL);
+            CREATE TABLE unkept (rtype TEXT, rid TEXT, updated REAL, seen INTEGER);
             """
         )
+        self._filtered_types = filtered_types
         self._rows: list[tuple] = []
-        self._retired: list[tuple] = []
+        self._unkept: list[tuple] = []
+        self._seen = 0
         self._patients: set[str] = set()
         self.kept = 0
         self.resources_by_type: dict[str, int] = {}
@@ -81,46 +86,54 @@ class SqliteStore:
         self.resources_by_type[rtype] = self.resources_by_type.get(rtype, 0) + 1
         if raw.patient is not None:
             self._patients.add(raw.patient)
+        self._seen += 1
         if keep:
             self.kept += 1
             self._rows.append(
-                (rtype, resource["id"], raw.patient, _updated(resource), orjson.dumps(resource))
+                (
+                    rtype,
+                    resource["id"],
+                    raw.patient,
+                    _updated(resource),
+                    self._seen,
+                    orjson.dumps(resource),
+                )
             )
-        elif "meta" in resource:
-            updated = _updated(resource)
-            if updated is not None:
-                self._retired.append((rtype, resource["id"], updated))
-        if (
-            len(self._rows) >= _BATCH
-            or len(self._retired) >= _BATCH
-            or len(self._patients) >= _BATCH
-        ):
+        elif self._filtered_types is None or rtype in self._filtered_types:
+            self._unkept.append((rtype, resource["id"], _updated(resource), self._seen))
+        if max(len(self._rows), len(self._unkept), len(self._patients)) >= _BATCH:
             self._flush()
 
     def _flush(self) -> None:
         self._db.executemany(
-            "INSERT INTO resources VALUES (?, ?, ?, ?, ?) ON CONFLICT (rtype, rid) DO UPDATE SET "
-            "patient = excluded.patient, updated = excluded.updated, body = excluded.body "
+            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rtype, rid) "
+            "DO UPDATE SET patient = excluded.patient, updated = excluded.updated, "
+            "seen = excluded.seen, body = excluded.body "
             "WHERE resources.updated IS NOT NULL AND excluded.updated > resources.updated",
             self._rows,
         )
-        self._db.executemany("INSERT INTO retired VALUES (?, ?, ?)", self._retired)
+        self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?, ?)", self._unkept)
         self._db.executemany(
             "INSERT OR IGNORE INTO patients VALUES (?)", ((p,) for p in self._patients)
         )
         self._rows.clear()
-        self._retired.clear()
+        self._unkept.clear()
         self._patients.clear()
 
     def finish(self) -> None:
-        """End of input: retire superseded copies and index by patient."""
+        """End of input: drop kept copies that an unkept copy beats, index by patient.
+
+        A copy beats another by a later ``meta.lastUpdated`` when both have one,
+        otherwise by being seen first (the same rule the upsert applies).
+        """
         self._flush()
         self._db.executescript(
             """
             DELETE FROM resources WHERE rowid IN (
-                SELECT r.rowid FROM retired t JOIN resources r
-                ON r.rtype = t.rtype AND r.rid = t.rid
-                WHERE r.updated IS NOT NULL AND t.updated > r.updated);
+                SELECT r.rowid FROM unkept u JOIN resources r
+                ON r.rtype = u.rtype AND r.rid = u.rid
+                WHERE CASE WHEN u.updated IS NOT NULL AND r.updated IS NOT NULL
+                           THEN u.updated > r.updated ELSE u.seen < r.seen END);
             CREATE INDEX resources_by_patient ON resources (patient);
             """
         )

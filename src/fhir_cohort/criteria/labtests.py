@@ -89,15 +89,17 @@ def below_reference_low(fact: LabFact) -> bool | None:
 def positive(fact: LabFact, viral_load: bool = False) -> bool | None:
     """The rules page's "positive": coded/written answer, above range, or flag.
 
-    For viral loads a quantity above zero without a ``<`` comparator is detected.
+    Any positive sign wins. For viral loads a quantity above zero without a
+    ``<`` comparator is detected, and one below the limit of quantitation is
+    not (unless flagged detected).
     """
-    if viral_load and fact.quantity is not None and fact.answer is None:
-        if fact.quantity.comparator in ("<", "<="):
-            return False
-        return fact.quantity.value > 0
-    above = above_reference_high(fact)
     flags = fact.interpretation
-    if fact.answer is True or above is True or flags & POSITIVE_FLAGS:
+    if fact.answer is True or flags & POSITIVE_FLAGS:
+        return True
+    if viral_load and fact.quantity is not None and fact.answer is None:
+        return fact.quantity.comparator not in ("<", "<=") and fact.quantity.value > 0
+    above = above_reference_high(fact)
+    if above is True:
         return True
     if fact.answer is False or above is False or flags & NEGATIVE_FLAGS:
         return False
@@ -118,12 +120,13 @@ def present(fact: LabFact) -> bool | None:
 
 
 def low(fact: LabFact, fallback: float, unit: str, where: str) -> tuple[bool | None, Note | None]:
-    """Complement "low": below the lab's lower limit, or flagged L/LL; else below ``fallback``."""
+    """Complement "low": below the lab's lower limit or flagged L/LL; with neither
+    a range nor a flag, below ``fallback`` (in ``unit``)."""
     below = below_reference_low(fact)
-    if below is not None:
-        return below, None
-    if fact.interpretation:
-        return bool(fact.interpretation & LOW_FLAGS), None
+    if below is True or fact.interpretation & LOW_FLAGS:
+        return True, None
+    if below is False or fact.interpretation:
+        return False, None
     value, note = in_unit(fact.quantity, unit, where)
     if value is None:
         return None, note

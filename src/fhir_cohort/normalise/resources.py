@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import date
+from functools import partial
 
 from .codes import SNOMED, Code, codes_of, text_of
 from .dates import parse_date
@@ -45,26 +46,42 @@ _ANSWER_CODES = {
 
 
 def _status(resource: dict, key: str) -> str | None:
-    """A CodeableConcept status (Condition.clinicalStatus) or a code status."""
+    """A status code, plain (Observation.status) or coded (Condition.clinicalStatus).
+
+    The coding's system is not required: feeds often send ``{"code": "refuted"}``.
+
+    >>> _status({"verificationStatus": {"coding": [{"code": "refuted"}]}}, "verificationStatus")
+    'refuted'
+    """
     value = resource.get(key)
     if isinstance(value, str):
         return value
-    codes = codes_of(value)
-    if codes:
-        return codes[0].code
+    if isinstance(value, dict):
+        for coding in value.get("coding") or ():
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                return coding["code"].strip().lower()
     return None
 
 
 def _first_date(resource: dict, *paths: str) -> tuple[date | None, str | None]:
-    """The first present date among dotted paths, and the raw text if it did not parse."""
+    """The first date among dotted paths that parses, and the first raw text that did not.
+
+    >>> _first_date({"onsetString": "x", "onsetDateTime": "last spring",
+    ...              "recordedDate": "2025-03-01"}, "onsetDateTime", "recordedDate")
+    (datetime.date(2025, 3, 1), 'last spring')
+    """
+    unreadable = None
     for path in paths:
         value: object = resource
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            parsed = parse_date(value)
-            return (parsed, None) if parsed else (None, str(value))
-    return None, None
+        if value is None:
+            continue
+        parsed = parse_date(value)
+        if parsed:
+            return parsed, unreadable
+        unreadable = unreadable or str(value)
+    return None, unreadable
 
 
 def _bad_date_note(source: Source, raw: str | None) -> tuple[Note, ...]:
@@ -152,8 +169,10 @@ def observation(resource: dict) -> tuple[LabFact | None, tuple[Note, ...]]:
     )
     quantity = _quantity(resource.get("valueQuantity"))
     answer, value_text = _answer(resource)
-    ranges = resource.get("referenceRange") or [{}]
-    first_range = ranges[0] if isinstance(ranges[0], dict) else {}
+    ranges = resource.get("referenceRange")
+    ranges = [ranges] if isinstance(ranges, dict) else ranges  # a lone range, not in a list
+    first_range = ranges[0] if isinstance(ranges, list) and ranges else {}
+    first_range = first_range if isinstance(first_range, dict) else {}
     interpretation = frozenset(
         code.upper()
         for concept in resource.get("interpretation") or ()
@@ -314,34 +333,52 @@ def _patient_name(resource: dict) -> str | None:
     return None
 
 
+Reader = Callable[[dict, MedicationLookup], tuple[object, tuple[Note, ...]]]
+
+# resourceType -> (the PatientFacts field its facts go to, its reader)
+_READERS: dict[str, tuple[str, Reader]] = {
+    "Condition": ("conditions", lambda resource, _: condition(resource)),
+    "Observation": ("labs", lambda resource, _: observation(resource)),
+    "Procedure": ("procedures", lambda resource, _: procedure(resource)),
+    **{
+        kind: ("exposures", partial(lambda k, r, lookup: _exposure(r, k, lookup), kind))
+        for kind in ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
+    },
+}
+
+
 def patient_facts(
     patient_id: str, resources: Iterable[dict], lookup: MedicationLookup
 ) -> PatientFacts:
     """Normalise one patient's resources into :class:`PatientFacts`."""
-    conditions, labs, procedures, exposures, notes = [], [], [], [], []
+    facts: dict[str, list] = {field: [] for field, _ in _READERS.values()}
+    notes: list[Note] = []
     patient: dict = {}
     for resource in resources:
         kind = resource.get("resourceType")
         if kind == "Patient":
             patient = resource
             continue
-        if kind == "Condition":
-            fact, found = condition(resource)
-            target: list = conditions
-        elif kind == "Observation":
-            fact, found = observation(resource)
-            target = labs
-        elif kind == "Procedure":
-            fact, found = procedure(resource)
-            target = procedures
-        elif kind in ("MedicationStatement", "MedicationRequest", "MedicationAdministration"):
-            fact, found = _exposure(resource, kind, lookup)
-            target = exposures
-        else:
+        if kind not in _READERS:
+            continue
+        field, read = _READERS[kind]
+        try:
+            fact, found = read(resource, lookup)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
+            # A shape FHIR does not allow (an object where a list belongs, ...):
+            # set this resource aside, keep the patient and the run going.
+            notes.append(
+                Note(
+                    "malformed-resource",
+                    f"{kind} has a field of the wrong shape and is skipped "
+                    f"({type(error).__name__}: {error})",
+                    f"{kind}/{resource.get('id')}",
+                )
+            )
             continue
         notes.extend(found)
         if fact is not None:
-            target.append(fact)
+            facts[field].append(fact)
     deceased_date, raw = _first_date(patient, "deceasedDateTime")
     birth = patient.get("birthDate")
     return PatientFacts(
@@ -352,9 +389,6 @@ def patient_facts(
         else None,
         deceased_date=deceased_date,
         name=_patient_name(patient),
-        conditions=tuple(conditions),
-        labs=tuple(labs),
-        procedures=tuple(procedures),
-        exposures=tuple(exposures),
+        **{field: tuple(found) for field, found in facts.items()},
         notes=(*notes, *_bad_date_note(Source("Patient", patient_id), raw)),
     )
