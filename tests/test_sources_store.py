@@ -252,3 +252,38 @@ def test_temp_folder_removed_even_when_screening_fails(tmp_path):
         assert len(list(tmp_path.glob("fhir-cohort-*"))) == 1
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_transaction_post_entries_take_their_id_from_the_urn_uuid(tmp_path):
+    """A transaction POST carries no resource id; its fullUrl urn:uuid names it and is
+    what the other entries reference."""
+    pid, cid = "5f1c0c7e-0000-4000-8000-000000000001", "5f1c0c7e-0000-4000-8000-000000000002"
+    person = patient("ignored")
+    del person["id"]
+    diagnosis = sle("ignored", pid="ignored")
+    del diagnosis["id"]
+    diagnosis["subject"] = {"reference": f"urn:uuid:{pid}"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{pid}",
+                "resource": person,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{cid}",
+                "resource": diagnosis,
+                "request": {"method": "POST", "url": "Condition"},
+            },
+        ],
+    }
+    path = tmp_path / "tx.json"
+    path.write_text(json.dumps(bundle))
+    resources, notes = read_all(FileSource(path))
+    assert notes == []
+    assert [(r.resource["resourceType"], r.resource["id"], r.patient) for r in resources] == [
+        ("Patient", pid, pid),
+        ("Condition", cid, pid),
+    ]

@@ -11,6 +11,7 @@ bad trial definition); 1 an unexpected failure (a bug: please report it).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from datetime import date
@@ -133,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fhir-cohort: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: say so in one line; the traceback on request
+        if os.environ.get("FHIR_COHORT_DEBUG"):
+            raise
+        print(
+            f"fhir-cohort: unexpected error ({type(error).__name__}: {error}); "
+            "set FHIR_COHORT_DEBUG=1 for details and please report it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -135,6 +135,15 @@ def _read_json(path: Path, note: NoteSink, progress: Progress) -> Iterator[RawRe
 def _bundle_entries(bundle: dict, where: str, note: NoteSink) -> Iterator[RawResource]:
     """Resources of a Bundle, with ``urn:uuid:`` references resolved inside it."""
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    for entry in entries:  # a transaction POST names its resource only by fullUrl
+        resource, full_url = entry.get("resource"), entry.get("fullUrl")
+        if (
+            isinstance(resource, dict)
+            and not resource.get("id")
+            and isinstance(full_url, str)
+            and full_url.startswith("urn:uuid:")
+        ):
+            entry["resource"] = {**resource, "id": full_url[9:]}
     local = {}
     for entry in entries:
         resource = entry.get("resource")
