@@ -147,7 +147,7 @@ def _load(store: SqliteStore, resources: list[dict], keep=lambda r: True) -> Non
 
 
 def _stored(store: SqliteStore) -> dict[str, list[dict]]:
-    return dict(store.patients())
+    return {record.patient_id: record.resources() for record in store.patients()}
 
 
 def _versioned(value: str, updated: str | None, rid: str = "o1") -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from .criteria.evaluator import evaluate
-from .criteria.relevance import CODED, resource_filter
+from .criteria.relevance import CODED, Relevance
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
 from .normalise.facts import Note
@@ -68,6 +68,11 @@ class Funnel:
     inclusion: dict[str, Counter] = field(default_factory=dict)
     exclusions: dict[str, Counter] = field(default_factory=dict)
     status: Counter = field(default_factory=Counter)
+
+    def count_outside_pool(self) -> None:
+        """A patient whose codes cannot put them in the candidate pool."""
+        self.patients_read += 1
+        self.status[NOT_A_CANDIDATE] += 1
 
     def count(self, result: PatientResult) -> None:
         self.patients_read += 1
@@ -129,7 +134,7 @@ def screen(
     sources = list(sources)
     quality = DataQuality()
     funnel = Funnel(trial)
-    keep = resource_filter(trial)
+    relevance = Relevance(trial)
     results: list[PatientResult] = []
 
     def no_progress(_: int) -> None:
@@ -140,7 +145,7 @@ def screen(
         advance = progress("reading", total) if progress else no_progress
         for source in sources:
             for raw in source.read(quality.add, advance):
-                wanted = keep(raw.resource)
+                wanted = relevance.classify(raw.resource)
                 if (
                     wanted
                     and raw.patient is None
@@ -167,13 +172,16 @@ def screen(
             ]
         funnel.resources_read = store.resources_by_type
         advance = progress("screening", store.patient_count()) if progress else no_progress
-        for patient_id, resources in store.patients():
-            facts = patient_facts(patient_id, resources, store.medication)
+        for record in store.patients():
+            advance(1)
+            if not relevance.may_be_candidate(record.touches):
+                funnel.count_outside_pool()
+                continue
+            facts = patient_facts(record.patient_id, record.resources(), store.medication)
             result = evaluate(facts, trial, as_of)
             funnel.count(result)
             for note in result.notes:
                 quality.add(note)
             if result.candidate:
                 results.append(result)
-            advance(1)
     return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking))

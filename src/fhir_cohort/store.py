@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -24,25 +25,41 @@ import orjson
 from .sources import RawResource
 
 _BATCH = 5000
+_RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    """One patient's kept resources, still as stored bytes, and their relevance bits OR-ed."""
+
+    patient_id: str
+    touches: int
+    bodies: tuple[bytes, ...]
+
+    def resources(self) -> list[dict]:
+        return [orjson.loads(body) for body in self.bodies]
 
 
 class PatientStore(Protocol):
-    def add(self, raw: RawResource, keep: bool) -> None: ...
+    def add(self, raw: RawResource, keep: int) -> None: ...
     def finish(self) -> None: ...
-    def patients(self) -> Iterator[tuple[str, list[dict]]]: ...
+    def patients(self) -> Iterator[PatientRecord]: ...
     def medication(self, medication_id: str) -> dict | None: ...
 
 
-def _updated(resource: dict) -> float | None:
+def _last_updated(resource: dict) -> str | None:
+    meta = resource.get("meta")
+    stamp = meta.get("lastUpdated") if type(meta) is dict else None
+    return stamp if type(stamp) is str else None
+
+
+def _timestamp(stamp: str | None) -> float | None:
     """``meta.lastUpdated`` as a UTC timestamp (None when absent or unreadable).
 
-    >>> utc = _updated({"meta": {"lastUpdated": "2026-01-02T03:04:05Z"}})
-    >>> utc > _updated({"meta": {"lastUpdated": "2026-01-02T03:04:05+01:00"}})
+    >>> _timestamp("2026-01-02T03:04:05Z") > _timestamp("2026-01-02T03:04:05+01:00")
     True
     """
-    meta = resource.get("meta")
-    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    if not isinstance(stamp, str):
+    if stamp is None:
         return None
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -65,60 +82,73 @@ class SqliteStore:
             PRAGMA synchronous = OFF;
             PRAGMA temp_store = FILE;
             CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, updated REAL,
-                                    seen INTEGER, body BLOB, PRIMARY KEY (rtype, rid));
+                                    seen INTEGER, key INTEGER, touches INTEGER, body BLOB,
+                                    PRIMARY KEY (rtype, rid));
             CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
-            CREATE TABLE unkept (rtype TEXT, rid TEXT, updated REAL, seen INTEGER);
+            CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER);
             """
         )
         self._filtered_types = filtered_types
         self._rows: list[tuple] = []
         self._unkept: list[tuple] = []
+        self._new_patients: list[tuple[str]] = []
+        self._recent_patients: set[str] = set()  # bounded: cleared when large
         self._seen = 0
-        self._patients: set[str] = set()
         self.kept = 0
         self.resources_by_type: dict[str, int] = {}
         self.medication = lru_cache(maxsize=4096)(self._medication)
 
     # -- loading -----------------------------------------------------------
-    def add(self, raw: RawResource, keep: bool) -> None:
+    def add(self, raw: RawResource, keep: int) -> None:
+        """Take one resource; ``keep`` is its relevance (0: the trial cannot use it)."""
         resource = raw.resource
         rtype = resource["resourceType"]
-        self.resources_by_type[rtype] = self.resources_by_type.get(rtype, 0) + 1
-        if raw.patient is not None:
-            self._patients.add(raw.patient)
+        counts = self.resources_by_type
+        counts[rtype] = counts.get(rtype, 0) + 1
+        patient = raw.patient
+        if patient is not None and patient not in self._recent_patients:
+            self._recent_patients.add(patient)
+            self._new_patients.append((patient,))
         self._seen += 1
+        # A copy is known by a 64-bit hash of type and id: a salted SipHash, so two
+        # different resources share one with odds near 1e-9 even at ten million.
         if keep:
             self.kept += 1
             self._rows.append(
                 (
                     rtype,
                     resource["id"],
-                    raw.patient,
-                    _updated(resource),
+                    patient,
+                    _timestamp(_last_updated(resource)),
                     self._seen,
+                    hash((rtype, resource["id"])),
+                    int(keep),
                     orjson.dumps(resource),
                 )
             )
         elif self._filtered_types is None or rtype in self._filtered_types:
-            self._unkept.append((rtype, resource["id"], _updated(resource), self._seen))
-        if max(len(self._rows), len(self._unkept), len(self._patients)) >= _BATCH:
+            # Most resources land here: keep the raw stamp, parse it only if it competes.
+            self._unkept.append(
+                (hash((rtype, resource["id"])), _last_updated(resource), self._seen)
+            )
+        if not self._seen % _BATCH:
             self._flush()
 
     def _flush(self) -> None:
         self._db.executemany(
-            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rtype, rid) "
+            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rtype, rid) "
             "DO UPDATE SET patient = excluded.patient, updated = excluded.updated, "
-            "seen = excluded.seen, body = excluded.body "
+            "seen = excluded.seen, touches = excluded.touches, body = excluded.body "
             "WHERE resources.updated IS NOT NULL AND excluded.updated > resources.updated",
             self._rows,
         )
-        self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?, ?)", self._unkept)
-        self._db.executemany(
-            "INSERT OR IGNORE INTO patients VALUES (?)", ((p,) for p in self._patients)
-        )
+        self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?)", self._unkept)
+        self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
         self._rows.clear()
         self._unkept.clear()
-        self._patients.clear()
+        self._new_patients.clear()
+        if len(self._recent_patients) > _RECENT_PATIENTS:
+            self._recent_patients.clear()
 
     def finish(self) -> None:
         """End of input: drop kept copies that an unkept copy beats, index by patient.
@@ -127,16 +157,22 @@ class SqliteStore:
         otherwise by being seen first (the same rule the upsert applies).
         """
         self._flush()
-        self._db.executescript(
-            """
-            DELETE FROM resources WHERE rowid IN (
-                SELECT r.rowid FROM unkept u JOIN resources r
-                ON r.rtype = u.rtype AND r.rid = u.rid
-                WHERE CASE WHEN u.updated IS NOT NULL AND r.updated IS NOT NULL
-                           THEN u.updated > r.updated ELSE u.seen < r.seen END);
-            CREATE INDEX resources_by_patient ON resources (patient);
-            """
-        )
+        self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
+        competing = self._db.execute(
+            "SELECT r.rowid, r.updated, r.seen, u.stamp, u.seen FROM unkept u "
+            "JOIN resources r ON r.key = u.key"
+        ).fetchall()
+        beaten = set()
+        for rowid, updated, seen, stamp, unkept_seen in competing:
+            unkept_updated = _timestamp(stamp)
+            if unkept_updated is not None and updated is not None:
+                wins = unkept_updated > updated
+            else:
+                wins = unkept_seen < seen
+            if wins:
+                beaten.add(rowid)
+        self._db.executemany("DELETE FROM resources WHERE rowid = ?", ((r,) for r in beaten))
+        self._db.execute("CREATE INDEX resources_by_patient ON resources (patient)")
         self._db.commit()
 
     @property
@@ -144,23 +180,25 @@ class SqliteStore:
         return self._db.execute("SELECT count(*) FROM resources").fetchone()[0]
 
     # -- reading -----------------------------------------------------------
-    def patients(self) -> Iterator[tuple[str, list[dict]]]:
-        """Each patient id (sorted) with their kept resources."""
+    def patients(self) -> Iterator[PatientRecord]:
+        """Each patient (sorted by id) with their kept resources, unparsed."""
         cursor = self._db.execute(
-            "SELECT p.id, r.body FROM patients p LEFT JOIN resources r ON r.patient = p.id "
-            "ORDER BY p.id"
+            "SELECT p.id, r.touches, r.body FROM patients p "
+            "LEFT JOIN resources r ON r.patient = p.id ORDER BY p.id"
         )
         current: str | None = None
-        bodies: list[dict] = []
-        for patient, body in cursor:
+        touches = 0
+        bodies: list[bytes] = []
+        for patient, bits, body in cursor:
             if patient != current:
                 if current is not None:
-                    yield current, bodies
-                current, bodies = patient, []
+                    yield PatientRecord(current, touches, tuple(bodies))
+                current, touches, bodies = patient, 0, []
             if body is not None:
-                bodies.append(orjson.loads(body))
+                touches |= bits
+                bodies.append(body)
         if current is not None:
-            yield current, bodies
+            yield PatientRecord(current, touches, tuple(bodies))
 
     def patient_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM patients").fetchone()[0]

@@ -112,6 +112,7 @@ class _Patient:
         self.conditions = known(facts.conditions)
         self.labs = known(facts.labs)
         self.procedures = known(facts.procedures)
+        self._lab_keys = [(f, frozenset(c.key for c in f.codes)) for f in self.labs]
         self._lab_cache: dict[str, tuple[LabFact, ...]] = {}
 
     def note(self, note: Note | None) -> None:
@@ -122,8 +123,16 @@ class _Patient:
         return None if days is None else (self.as_of - timedelta(days=days), self.as_of)
 
     def labs_of(self, lab: LabTest) -> tuple[LabFact, ...]:
+        """This patient's results of one lab test (any of its codes), computed once."""
         if lab.name not in self._lab_cache:
-            self._lab_cache[lab.name] = tuple(f for f in self.labs if lab.valueset.match(f.codes))
+            valueset = lab.valueset
+            if valueset.prefixes or valueset.excluded:
+                found = tuple(f for f in self.labs if valueset.match(f.codes))
+            else:  # the usual LOINC list: a set intersection per result
+                found = tuple(
+                    f for f, keys in self._lab_keys if not valueset.codes.isdisjoint(keys)
+                )
+            self._lab_cache[lab.name] = found
         return self._lab_cache[lab.name]
 
     # -- rules -------------------------------------------------------------
@@ -405,6 +414,21 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> PatientResult:
     met = tuple(k for k, f in criteria.items() if f.result == MET)
     acr = AcrResult(MET if len(met) >= trial.acr_min_met else NOT_MET, met, criteria)
     candidate = bool(patient.rule(trial.pool).value()) or acr.result == MET
+    if not candidate:
+        # Not listed and not counted past the pool: activity and exclusions are not needed.
+        return PatientResult(
+            patient=facts.patient_id,
+            name=facts.name,
+            as_of=as_of,
+            candidate=False,
+            status=NOT_A_CANDIDATE,
+            eligible_from=None,
+            age=age,
+            acr=acr,
+            activity=None,
+            exclusions={},
+            notes=(*facts.notes, *patient.notes.values()),
+        )
     activity = _activity(patient, trial)
     exclusions = {key: _exclusion(patient, rules) for key, rules in trial.exclusions.items()}
     for washout in trial.washouts:
@@ -414,9 +438,7 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> PatientResult:
     results = {f.result for f in exclusions.values()}
     running = [f.until for f in exclusions.values() if f.result == WASHOUT and f.until]
     eligible_from = max(running) if running else None
-    if not candidate:
-        status = NOT_A_CANDIDATE
-    elif age.result == NOT_MET or EXCLUDED in results:
+    if age.result == NOT_MET or EXCLUDED in results:
         status = EXCLUDED
     elif (
         age.result == MET and acr.result == MET and activity.result == MET and REVIEW not in results

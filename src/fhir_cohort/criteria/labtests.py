@@ -56,7 +56,7 @@ def in_unit(
     canonical = quantity.canonical
     if isinstance(canonical, Converted):
         if canonical.unit == unit:
-            return Quantity(canonical.value, quantity.comparator, unit, canonical), None
+            return Quantity(canonical.value, quantity.comparator, unit), None
         return None, Note("unit-mismatch", f"{quantity.describe()} cannot be read as {unit}", where)
     return None, Note(f"{canonical.kind}-unit", canonical.detail, where)
 
@@ -139,12 +139,9 @@ def dipstick_grade(fact: LabFact) -> float | None:
         grade = parse_dipstick(fact.value_text)
         if grade is not None:
             return grade
-    if (
-        fact.quantity is not None
-        and isinstance(fact.quantity.canonical, Converted)
-        and fact.quantity.canonical.unit == "mg/dL"
-    ):
-        return dipstick_grade_from_mg_dl(fact.quantity.canonical.value)
+    canonical = fact.quantity.canonical if fact.quantity is not None else None
+    if isinstance(canonical, Converted) and canonical.unit == "mg/dL":
+        return dipstick_grade_from_mg_dl(canonical.value)
     if fact.answer is False:
         return 0.0
     return None

@@ -9,10 +9,11 @@ named in text or behind a reference that only resolves later.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..normalise.codes import canonical_code, canonical_system
-from .trial import Trial
+from .trial import Trial, rule_valuesets
+from .valuesets import ValueSet
 
 ALWAYS_KEPT = frozenset(
     {
@@ -26,36 +27,83 @@ ALWAYS_KEPT = frozenset(
 CODED = frozenset({"Condition", "Observation", "Procedure"})
 
 
-def resource_filter(trial: Trial) -> Callable[[dict], bool]:
-    """A predicate: may this resource matter to ``trial``?"""
-    keys: set[str] = set()
-    prefixes: set[tuple[str, str]] = set()
-    for valueset in trial.valuesets():
-        keys |= valueset.codes
-        prefixes.update(valueset.prefixes)
-    prefix_list = tuple(prefixes)
+KEPT, POOL = 1, 2  # relevance bits; bit 2 + i: the trial's i-th ACR criterion
 
-    def keep(resource: dict) -> bool:
+
+def _codings(resource: dict) -> Iterator[tuple[object, object]]:
+    concept = resource.get("code")
+    if isinstance(concept, dict):
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, dict):
+                yield coding.get("system"), coding.get("code")
+
+
+class Relevance:
+    """What a resource can mean to a trial, as bits, decided once at ingest.
+
+    ``classify`` gives 0 for a resource the trial can never use, else ``KEPT``
+    plus ``POOL`` when its code is a candidate-pool code, plus one bit per ACR
+    criterion whose value sets hold its code. OR-ing a patient's bits tells,
+    without reading a single value, whether they could be in the pool at all.
+    """
+
+    def __init__(self, trial: Trial):
+        self.min_met = trial.acr_min_met
+        self._sets: list[tuple[int, list[ValueSet]]] = [
+            (KEPT, trial.valuesets()),
+            (POOL, [trial.pool.valueset]),
+            *((1 << (2 + i), rule_valuesets(c.rule)) for i, c in enumerate(trial.acr)),
+        ]
+        self._memo: dict[tuple[object, object], int] = {}
+
+    def _bits(self, system: object, code: object) -> int:
+        if not isinstance(system, str) or not isinstance(code, str):
+            return 0
+        system = canonical_system(system)
+        code = canonical_code(system, code)
+        key = f"{system}|{code}"
+        bits = 0
+        for bit, valuesets in self._sets:
+            for valueset in valuesets:
+                if key in valueset.codes or any(
+                    system == s and code.startswith(p) for s, p in valueset.prefixes
+                ):
+                    bits |= bit
+                    break
+        return bits
+
+    def classify(self, resource: dict) -> int:
         kind = resource.get("resourceType")
         if kind in ALWAYS_KEPT:
-            return True
+            return KEPT
         if kind not in CODED:
-            return False
-        concept = resource.get("code")
-        if not isinstance(concept, dict):
-            return False
-        for coding in concept.get("coding") or ():
-            if not isinstance(coding, dict):
-                continue
-            system, code = coding.get("system"), coding.get("code")
-            if not isinstance(system, str) or not isinstance(code, str):
-                continue
-            system = canonical_system(system)
-            code = canonical_code(system, code)
-            if f"{system}|{code}" in keys:
-                return True
-            if any(system == s and code.startswith(p) for s, p in prefix_list):
-                return True
-        return False
+            return 0
+        bits = 0
+        for coding in _codings(resource):
+            found = self._memo.get(coding)
+            if found is None:
+                if len(self._memo) > 100_000:  # bounded, not a copy of every code seen
+                    self._memo.clear()
+                found = self._memo[coding] = self._bits(*coding)
+            bits |= found
+        return bits
 
-    return keep
+    def may_be_candidate(self, touches: int) -> bool:
+        """Could a patient whose resources OR to ``touches`` be in the candidate pool?
+
+        The pool needs a pool code, or evidence for ``min_met`` ACR criteria, and a
+        criterion can only be met by a resource whose code is in its value sets.
+        Errs towards True: everyone it lets through is evaluated in full.
+
+        >>> gate = Relevance.__new__(Relevance); gate.min_met = 4
+        >>> gate.may_be_candidate(KEPT | POOL), gate.may_be_candidate(KEPT | 0b111100)
+        (True, True)
+        >>> gate.may_be_candidate(KEPT | 0b011100)
+        False
+        """
+        return bool(touches & POOL) or (touches >> 2).bit_count() >= self.min_met
+
+
+def resource_filter(trial: Trial) -> Callable[[dict], int]:
+    """``Relevance(trial).classify``: non-zero for a resource ``trial`` may use."""
+    return Relevance(trial).classify

@@ -147,8 +147,8 @@ class PatientResult:
     eligible_from: date | None
     age: AgeResult
     acr: AcrResult
-    activity: ActivityResult
-    exclusions: dict[str, Finding]
+    activity: ActivityResult | None  # None for a patient outside the candidate pool
+    exclusions: dict[str, Finding]  # empty outside the candidate pool
     notes: tuple[Note, ...] = field(default=())
 
     def to_dict(self) -> dict:
@@ -161,7 +161,7 @@ class PatientResult:
             "criteria": {
                 "age": self.age.to_dict(),
                 "acr": self.acr.to_dict(),
-                "activity": self.activity.to_dict(),
+                "activity": self.activity.to_dict() if self.activity else None,
             },
             "exclusions": {k: f.to_dict() for k, f in self.exclusions.items()},
         }

@@ -153,20 +153,26 @@ class Trial:
 
     def valuesets(self) -> list[ValueSet]:
         """Every value set the definition uses (for pre-filtering and server searches)."""
-        found: dict[str, ValueSet] = {self.pool.valueset.id: self.pool.valueset}
-        for lab in self.labs.values():
-            found[lab.valueset.id] = lab.valueset
-        for washout in self.washouts:
-            found[washout.medication.valueset.id] = washout.medication.valueset
+        found = [self.pool.valueset, *(lab.valueset for lab in self.labs.values())]
+        found += [washout.medication.valueset for washout in self.washouts]
         rules: list[Rule] = [c.rule for c in self.acr] + [d.rule for d in self.activity.descriptors]
         rules += [self.activity.met_by] + [r for rs in self.exclusions.values() for r in rs]
-        while rules:
-            rule = rules.pop()
-            if isinstance(rule, AnyRule):
-                rules.extend(rule.rules)
-            elif isinstance(rule, (ConditionRule, ProcedureRule)):
-                found[rule.valueset.id] = rule.valueset
-        return list(found.values())
+        for rule in rules:
+            found += rule_valuesets(rule)
+        return list({valueset.id: valueset for valueset in found}.values())
+
+
+def rule_valuesets(rule: Rule) -> list[ValueSet]:
+    """The value sets a rule (and the rules inside it) reads."""
+    if isinstance(rule, AnyRule):
+        return [valueset for part in rule.rules for valueset in rule_valuesets(part)]
+    if isinstance(rule, LabRule):
+        found = [rule.lab.valueset]
+    else:
+        found = [rule.valueset]
+    if getattr(rule, "unless_followed_by", None) is not None:
+        found.append(rule.unless_followed_by.valueset)  # type: ignore[union-attr]
+    return found
 
 
 class _Reader:

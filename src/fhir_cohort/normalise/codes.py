@@ -9,6 +9,7 @@ so that value-set membership is a plain set lookup.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -93,6 +94,13 @@ class Code:
         return f"{self.system}|{self.code}"
 
 
+@lru_cache(maxsize=65536)
+def _code(system: str, code: str, display: str | None) -> Code:
+    """One canonical Code, memoised: a data set repeats a few thousand codings millions of times."""
+    system = canonical_system(system)
+    return Code(system, canonical_code(system, code), display)
+
+
 def codes_of(concept: object) -> tuple[Code, ...]:
     """The canonical codings of a CodeableConcept (codings without system or code are skipped).
 
@@ -106,17 +114,9 @@ def codes_of(concept: object) -> tuple[Code, ...]:
     for coding in concept.get("coding") or ():
         if not isinstance(coding, dict):
             continue
-        system, code = coding.get("system"), coding.get("code")
+        system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
         if isinstance(system, str) and isinstance(code, str) and code.strip():
-            system = canonical_system(system)
-            display = coding.get("display")
-            found.append(
-                Code(
-                    system,
-                    canonical_code(system, code),
-                    display if isinstance(display, str) else None,
-                )
-            )
+            found.append(_code(system, code, display if isinstance(display, str) else None))
     return tuple(found)
 
 

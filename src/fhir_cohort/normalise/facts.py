@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from .codes import Code
-from .units import Converted, UnitProblem
+from .units import Converted, UnitProblem, convert
 from .values import Titer
 
 
@@ -38,12 +38,24 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
-    """A number as sent (value, comparator, unit) and in its canonical unit."""
+    """A number as sent: value, comparator, unit (the UCUM code, else the unit text).
+
+    ``unit_text`` is the human unit when it differs from the code; it is tried
+    when the code cannot be read (a bad UCUM code beside a readable "mg/dL").
+    """
 
     value: float
     comparator: str | None
     unit: str | None
-    canonical: Converted | UnitProblem
+    unit_text: str | None = None
+
+    @property
+    def canonical(self) -> Converted | UnitProblem:
+        """The value in its canonical unit (computed when asked: most never are)."""
+        converted = convert(self.value, self.unit)
+        if isinstance(converted, UnitProblem) and converted.kind == "unknown" and self.unit_text:
+            return convert(self.value, self.unit_text)
+        return converted
 
     def describe(self) -> str:
         return f"{self.comparator or ''}{self.value:g} {self.unit or ''}".strip()

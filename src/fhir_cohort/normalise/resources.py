@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import date
-from functools import partial
+from functools import lru_cache, partial
 
 from .codes import SNOMED, Code, codes_of, text_of
 from .dates import parse_date
@@ -26,7 +26,7 @@ from .facts import (
     Quantity,
     Source,
 )
-from .units import convert
+from .units import canonical_unit
 from .values import Titer, parse_answer, parse_titer
 
 MedicationLookup = Callable[[str], "dict | None"]
@@ -63,6 +63,11 @@ def _status(resource: dict, key: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=64)
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
 def _first_date(resource: dict, *paths: str) -> tuple[date | None, str | None]:
     """The first date among dotted paths that parses, and the first raw text that did not.
 
@@ -73,7 +78,7 @@ def _first_date(resource: dict, *paths: str) -> tuple[date | None, str | None]:
     unreadable = None
     for path in paths:
         value: object = resource
-        for part in path.split("."):
+        for part in _split(path):
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             continue
@@ -98,14 +103,9 @@ def _quantity(raw: object) -> Quantity | None:
     value = float(raw["value"])
     unit = raw.get("code") or raw.get("unit")
     unit = unit if isinstance(unit, str) else None
-    canonical = convert(value, unit)
-    if (
-        getattr(canonical, "kind", None) == "unknown"
-        and raw.get("unit")
-        and raw.get("unit") != unit
-    ):
-        canonical = convert(value, raw["unit"])  # a bad UCUM code but a readable display unit
-    return Quantity(value, raw.get("comparator"), unit, canonical)
+    text = raw.get("unit")
+    text = text if isinstance(text, str) and text != unit else None
+    return Quantity(value, raw.get("comparator"), unit, text)
 
 
 def condition(resource: dict) -> tuple[ConditionFact | None, tuple[Note, ...]]:
@@ -136,7 +136,7 @@ def _titer(resource: dict, quantity: Quantity | None) -> Titer | None:
             return Titer(
                 denominator.value / numerator.value, denominator.comparator or numerator.comparator
             )
-    if quantity and quantity.canonical.unit == "{titer}":
+    if quantity and quantity.unit and canonical_unit(quantity.unit) == "{titer}":
         return Titer(quantity.value, quantity.comparator)
     text = resource.get("valueString")
     return parse_titer(text) if isinstance(text, str) else None
@@ -159,6 +159,19 @@ def _answer(resource: dict) -> tuple[bool | None, str | None]:
     return None, None
 
 
+def _interpretation(concepts: object) -> frozenset[str]:
+    """The v3 ObservationInterpretation codes (H, L, POS, ...) of a result, upper-cased."""
+    if not concepts or not isinstance(concepts, list):
+        return frozenset()
+    return frozenset(
+        code.upper()
+        for concept in concepts
+        if isinstance(concept, dict)
+        for code in (c.get("code") for c in concept.get("coding") or () if isinstance(c, dict))
+        if isinstance(code, str)
+    )
+
+
 def observation(resource: dict) -> tuple[LabFact | None, tuple[Note, ...]]:
     source = Source("Observation", str(resource.get("id")))
     status = resource.get("status")
@@ -173,13 +186,7 @@ def observation(resource: dict) -> tuple[LabFact | None, tuple[Note, ...]]:
     ranges = [ranges] if isinstance(ranges, dict) else ranges  # a lone range, not in a list
     first_range = ranges[0] if isinstance(ranges, list) and ranges else {}
     first_range = first_range if isinstance(first_range, dict) else {}
-    interpretation = frozenset(
-        code.upper()
-        for concept in resource.get("interpretation") or ()
-        if isinstance(concept, dict)
-        for code in (c.get("code") for c in concept.get("coding") or () if isinstance(c, dict))
-        if isinstance(code, str)
-    )
+    interpretation = _interpretation(resource.get("interpretation"))
     fact = LabFact(
         source=source,
         codes=codes_of(resource.get("code")),

@@ -19,6 +19,7 @@ Canonical units, one per kind of quantity:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ def _key(unit: str) -> str:
     return key.replace("mcl", "ul").replace("mcg", "ug")
 
 
+@lru_cache(maxsize=4096)
 def canonical_unit(unit: str) -> str | None:
     """The canonical unit a spelling belongs to, or None if unknown.
 
@@ -182,6 +184,11 @@ def canonical_unit(unit: str) -> str | None:
     """
     known = _UNITS.get(_key(unit))
     return known.canonical if known else None
+
+
+@lru_cache(maxsize=4096)
+def _unit(unit: str) -> Unit | None:
+    return _UNITS.get(_key(unit))
 
 
 def convert(value: float, unit: str | None) -> Converted | UnitProblem:
@@ -206,7 +213,7 @@ def convert(value: float, unit: str | None) -> Converted | UnitProblem:
     """
     if not unit:
         return UnitProblem("unknown", "", "value has no unit")
-    known = _UNITS.get(_key(unit))
+    known = _unit(unit)
     if known is None:
         return UnitProblem("unknown", unit, f"unit {unit!r} is not understood")
     if known.plausible_min is not None and 0 < value < known.plausible_min:

@@ -28,11 +28,21 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RawResource:
-    """One resource as read, where it was read, and whose it is (None: not patient data)."""
+    """One resource as read, where it was read, and whose it is (None: not patient data).
+
+    ``origin`` and ``line`` are kept apart and joined only when a note needs
+    them: formatting "file:line" for every resource would cost more than
+    parsing some of them.
+    """
 
     resource: dict
-    where: str
+    origin: str
     patient: str | None
+    line: int | None = None
+
+    @property
+    def where(self) -> str:
+        return self.origin if self.line is None else f"{self.origin}:{self.line}"
 
 
 class ResourceSource(Protocol):
@@ -74,5 +84,12 @@ def patient_of(resource: dict) -> str | None:
     for key in PATIENT_REFERENCE_KEYS:
         target = resource.get(key)
         if isinstance(target, dict):
-            return patient_id_from_reference(target.get("reference"))
+            reference = target.get("reference")
+            if (
+                type(reference) is str
+                and reference.startswith("Patient/")
+                and reference.find("/", 8) < 0
+            ):
+                return reference[8:] or None  # the common case, without the general parse
+            return patient_id_from_reference(reference)
     return None

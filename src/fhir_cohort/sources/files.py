@@ -98,24 +98,35 @@ def _resource_or_note(value: object, where: str, note: NoteSink) -> Iterator[Raw
     yield RawResource(value, where, patient_of(value))
 
 
+_NOT_PLAIN = frozenset({"Bundle", "OperationOutcome"})
+
+
 def _read_ndjson(path: Path, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
     raw, stream = _open(path)
+    name = str(path)
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
     done = 0
     with raw, stream:
         for number, line in enumerate(stream, start=1):
-            if number % 2048 == 0:
+            if not number & 2047:
                 position = raw.tell()
                 progress(position - done)
                 done = position
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
             try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                note(Note("invalid-json", f"line is not JSON ({error.msg})", where))
+                value = loads(line)
+            except decode_error as error:
+                if line.strip():
+                    note(
+                        Note("invalid-json", f"line is not JSON ({error.msg})", f"{name}:{number}")
+                    )
                 continue
-            yield from _resource_or_note(value, where, note)
+            # The common case, checked inline; anything unusual goes the careful way.
+            if type(value) is dict:
+                kind, rid = value.get("resourceType"), value.get("id")
+                if type(kind) is str and type(rid) is str and rid and kind not in _NOT_PLAIN:
+                    yield RawResource(value, name, patient_of(value), number)
+                    continue
+            yield from _resource_or_note(value, f"{name}:{number}", note)
         progress(raw.tell() - done)
 
 
