@@ -128,9 +128,9 @@ class SqliteStore:
             )
         elif self._filtered_types is None or rtype in self._filtered_types:
             # Most resources land here: keep the raw stamp, parse it only if it competes.
-            self._unkept.append(
-                (hash((rtype, resource["id"])), _last_updated(resource), self._seen)
-            )
+            meta = resource.get("meta")
+            stamp = meta.get("lastUpdated") if type(meta) is dict else None
+            self._unkept.append((hash((rtype, resource["id"])), stamp, self._seen))
         if not self._seen % _BATCH:
             self._flush()
 
@@ -164,7 +164,7 @@ class SqliteStore:
         ).fetchall()
         beaten = set()
         for rowid, updated, seen, stamp, unkept_seen in competing:
-            unkept_updated = _timestamp(stamp)
+            unkept_updated = _timestamp(stamp if isinstance(stamp, str) else None)
             if unkept_updated is not None and updated is not None:
                 wins = unkept_updated > updated
             else:

@@ -9,7 +9,7 @@ named in text or behind a reference that only resolves later.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from ..normalise.codes import canonical_code, canonical_system
 from .trial import Trial, rule_valuesets
@@ -28,14 +28,6 @@ CODED = frozenset({"Condition", "Observation", "Procedure"})
 
 
 KEPT, POOL = 1, 2  # relevance bits; bit 2 + i: the trial's i-th ACR criterion
-
-
-def _codings(resource: dict) -> Iterator[tuple[object, object]]:
-    concept = resource.get("code")
-    if isinstance(concept, dict):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, dict):
-                yield coding.get("system"), coding.get("code")
 
 
 class Relevance:
@@ -78,13 +70,20 @@ class Relevance:
             return KEPT
         if kind not in CODED:
             return 0
+        concept = resource.get("code")
+        if type(concept) is not dict:
+            return 0
         bits = 0
-        for coding in _codings(resource):
-            found = self._memo.get(coding)
+        memo = self._memo
+        for coding in concept.get("coding") or ():  # the hot loop of ingest, kept inline
+            if type(coding) is not dict:
+                continue
+            pair = (coding.get("system"), coding.get("code"))
+            found = memo.get(pair)
             if found is None:
-                if len(self._memo) > 100_000:  # bounded, not a copy of every code seen
-                    self._memo.clear()
-                found = self._memo[coding] = self._bits(*coding)
+                if len(memo) > 100_000:  # bounded, not a copy of every code seen
+                    memo.clear()
+                found = memo[pair] = self._bits(*pair)
             bits |= found
         return bits
 
