@@ -2,9 +2,10 @@
 
 Rule: this is the only module that knows every stage; it wires them in one
 direction and holds no state between runs. The per-patient step
-(``normalise.patient_facts`` then ``criteria.evaluate``) is pure, so an
-engine that groups resources by patient some other way (Spark, a REST
-funnel) can call it and get identical results.
+(``Relevance.may_be_candidate`` on the patient's relevance bits, then
+``normalise.patient_facts`` and ``criteria.evaluate``) is pure, so an engine
+that groups resources by patient some other way (Spark, a REST funnel) can
+call it and get identical results.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ class Candidate:
 def score(result: PatientResult, weights: dict) -> int:
     """More ACR criteria, stronger and more recent activity, fewer unknowns: higher."""
     activity = result.activity
+    if activity is None:  # outside the candidate pool: never ranked
+        return 0
     total = weights.get("per_acr_criterion", 0) * result.acr.count
     total += weights.get("per_activity_point", 0) * activity.score
     if activity.acute_condition:
