@@ -3,8 +3,10 @@
 Supported compose shapes: ``include[].concept[]`` lists, and
 ``include[].filter`` with ``op: is-a`` on ICD-10-CM/ICD-10/ICD-9-CM, where
 the classification's hierarchy is its code prefix (``is-a G40`` holds G40.909).
-``exclude`` is honoured for listed concepts. Anything else is refused with a
-clear error rather than silently matching nothing.
+``exclude`` is honoured for listed concepts. An ``expansion.contains`` list
+(see ``scripts/expand_valuesets.py``) adds its codes, and marks the value set
+as searchable on a server by explicit codes alone. Anything else is refused
+with a clear error rather than silently matching nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class ValueSet:
     codes: frozenset[str]
     prefixes: tuple[tuple[str, str], ...] = ()
     excluded: frozenset[str] = frozenset()
+    expanded: bool = False  # an expansion lists every code the filters stand for
+
+    @property
+    def searchable_codes(self) -> bool:
+        """Can a server search by ``codes`` alone (no hierarchy filter left)?"""
+        return self.expanded or not self.prefixes
 
     def match(self, codes: Iterable[Code]) -> Code | None:
         """The first of ``codes`` that is a member, or None.
@@ -79,14 +87,20 @@ def parse_valueset(document: dict, where: str) -> ValueSet:
                         f"not {rule.get('op')!r} on {system}"
                     )
                 prefixes.append((system, canonical_code(system, rule["value"]).rstrip(".")))
+    contains = (document.get("expansion") or {}).get("contains") or ()
+    for item in contains:
+        if item.get("system") and item.get("code"):
+            system = canonical_system(item["system"])
+            codes.add(f"{system}|{canonical_code(system, item['code'])}")
     if not codes and not prefixes:
-        raise ValueSetError(f"{where}: value set has no codes (an expansion-only file?)")
+        raise ValueSetError(f"{where}: value set has no codes")
     return ValueSet(
         str(document.get("id")),
         str(document.get("url")),
-        frozenset(codes),
+        frozenset(codes - excluded),
         tuple(prefixes),
         frozenset(excluded),
+        bool(contains),
     )
 
 
