@@ -22,7 +22,7 @@ def read_all(source: FileSource) -> tuple[list[RawResource], list]:
     notes: list = []
     done: list[int] = []
     resources = list(source.read(notes.append, done.append))
-    assert sum(done) == source.total_bytes()  # progress reports every byte read
+    assert sum(done) == source.total_work()  # progress reports every byte read
     return resources, notes
 
 

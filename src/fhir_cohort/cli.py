@@ -86,13 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(enabled: bool) -> Callable[[str, int | None], Callable[[int], None]]:
+def _progress(enabled: bool) -> Callable[[str, int | None, str], Callable[[int], None]]:
     bars: list[tqdm] = []
 
-    def start(label: str, total: int | None) -> Callable[[int], None]:
+    def start(label: str, total: int | None, unit: str) -> Callable[[int], None]:
         for bar in bars:
             bar.close()
-        unit, scale = ("B", True) if label == "reading" else ("patients", False)
+        scale = unit == "B"
         bar = tqdm(
             total=total,
             desc=label,

@@ -69,6 +69,13 @@ class Funnel:
     inclusion: dict[str, Counter] = field(default_factory=dict)
     exclusions: dict[str, Counter] = field(default_factory=dict)
     status: Counter = field(default_factory=Counter)
+    not_read: int = 0  # known to a server, never fetched: no candidate search found them
+
+    def finish(self) -> None:
+        """Patients a server search ruled out count as read and not-a-candidate."""
+        self.patients_read += self.not_read
+        self.status[NOT_A_CANDIDATE] += self.not_read
+        self.not_read = 0
 
     def count_outside_pool(self) -> None:
         """A patient whose codes cannot put them in the candidate pool."""
@@ -119,18 +126,19 @@ class Screening:
     funnel: Funnel
     data_quality: DataQuality
     candidates: list[Candidate]
+    retrieval: dict[str, int] = field(default_factory=dict)
 
 
 def screen(
     sources: Iterable[ResourceSource],
     trial: Trial,
     as_of: date,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
 ) -> Screening:
     """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
 
-    ``progress(label, total)`` may return a callback that is told how much work
-    was done; it is how the command line draws its progress bars.
+    ``progress(label, total, unit)`` may return a callback that is told how much
+    work was done; it is how the command line draws its progress bars.
     """
     sources = list(sources)
     quality = DataQuality()
@@ -141,10 +149,14 @@ def screen(
     def no_progress(_: int) -> None:
         return None
 
+    retrieval: Counter = Counter()
     with SqliteStore(filtered_types=CODED) as store:
-        total = sum(s.total_bytes() or 0 for s in sources) or None
-        advance = progress("reading", total) if progress else no_progress
         for source in sources:
+            advance = (
+                progress("reading", source.total_work(), source.progress_unit)
+                if progress
+                else no_progress
+            )
             for raw in source.read(quality.add, advance):
                 wanted = relevance.classify(raw.resource)
                 if (
@@ -160,6 +172,8 @@ def screen(
                         )
                     )
                 store.add(raw, wanted)
+            funnel.not_read += source.patients_not_read()
+            retrieval.update(source.stats())
         store.finish()
         duplicates = store.kept - store.distinct_kept
         if duplicates:
@@ -172,7 +186,9 @@ def screen(
                 }
             ]
         funnel.resources_read = store.resources_by_type
-        advance = progress("screening", store.patient_count()) if progress else no_progress
+        advance = (
+            progress("screening", store.patient_count(), "patients") if progress else no_progress
+        )
         for record in store.patients():
             advance(1)
             if not relevance.may_be_candidate(record.touches):
@@ -185,4 +201,5 @@ def screen(
                 quality.add(note)
             if result.candidate:
                 results.append(result)
-    return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking))
+    funnel.finish()
+    return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), dict(retrieval))

@@ -10,7 +10,7 @@ It knows nothing about any particular trial.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -131,6 +131,24 @@ class Washout:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSearch:
+    """One search of a server: a resource type, optionally narrowed to codes."""
+
+    resource: str
+    valuesets: tuple[ValueSet, ...] = ()
+    include: str | None = None  # a reference to _include, e.g. "medication"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPlan:
+    """Which searches find candidates on a server, and which fetch their records."""
+
+    candidate_searches: tuple[ServerSearch, ...]
+    fetch: tuple[ServerSearch, ...]
+    patients_per_request: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class Trial:
     id: str
     title: str
@@ -146,6 +164,7 @@ class Trial:
     exclusions: dict[str, tuple[Rule, ...]]
     washouts: tuple[Washout, ...]
     ranking: dict
+    server: ServerPlan | None = None
 
     @property
     def exclusion_ids(self) -> tuple[str, ...]:
@@ -295,7 +314,7 @@ class _Reader:
                 raise self.fail(f"washouts.{wid}", f"unknown medication {spec.get('medication')!r}")
             washouts.append(Washout(wid, medications[spec["medication"]], int(spec["months"])))
         age = raw.get("age") or {}
-        return Trial(
+        trial = Trial(
             id=str(raw["trial"]),
             title=str(raw.get("title", raw["trial"])),
             version=str(raw.get("version", "")),
@@ -318,6 +337,48 @@ class _Reader:
             washouts=tuple(washouts),
             ranking=dict(raw.get("ranking") or {}),
         )
+        if "server" not in raw:
+            return trial
+        server = self.server_plan(raw["server"], trial)
+        return replace(trial, server=server)
+
+    def search(self, raw: object, where: str) -> ServerSearch:
+        if not isinstance(raw, dict) or not isinstance(raw.get("resource"), str):
+            raise self.fail(where, "a search needs a 'resource' type")
+        valuesets = [self.valueset(name, where) for name in raw.get("valuesets") or ()]
+        labs = raw.get("labs")
+        if labs == "all":
+            labs = list(self.labs)
+        valuesets += [self.lab(name, where).valueset for name in labs or ()]
+        return ServerSearch(raw["resource"], tuple(valuesets), raw.get("include"))
+
+    def server_plan(self, raw: dict, trial: Trial) -> ServerPlan:
+        plan = ServerPlan(
+            tuple(
+                self.search(s, f"server.candidate_searches[{i}]")
+                for i, s in enumerate(raw.get("candidate_searches") or ())
+            ),
+            tuple(
+                self.search(s, f"server.fetch[{i}]") for i, s in enumerate(raw.get("fetch") or ())
+            ),
+            int(raw.get("patients_per_request", 20)),
+        )
+        searched = {vs.id for s in plan.candidate_searches for vs in s.valuesets}
+        if trial.pool.valueset.id not in searched:
+            raise self.fail(
+                "server.candidate_searches",
+                f"the pool's value set {trial.pool.valueset.id!r} is not searched",
+            )
+        unsearched = [
+            c.id for c in trial.acr if not {vs.id for vs in rule_valuesets(c.rule)} <= searched
+        ]
+        if len(unsearched) >= trial.acr_min_met:
+            raise self.fail(
+                "server.candidate_searches",
+                f"{len(unsearched)} ACR criteria ({', '.join(unsearched)}) are not fully searched, "
+                f"so a patient meeting {trial.acr_min_met} of them would never be found",
+            )
+        return plan
 
 
 def queries_dir() -> Path:

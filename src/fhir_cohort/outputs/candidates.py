@@ -53,6 +53,7 @@ def screening_dict(screening: Screening) -> dict:
         "as_of": screening.as_of.isoformat(),
         "generator": f"fhir-cohort {__version__}",
         "funnel": screening.funnel.to_dict(),
+        "retrieval": screening.retrieval,
         "data_quality": screening.data_quality.to_list(),
         "candidates": [candidate_dict(c) for c in screening.candidates],
     }

@@ -48,11 +48,20 @@ class RawResource:
 class ResourceSource(Protocol):
     """Anything that can stream FHIR resources."""
 
-    def total_bytes(self) -> int | None:
-        """Work to do, for a progress bar (None when unknown)."""
+    progress_unit: str  # what ``progress`` counts: "B" (bytes) or "patients"
+
+    def total_work(self) -> int | None:
+        """Work to do in ``progress_unit``, for a progress bar (None when unknown)."""
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
-        """Yield every resource; report problems to ``note`` and bytes done to ``progress``."""
+        """Yield every resource; report problems to ``note`` and work done to ``progress``."""
+
+    def patients_not_read(self) -> int:
+        """Patients known to exist but not read, because no candidate search found them
+        (after ``read``; 0 for a source that reads everyone)."""
+
+    def stats(self) -> dict[str, int]:
+        """Counts worth reporting about the retrieval (HTTP requests, ...)."""
 
 
 def patient_id_from_reference(reference: object) -> str | None:

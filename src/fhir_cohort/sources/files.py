@@ -55,8 +55,16 @@ class FileSource:
             else:
                 self.files.append(path)
 
-    def total_bytes(self) -> int:
+    progress_unit = "B"
+
+    def total_work(self) -> int:
         return sum(p.stat().st_size for p in self.files)
+
+    def patients_not_read(self) -> int:
+        return 0
+
+    def stats(self) -> dict[str, int]:
+        return {"files": len(self.files)}
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         for path in self.files:
