@@ -40,6 +40,15 @@ def summary(screening: Screening, out_dir: str | None = None) -> str:
             )
         if len(screening.candidates) > TOP:
             lines.append(f"  ... {len(screening.candidates) - TOP} more in candidates.csv")
+    retrieval = screening.retrieval
+    if retrieval.get("http_requests"):
+        fetched = retrieval.get("patients_fetched") or funnel["patients_read"] or 1
+        lines.append("")
+        lines.append(
+            f"  HTTP requests: {retrieval['http_requests']} for {fetched} patients "
+            f"fetched ({retrieval['http_requests'] / fetched:.2f} per patient), "
+            f"{retrieval.get('http_retries', 0)} retries"
+        )
     problems = screening.data_quality.to_list()
     if problems:
         lines.append("")
