@@ -189,3 +189,27 @@ def test_unexpected_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and "RuntimeError: boom" in err[0]
+
+
+@pytest.mark.parametrize("option", ["--token", "--password", "--client-secret"])
+def test_no_option_takes_a_secret_on_the_command_line(option, capsys):
+    """Secrets come from environment variables or files: a command line shows in `ps`."""
+    with pytest.raises(SystemExit) as stop:
+        main(["screen", "--server", "http://127.0.0.1:9/fhir", option, "s3cret"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_bearer_token_from_missing_env_var_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FHIR_COHORT_TOKEN", raising=False)
+    code = main(["screen", "--server", "http://127.0.0.1:9/fhir", "--auth", "bearer",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "FHIR_COHORT_TOKEN" in err[0]
+
+
+def test_seed_refuses_without_yes_and_says_what_and_where(capsys):
+    code = main(["seed", "--server", "http://127.0.0.1:9/fhir"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "http://127.0.0.1:9/fhir" in err and "--yes" in err and "misle-cohort" in err

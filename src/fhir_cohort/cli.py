@@ -63,12 +63,15 @@ def _as_of(text: str) -> date:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fhir-cohort", description="Pre-screen FHIR R4 records for clinical-trial eligibility."
+        allow_abbrev=False,  # "--password x" must not pass for "--password-env x"
+        prog="fhir-cohort",
+        description="Pre-screen FHIR R4 records for clinical-trial eligibility.",
     )
     parser.add_argument("--version", action="version", version=f"fhir-cohort {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "screen",
+        allow_abbrev=False,
         help="screen patients and write a ranked, explained candidate list",
         description="Screen FHIR data for a trial. Without --source, screens the bundled "
         "synthetic cohort.",
@@ -133,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser(
         "probe",
+        allow_abbrev=False,
         help="report what a FHIR server can do for a trial's screen",
         description="Read the CapabilityStatement and try the searches the trial needs "
         "(read-only; nothing is written, no export started).",
@@ -142,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
     seed = commands.add_parser(
         "seed",
+        allow_abbrev=False,
         help="upload a synthetic cohort to a FHIR server (sandbox testing)",
         description="Upload synthetic FHIR data (the bundled cohort by default) as transaction "
         "Bundles of PUTs, one PUT each where transactions are refused.",
