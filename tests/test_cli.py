@@ -202,8 +202,17 @@ def test_no_option_takes_a_secret_on_the_command_line(option, capsys):
 
 def test_bearer_token_from_missing_env_var_is_a_usage_error(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FHIR_COHORT_TOKEN", raising=False)
-    code = main(["screen", "--server", "http://127.0.0.1:9/fhir", "--auth", "bearer",
-                 "--out", str(tmp_path)])
+    code = main(
+        [
+            "screen",
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--auth",
+            "bearer",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "FHIR_COHORT_TOKEN" in err[0]
 

@@ -190,12 +190,6 @@ def test_repeated_next_link_stops_paging_with_a_note(rsps):
     assert "repeated" in client.notes[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the first page's own URL is never added to "
-    "`followed`, so a next link back to it re-reads page 1 and yields its "
-    "entries twice before the loop is detected",
-)
 def test_next_link_back_to_the_first_page_does_not_duplicate_entries(rsps):
     first = f"{BASE}/Condition?code=x"
     rsps.get(first, json=bundle(entry(condition("c1")), next_url=first))  # next == self
@@ -235,13 +229,6 @@ def test_next_link_to_another_origin_on_same_name_is_not_followed(rsps, link):
     assert [n.code for n in client.notes] == ["incomplete-search"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: origin() reads urlsplit(url).port, which raises "
-    "ValueError for an out-of-range port; a server's next link such as "
-    "https://h:99999/ escapes search() as a bare ValueError instead of a note "
-    "or a ServerError",
-)
 def test_next_link_with_invalid_port_is_a_note_not_a_crash(rsps):
     rsps.get(
         f"{BASE}/Condition",
@@ -690,13 +677,6 @@ def test_smart_discovery_failure_is_an_auth_error(rsps, ec_key):
         SmartBackendAuth(BASE, "c", ec_key).headers()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SmartBackendAuth._fetch calls answer.json() on a "
-    "200 token response without catching ValueError/KeyError, so a token endpoint "
-    "answering 200 with HTML (a login page, a proxy) escapes as a raw "
-    "JSONDecodeError instead of an AuthError",
-)
 def test_smart_token_200_not_json_is_an_auth_error(rsps, ec_key):
     rsps.get(f"{BASE}/.well-known/smart-configuration", json={"token_endpoint": TOKEN_URL})
     rsps.post(TOKEN_URL, status=200, body="<html>Sign in</html>", content_type="text/html")
@@ -793,14 +773,6 @@ def test_token_appears_in_no_error_and_no_note(rsps):
     assert all(auth_header(c) == f"Bearer {TOKEN}" for c in rsps.calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: explain() copies the server's diagnostics into "
-    "the ServerError verbatim; a server that echoes the bearer token in a 401 "
-    "OperationOutcome puts the secret into the one-line message (ServerError "
-    "promises 'without secrets'); the client knows its own credential and "
-    "should redact it",
-)
 def test_token_echoed_by_the_server_is_not_repeated(rsps):
     rsps.get(
         f"{BASE}/Condition",
@@ -1119,12 +1091,6 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     assert state["complete"] is True and set(state["downloaded"]) == {FILE1, FILE2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BulkSource.download names the file from the "
-    "manifest's server-controlled `type` (folder / f'{kind}.{index}.ndjson'); a "
-    "type holding '../' writes outside the download folder",
-)
 def test_bulk_output_type_cannot_escape_the_folder(rsps, trial, tmp_path):
     register_export(rsps, outputs=(("../../escaped", FILE1),))
     folder = tmp_path / "a" / "b" / "export"

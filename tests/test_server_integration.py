@@ -83,20 +83,47 @@ def smart_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sekmet-smart")
     key = ec.generate_private_key(ec.SECP384R1())
     private = folder / "client.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     private.chmod(0o600)
     public = folder / "client.pub.pem"
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    auth = {"types": ["smart"], "token_lifetime": 120, "smart_clients": [
-        {"client_id": "fhir-cohort-ci", "scopes": "system/*.read system/*.write",
-         "public_key_path": str(public)}]}
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    auth = {
+        "types": ["smart"],
+        "token_lifetime": 120,
+        "smart_clients": [
+            {
+                "client_id": "fhir-cohort-ci",
+                "scopes": "system/*.read system/*.write",
+                "public_key_path": str(public),
+            }
+        ],
+    }
     with sekmet(folder, server_auth=auth) as base:
         smart = ["--auth", "smart", "--client-id", "fhir-cohort-ci", "--private-key", str(private)]
-        assert main(["seed", "--server", base, "--yes", *smart, "--scope",
-                     "system/*.write system/*.read"]) == 0
+        assert (
+            main(
+                [
+                    "seed",
+                    "--server",
+                    base,
+                    "--yes",
+                    *smart,
+                    "--scope",
+                    "system/*.write system/*.read",
+                ]
+            )
+            == 0
+        )
         yield base, smart
 
 
@@ -107,8 +134,11 @@ def test_smart_backend_services_screen(smart_server, cohort_output, tmp_path, ca
     assert outcomes(rest) == outcomes(cohort_output) == outcomes(bulk)
     # Neither an access token nor key material reaches the terminal or the outputs.
     printed = capsys.readouterr()
-    written = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
-                      and p.suffix in (".json", ".csv"))
+    written = "".join(
+        p.read_text(errors="replace")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".csv")
+    )
     for text in (printed.out, printed.err, written):
         assert "eyJ" not in text and "PRIVATE KEY" not in text and "Bearer" not in text
 

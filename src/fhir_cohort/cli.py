@@ -310,6 +310,11 @@ def _sources(args: argparse.Namespace, trial: Trial) -> list[ResourceSource]:
     client = _client(args)
     if args.bulk:
         folder = args.bulk_dir or args.out / "bulk-export"
+
+        def status(text: str) -> None:
+            if not args.quiet:
+                print(f"fhir-cohort: {text}", file=sys.stderr)
+
         return [
             BulkSource(
                 client,
@@ -318,6 +323,7 @@ def _sources(args: argparse.Namespace, trial: Trial) -> list[ResourceSource]:
                 level=args.bulk,
                 since=args.since,
                 type_filter=args.type_filter,
+                on_status=status,
             )
         ]
     return [RestSource(client, trial, concurrency=args.concurrency)]

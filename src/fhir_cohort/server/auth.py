@@ -108,6 +108,13 @@ class BasicAuth:
         return f"BasicAuth(user={self.user!r}, password=***)"
 
 
+def _session() -> requests.Session:
+    """A session that picks up no proxy or .netrc credentials from the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def load_private_key(path: str | Path):
     """A PEM private key (RSA or EC P-384) from a file; its password, if any, from
     FHIR_COHORT_KEY_PASSWORD."""
@@ -153,15 +160,15 @@ class SmartBackendAuth:
             return self.token_url
         url = self.fhir_base.rstrip("/") + "/.well-known/smart-configuration"
         try:
-            answer = requests.get(
+            answer = _session().get(
                 url,
                 timeout=self.timeout,
                 verify=self.verify,
                 headers={"Accept": "application/json"},
             )
             answer.raise_for_status()
-            self.token_url = answer.json()["token_endpoint"]
-        except (requests.RequestException, ValueError, KeyError) as error:
+            self.token_url = str(answer.json()["token_endpoint"])
+        except (requests.RequestException, ValueError, KeyError, TypeError) as error:
             raise AuthError(
                 f"cannot discover the token endpoint from {url}: {type(error).__name__}"
             ) from None
@@ -190,7 +197,7 @@ class SmartBackendAuth:
             "client_assertion": self._assertion(token_url),
         }
         try:
-            answer = requests.post(
+            answer = _session().post(
                 token_url,
                 data=form,
                 timeout=self.timeout,
@@ -203,13 +210,19 @@ class SmartBackendAuth:
             ) from None
         if answer.status_code != 200:
             try:
-                detail = answer.json().get("error_description") or answer.json().get("error")
-            except ValueError:
+                body = answer.json()
+                detail = body.get("error_description") or body.get("error")
+            except (ValueError, AttributeError):
                 detail = answer.reason
             raise AuthError(f"token request refused ({answer.status_code}): {detail}")
-        body = answer.json()
-        self._token = body["access_token"]
-        self._expires = time.monotonic() + float(body.get("expires_in", 300))
+        try:
+            body = answer.json()
+            self._token = str(body["access_token"])
+            self._expires = time.monotonic() + float(body.get("expires_in", 300))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AuthError(
+                f"the token endpoint {token_url} answered 200 without a usable access_token"
+            ) from None
 
     def headers(self) -> dict[str, str]:
         with self._lock:

@@ -58,8 +58,25 @@ def origin(url: str) -> tuple[str, str, int | None]:
     False
     """
     parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:  # a port out of range: no origin anyone is configured for
+        return "invalid", url, None
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+_SECRETS = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+|eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def scrub(text: str) -> str:
+    """Remove anything that looks like a credential from text a server sent back.
+
+    >>> scrub("invalid token Bearer abc.def-1 for user")
+    'invalid token *** for user'
+    >>> scrub("got eyJhbGciOi.eyJzdWIi.sig")
+    'got ***'
+    """
+    return _SECRETS.sub("***", text)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -109,7 +126,7 @@ def explain(response: requests.Response) -> str:
         detail = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
     else:
         detail = text
-    detail = " ".join(detail.split())[:300] or (response.reason or "")
+    detail = scrub(" ".join(detail.split()))[:300] or (response.reason or "")
     return f"HTTP {response.status_code} from {where}: {detail}".rstrip(": ")
 
 
@@ -194,6 +211,10 @@ class FhirClient:
             headers = {**fixed_headers, **(self.auth.headers() if with_auth else {})}
             try:
                 response = self.session.request(method, url, headers=headers, **kwargs)
+            except requests.exceptions.InvalidURL as error:
+                raise ServerError(
+                    f"{method}: the URL cannot be requested ({type(error).__name__})"
+                ) from None
             except (requests.ConnectionError, requests.Timeout) as error:
                 self.counter.count(kind, retry=attempt > 0)
                 if attempt >= self.max_retries:
@@ -263,7 +284,11 @@ class FhirClient:
             )
         else:
             page = self.json("GET", f"{resource_type}?{query}", kind=kind)
-        followed: set[str] = set()
+        followed: set[str] = (
+            set()
+            if len(query) + len(self.url(resource_type)) + 1 > MAX_URL
+            else {self.url(f"{resource_type}?{query}")}
+        )
         while True:
             if page.get("resourceType") != "Bundle":
                 raise ServerError(

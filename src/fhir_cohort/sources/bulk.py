@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from ..server.client import FhirClient, ServerError
 from . import NoteSink, Progress, RawResource
 from .files import FileSource
 
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
 TYPES = (
     "Patient",
@@ -72,6 +74,7 @@ class BulkSource:
         since: str | None = None,
         type_filter: bool = False,
         max_poll: float = 3600,
+        on_status: Callable[[str], None] = lambda _: None,
     ):
         self.client = client
         self.trial = trial
@@ -80,6 +83,7 @@ class BulkSource:
         self.since = since
         self.type_filter = type_filter
         self.max_poll = max_poll
+        self.on_status = on_status  # told the server's X-Progress while the export runs
         self.transaction_time: str | None = None
         self._files: FileSource | None = None
 
@@ -131,7 +135,7 @@ class BulkSource:
             )
         return location
 
-    def poll(self, status_url: str, note: NoteSink) -> dict:
+    def poll(self, status_url: str) -> dict:
         started = time.monotonic()
         while True:
             response = self.client.request(
@@ -142,6 +146,8 @@ class BulkSource:
                     return response.json()
                 except ValueError:
                     raise ServerError("the export's manifest is not JSON") from None
+            if response.headers.get("X-Progress"):
+                self.on_status(f"export {response.headers['X-Progress'][:80]}")
             if time.monotonic() - started > self.max_poll:
                 raise ServerError(
                     f"the export did not finish within {self.max_poll:.0f} s; "
@@ -155,7 +161,9 @@ class BulkSource:
         with_token = bool(manifest.get("requiresAccessToken"))
         done = state.setdefault("downloaded", {})
         for index, item in enumerate(manifest.get("output") or ()):
-            url, kind = item.get("url"), item.get("type", "Resource")
+            url, kind = item.get("url"), str(item.get("type", ""))
+            if not _RESOURCE_TYPE.match(kind):  # the name becomes a file name: no paths
+                kind = "Resource"
             if not url or url in done:
                 progress(1)
                 continue
@@ -226,7 +234,7 @@ class BulkSource:
             status_url = self.kick_off()
             state = {"level": self.level, "params": self._params(), "status_url": status_url}
             self._save(state)
-        manifest = state.get("manifest") or self.poll(status_url, note)
+        manifest = state.get("manifest") or self.poll(status_url)
         state["manifest"] = manifest
         self._save(state)
         for problem in manifest.get("error") or ():
