@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -60,6 +61,22 @@ def kickoff_path(level: str) -> str:
     raise ServerError(f"--bulk must be system, patient or group:<id>, not {level!r}")
 
 
+def since_instant(text: str) -> str:
+    """``_since`` as a UTC instant with milliseconds, the form every server compares right.
+
+    >>> since_instant("2026-11-24T01:30:00+02:00"), since_instant("2026-11-24")
+    ('2026-11-23T23:30:00.000Z', '2026-11-24T00:00:00.000Z')
+    """
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ServerError(f"--since must be an ISO date or instant, not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 class BulkSource:
     """Resources from a Bulk Data export of a live server."""
 
@@ -80,7 +97,7 @@ class BulkSource:
         self.trial = trial
         self.folder = Path(folder)
         self.level = level
-        self.since = since
+        self.since = since_instant(since) if since else None
         self.type_filter = type_filter
         self.max_poll = max_poll
         self.on_status = on_status  # told the server's X-Progress while the export runs
