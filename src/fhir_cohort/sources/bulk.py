@@ -29,7 +29,7 @@ from ..criteria.trial import Trial
 from ..normalise.facts import Note
 from ..outputs import write_private
 from ..server.client import FhirClient, ServerError
-from . import NoteSink, Progress, RawResource
+from . import NoteSink, Progress, RawResource, SourceError
 from .files import FileSource
 
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -70,7 +70,7 @@ def since_instant(text: str) -> str:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ServerError(f"--since must be an ISO date or instant, not {text!r}") from None
+        raise SourceError(f"--since must be an ISO date or instant, not {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     moment = moment.astimezone(timezone.utc)
