@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from .criteria.evaluator import evaluate
-from .criteria.relevance import CODED, Relevance
+from .criteria.relevance import CODED, PATIENT_DATA, Relevance
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
 from .normalise.facts import Note
@@ -25,16 +25,6 @@ from .rank import Candidate, rank
 from .sources import ResourceSource
 from .store import SqliteStore
 
-PATIENT_SCOPED = frozenset(
-    {
-        "Condition",
-        "Observation",
-        "Procedure",
-        "MedicationStatement",
-        "MedicationRequest",
-        "MedicationAdministration",
-    }
-)
 EXAMPLES_PER_NOTE = 5
 
 
@@ -159,11 +149,7 @@ def screen(
             )
             for raw in source.read(quality.add, advance):
                 wanted = relevance.classify(raw.resource)
-                if (
-                    wanted
-                    and raw.patient is None
-                    and raw.resource["resourceType"] in PATIENT_SCOPED
-                ):
+                if wanted and raw.patient is None and raw.resource["resourceType"] in PATIENT_DATA:
                     quality.add(
                         Note(
                             "no-patient-reference",

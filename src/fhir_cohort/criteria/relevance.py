@@ -25,6 +25,8 @@ ALWAYS_KEPT = frozenset(
     }
 )
 CODED = frozenset({"Condition", "Observation", "Procedure"})
+# Resources that must name their patient (subject/patient).
+PATIENT_DATA = (ALWAYS_KEPT | CODED) - {"Patient", "Medication"}
 
 
 KEPT, POOL = 1, 2  # relevance bits; bit 2 + i: the trial's i-th ACR criterion

@@ -34,16 +34,6 @@ from .files import FileSource
 
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
-TYPES = (
-    "Patient",
-    "Condition",
-    "Observation",
-    "Procedure",
-    "MedicationStatement",
-    "MedicationRequest",
-    "MedicationAdministration",
-    "Medication",
-)
 
 
 def kickoff_path(level: str) -> str:
@@ -117,8 +107,14 @@ class BulkSource:
     def _save(self, state: dict) -> None:
         write_private(self._state_path(), orjson.dumps(state, option=orjson.OPT_INDENT_2))
 
+    def types(self) -> list[str]:
+        """The types the trial's server plan fetches, and the Medications they reference."""
+        plan = self.trial.server
+        fetched = {s.resource for s in plan.fetch} if plan else set()
+        return sorted(fetched | {"Patient", "Medication"})
+
     def _params(self) -> dict[str, str]:
-        params = {"_type": ",".join(TYPES), "_outputFormat": "application/fhir+ndjson"}
+        params = {"_type": ",".join(self.types()), "_outputFormat": "application/fhir+ndjson"}
         if self.since:
             params["_since"] = self.since
         if self.type_filter and self.trial.server:
