@@ -54,7 +54,7 @@ def test_bundled_cohort_exits_0_and_prints_summary(cohort_run, expected):
     assert f"wrote {cohort_run['out']}/candidates.json" in stdout
 
 
-@pytest.mark.parametrize("name", ["candidates.json", "candidates.csv"])
+@pytest.mark.parametrize("name", ["candidates.json", "candidates.csv", "report.html"])
 def test_output_files_are_owner_only(cohort_run, name):
     path = cohort_run["out"] / name
     assert path.is_file()
@@ -63,6 +63,7 @@ def test_output_files_are_owner_only(cohort_run, name):
     assert sorted(p.name for p in cohort_run["out"].iterdir()) == [
         "candidates.csv",
         "candidates.json",
+        "report.html",
     ]
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import __version__
 from .criteria.trial import Trial, TrialError, load_trial, queries_dir
 from .outputs.candidates import write_csv, write_json
+from .outputs.report import write_report
 from .outputs.terminal import summary
 from .pipeline import screen
 from .server.auth import (
@@ -343,6 +344,7 @@ def _screen(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(result, args.out / "candidates.json")
         write_csv(result, args.out / "candidates.csv")
+        write_report(result, args.out / "report.html")
     except OSError as error:
         raise SourceError(f"cannot write to {args.out}: {error.strerror or error}") from None
     if not args.quiet:

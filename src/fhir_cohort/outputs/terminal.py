@@ -55,5 +55,5 @@ def summary(screening: Screening, out_dir: str | None = None) -> str:
         lines.append("  data quality: " + ", ".join(f"{p['count']} {p['code']}" for p in problems))
     if out_dir:
         lines.append("")
-        lines.append(f"  wrote {out_dir}/candidates.json and {out_dir}/candidates.csv")
+        lines.append(f"  wrote {out_dir}/candidates.json, candidates.csv and report.html")
     return "\n".join(lines)
