@@ -9,7 +9,7 @@ and each answer carries the facts it rests on.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from ..normalise.dates import add_months, age_on, date_bounds
@@ -414,21 +414,22 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> PatientResult:
     met = tuple(k for k, f in criteria.items() if f.result == MET)
     acr = AcrResult(MET if len(met) >= trial.acr_min_met else NOT_MET, met, criteria)
     candidate = bool(patient.rule(trial.pool).value()) or acr.result == MET
+    outside_pool = PatientResult(
+        patient=facts.patient_id,
+        name=facts.name,
+        as_of=as_of,
+        candidate=False,
+        status=NOT_A_CANDIDATE,
+        eligible_from=None,
+        age=age,
+        acr=acr,
+        activity=None,
+        exclusions={},
+        notes=(*facts.notes, *patient.notes.values()),
+    )
     if not candidate:
         # Not listed and not counted past the pool: activity and exclusions are not needed.
-        return PatientResult(
-            patient=facts.patient_id,
-            name=facts.name,
-            as_of=as_of,
-            candidate=False,
-            status=NOT_A_CANDIDATE,
-            eligible_from=None,
-            age=age,
-            acr=acr,
-            activity=None,
-            exclusions={},
-            notes=(*facts.notes, *patient.notes.values()),
-        )
+        return outside_pool
     activity = _activity(patient, trial)
     exclusions = {key: _exclusion(patient, rules) for key, rules in trial.exclusions.items()}
     for washout in trial.washouts:
@@ -446,15 +447,11 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> PatientResult:
         status = WASHOUT if running else ELIGIBLE
     else:
         status = NEEDS_REVIEW
-    return PatientResult(
-        patient=facts.patient_id,
-        name=facts.name,
-        as_of=as_of,
-        candidate=candidate,
+    return replace(
+        outside_pool,
+        candidate=True,
         status=status,
         eligible_from=eligible_from,
-        age=age,
-        acr=acr,
         activity=activity,
         exclusions=exclusions,
         notes=(*facts.notes, *patient.notes.values()),
