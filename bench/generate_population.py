@@ -687,16 +687,19 @@ def generate(
             rate = (i + 1) / (time.perf_counter() - started)
             print(f"  {i + 1:,}/{patients:,} patients ({rate:,.0f}/s)", file=sys.stderr)
     writer.close()
+    return write_info(out, writer, started, patients=patients, lupus_patients=n_lupus, seed=seed)
+
+
+def write_info(out: Path, writer, started: float, **facts) -> dict:
+    """Describe a generated population in ``out/.population.json`` and return it."""
     info = {
-        "patients": patients,
-        "lupus_patients": n_lupus,
-        "seed": seed,
+        **facts,
         "as_of": AS_OF.isoformat(),
         "resources": dict(sorted(writer.counts.items())),
         "total_resources": sum(writer.counts.values()),
         "files": sorted(writer.paths),
         "bytes": sum((out / name).stat().st_size for name in writer.paths),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 2),
     }
     (out / ".population.json").write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
     return info

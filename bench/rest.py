@@ -131,20 +131,15 @@ def generate_light(patients: int, out: Path, seed_value: int, lupus_rate: float)
         for rtype, resources in light_person(gen, i in lupus_index).items():
             writer.write(rtype, resources)
     writer.close()
-    info = {
-        "generator": "bench/rest.py light_person",
-        "patients": patients,
-        "lupus_patients": n_lupus,
-        "seed": seed_value,
-        "as_of": AS_OF.isoformat(),
-        "resources": dict(sorted(writer.counts.items())),
-        "total_resources": sum(writer.counts.values()),
-        "files": sorted(writer.paths),
-        "bytes": sum((out / name).stat().st_size for name in writer.paths),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    (out / ".population.json").write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
-    return info
+    return gp.write_info(
+        out,
+        writer,
+        started,
+        generator="bench/rest.py light_person",
+        patients=patients,
+        lupus_patients=n_lupus,
+        seed=seed_value,
+    )
 
 
 # -- CPU time of this process and of the server -------------------------------------
