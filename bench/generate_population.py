@@ -485,7 +485,8 @@ class Generator:
         }
 
     # -- one patient ----------------------------------------------------------
-    def person(self, lupus: bool) -> dict[str, list[dict]]:
+    def start_person(self, lupus: bool) -> tuple[str, date, dict[str, list[dict]]]:
+        """A new patient: id, first day of history, and the output with its Patient."""
         rng = self.rng
         pid = self.uuid()
         if lupus:
@@ -495,11 +496,15 @@ class Generator:
             gender = rng.choice(("female", "male"))
             age = rng.randrange(0, 95)
         birth = AS_OF - timedelta(days=age * 365 + rng.randrange(365))
-        first = max(HISTORY_START, birth)
         out: dict[str, list[dict]] = {
             t: [] for t in ("Patient", "Condition", "Observation", "MedicationRequest", "Procedure")
         }
         out["Patient"].append(self.patient(pid, birth, gender))
+        return pid, max(HISTORY_START, birth), out
+
+    def person(self, lupus: bool) -> dict[str, list[dict]]:
+        rng = self.rng
+        pid, first, out = self.start_person(lupus)
 
         # Encounters: each has vital signs, often chemistry, sometimes a CBC.
         target = rng.randrange(240, 361)

@@ -37,7 +37,7 @@ import os
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date
 from importlib import metadata
 from pathlib import Path
 
@@ -71,19 +71,7 @@ def light_person(gen: gp.Generator, lupus: bool) -> dict[str, list[dict]]:
     Conditions, 2-4 MedicationRequests, 1-3 Procedures, and for a lupus patient
     the same evidence as the big benchmark (``Generator.lupus_evidence``)."""
     rng = gen.rng
-    pid = gen.uuid()
-    if lupus:
-        gender = "female" if rng.random() < 0.9 else "male"
-        age = rng.randrange(20, 60)
-    else:
-        gender = rng.choice(("female", "male"))
-        age = rng.randrange(0, 95)
-    birth = AS_OF - timedelta(days=age * 365 + rng.randrange(365))
-    first = max(gp.HISTORY_START, birth)
-    out: dict[str, list[dict]] = {
-        t: [] for t in ("Patient", "Condition", "Observation", "MedicationRequest", "Procedure")
-    }
-    out["Patient"].append(gen.patient(pid, birth, gender))
+    pid, first, out = gen.start_person(lupus)
     obs = out["Observation"]
     encounters: list[tuple[str, date]] = []
     count = rng.randrange(2, 5)
