@@ -18,6 +18,15 @@ COHORT = ROOT / "fixtures" / "misle-cohort"
 EXPECTED = ROOT / "fixtures" / "misle-cohort.expected.json"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory):
+    """Runs in the tests keep their history in a temporary folder, never in ~/.local."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FHIR_COHORT_STATE", str(tmp_path_factory.mktemp("state")))
+        patch.delenv("XDG_STATE_HOME", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def trial():
     return load_trial("misle")

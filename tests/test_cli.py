@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import stat
 from collections import Counter
 from pathlib import Path
@@ -51,18 +52,20 @@ def test_bundled_cohort_exits_0_and_prints_summary(cohort_run, expected):
         )
         in stdout
     )
-    assert f"wrote {cohort_run['out']}/candidates.json" in stdout
+    assert f"wrote {cohort_run['out']}/report.html, candidates.json" in stdout
 
 
-@pytest.mark.parametrize("name", ["candidates.json", "candidates.csv", "report.html"])
+@pytest.mark.parametrize("name", ["candidates.json", "candidates.csv", "report.html", "group.json"])
 def test_output_files_are_owner_only(cohort_run, name):
     path = cohort_run["out"] / name
     assert path.is_file()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # no temporary file left beside it
+    assert stat.S_IMODE(cohort_run["out"].stat().st_mode) == 0o700
     assert sorted(p.name for p in cohort_run["out"].iterdir()) == [
         "candidates.csv",
         "candidates.json",
+        "group.json",
         "report.html",
     ]
 
@@ -74,13 +77,23 @@ def test_csv_agrees_with_json(cohort_run, expected):
     listed = [p for p, case in expected["patients"].items() if case["status"] != "not-a-candidate"]
     assert len(rows) == len(data["candidates"]) == len(listed)
     for row, candidate in zip(rows[:3], data["candidates"][:3], strict=True):
-        assert row["patient_id"] == candidate["patient"]
-        assert row["status"] == candidate["status"]
-        assert int(row["rank"]) == candidate["rank"]
-        assert int(row["score"]) == candidate["score"]
-        assert row["as_of"] == data["as_of"] == AS_OF
-    assert rows[0]["rank"] == "1"
-    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+        assert row["record_id"] == candidate["patient"]
+        assert row["screen_status"] == candidate["status"]
+        assert int(row["screen_rank"]) == candidate["rank"]
+        assert int(row["rank_score"]) == candidate["score"]
+        assert row["screen_as_of"] == data["as_of"] == AS_OF
+    assert rows[0]["screen_rank"] == "1"
+    assert [int(r["screen_rank"]) for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_csv_column_names_are_redcap_field_names():
+    """REDCap variable names: lower case letters, digits and underscores, starting with a
+    letter, at most 26 characters (REDCap's recommended limit), the record id first."""
+    assert CSV_COLUMNS[0] == "record_id"
+    assert len(set(CSV_COLUMNS)) == len(CSV_COLUMNS)
+    for column in CSV_COLUMNS:
+        assert re.fullmatch(r"[a-z][a-z0-9_]{0,25}", column), column
+        assert not column.startswith("redcap_"), column  # REDCap's reserved prefix
 
 
 def test_missing_source_exits_2_with_one_line(tmp_path, capsys):
@@ -170,8 +183,8 @@ def test_csv_formula_in_patient_name_is_neutralised(tmp_path, name):
         == 0
     )
     _, rows = read_csv(out / "candidates.csv")
-    assert [r["patient_id"] for r in rows] == ["p-name"]
-    assert rows[0]["name"] == "'" + name
+    assert [r["record_id"] for r in rows] == ["p-name"]
+    assert rows[0]["patient_name"] == "'" + name
     # the JSON keeps the data as it was
     data = json.loads((out / "candidates.json").read_text())
     assert data["candidates"][0]["name"] == name

@@ -141,8 +141,9 @@ def test_pipeline_screen_over_messy_data(trial):
 def test_cli_screen_over_messy_data(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["screen", "--source", str(MESSY), "--as-of", AS_OF.isoformat(), "--out", str(out)])
-    assert code == 0
+    assert code == 4  # done with partial data: one file could not be read
     captured = capsys.readouterr()
+    assert captured.err.startswith("fhir-cohort: warning: partial data: 1 unreadable-file;")
     assert "eligible: 1  washout: 0  needs-review: 1  excluded: 0" in captured.out
     assert "2 invalid-json" in captured.out and "1 unreadable-file" in captured.out
     output = json.loads((out / "candidates.json").read_text())

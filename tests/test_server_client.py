@@ -1008,29 +1008,66 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     assert waits == [2.0]
     assert progress == [1, 1]
     assert all(auth_header(c) == f"Bearer {TOKEN}" for c in rsps.calls)
-    files = sorted(p.name for p in folder.iterdir())
-    assert files == [STATE, "Condition.001.ndjson", "Patient.000.ndjson"]
-    for path in folder.iterdir():
+    assert sorted(p.name for p in folder.iterdir()) == [STATE, "baseline"]
+    baseline = folder / "baseline"
+    files = sorted(p.name.split(".")[0] for p in baseline.iterdir())
+    assert files == ["Condition", "Patient"]
+    for path in [folder / STATE, *baseline.iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    assert (folder / "Patient.000.ndjson").read_bytes() == PATIENTS
+    assert stat.S_IMODE(baseline.stat().st_mode) == 0o700
+    assert next(baseline.glob("Patient.*.ndjson")).read_bytes() == PATIENTS
     state = json.loads((folder / STATE).read_text())
-    assert state["complete"] is True
-    assert state["transactionTime"] == "2024-05-01T00:00:00Z"
-    assert set(state["downloaded"]) == {FILE1, FILE2}
+    assert state == {
+        "baseline": {
+            "transactionTime": "2024-05-01T00:00:00Z",
+            "level": "system",
+            "types": source.types(),
+        }
+    }
     assert TOKEN not in (folder / STATE).read_text()
     assert source.transaction_time == "2024-05-01T00:00:00Z"
+    assert source.pull == "full (no earlier export in this folder to build on)"
     assert source.stats() == {"http_requests": 5, "http_retries": 0, "files": 2}
 
-    # a second run on the same folder exports nothing again
-    before = len(rsps.calls)
+
+def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_path):
+    """Every run exports; the second asks `_since` the first export's transactionTime and
+    merges: a changed resource replaces its copy, a new one is added, the rest stay."""
+    register_export(rsps)
+    folder = tmp_path / "export"
+    list(BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder).read(print, print))
+    first = len(rsps.calls)
+
+    delta = f"{BASE}/bulkfiles/patient-2.ndjson"
+    changed = (
+        b'{"resourceType":"Patient","id":"p2","birthDate":"1981-02-02"}\n'
+        b'{"resourceType":"Patient","id":"p3","birthDate":"1990-03-03"}\n'
+    )
+    since_manifest = {**manifest((("Patient", delta),)), "transactionTime": "2024-05-02T00:00:00Z"}
+    rsps.replace(responses.GET, f"{BASE}/$export", status=202, headers={"Content-Location": STATUS})
+    rsps.upsert(responses.GET, STATUS, status=200, json=since_manifest)
+    rsps.get(delta, body=changed, content_type="application/fhir+ndjson")
     again = BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder)
-    assert sorted(r.resource["id"] for r in again.read(lambda n: None, lambda n: None)) == [
-        "c1",
+    raws = list(again.read(lambda n: None, lambda n: None))
+
+    kickoff = rsps.calls[first].request
+    assert parse_qs(urlsplit(kickoff.url).query)["_since"] == ["2024-05-01T00:00:00.000Z"]
+    assert again.pull.startswith("incremental: resources changed since 2024-05-01")
+    births = {r.resource["id"]: r.resource.get("birthDate") for r in raws}
+    assert births == {"p1": "1970-01-01", "p2": "1981-02-02", "p3": "1990-03-03", "c1": None}
+    assert len(raws) == 4  # the old p2 is gone, not duplicated
+    state = json.loads((folder / STATE).read_text())
+    assert state["baseline"]["transactionTime"] == "2024-05-02T00:00:00Z"
+
+    full = BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder, incremental=False)
+    rsps.upsert(responses.GET, STATUS, status=200, json=manifest((("Patient", FILE1),)))
+    calls = len(rsps.calls)
+    assert sorted(r.resource["id"] for r in full.read(lambda n: None, lambda n: None)) == [
         "p1",
         "p2",
     ]
-    assert len(rsps.calls) == before
-    assert again.transaction_time == "2024-05-01T00:00:00Z"
+    assert "_since" not in parse_qs(urlsplit(rsps.calls[calls].request.url).query)
+    assert full.pull == "full (asked for with --full)"
 
 
 def test_bulk_file_on_another_host_with_token_is_refused(rsps, trial, tmp_path):
@@ -1073,11 +1110,11 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     with pytest.raises(ServerError, match="no answer after 3 tries"):
         list(BulkSource(client, trial, folder).read(lambda n: None, lambda n: None))
     assert len(waits) == 1 + 2  # the poll, then two backoffs
-    state = json.loads((folder / STATE).read_text())
-    assert not state.get("complete")
-    assert list(state["downloaded"]) == [FILE1]
-    assert (folder / "Patient.000.ndjson").read_bytes() == PATIENTS
-    assert not (folder / "Condition.001.ndjson").exists()
+    job = json.loads((folder / STATE).read_text())["job"]
+    assert list(job["downloaded"]) == [FILE1]
+    assert next((folder / "incoming").glob("Patient.*.ndjson")).read_bytes() == PATIENTS
+    assert not list(folder.rglob("Condition.*.ndjson"))
+    assert not (folder / "baseline").exists()  # nothing half-done is screened
 
     rsps.replace(responses.GET, FILE2, body=CONDITIONS, content_type="application/fhir+ndjson")
     first_run = len(rsps.calls)
@@ -1088,7 +1125,7 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     assert paths(rsps)[first_run:] == ["/fhir/bulkfiles/condition-1.ndjson"]
     assert progress == [1, 1]
     state = json.loads((folder / STATE).read_text())
-    assert state["complete"] is True and set(state["downloaded"]) == {FILE1, FILE2}
+    assert set(state) == {"baseline"} and not (folder / "incoming").exists()
 
 
 def test_bulk_output_type_cannot_escape_the_folder(rsps, trial, tmp_path):

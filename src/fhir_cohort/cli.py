@@ -5,14 +5,20 @@ errors with a documented exit code, draws progress on stderr and prints the
 summary on stdout; all the work is in :mod:`fhir_cohort.pipeline`.
 
 Exit codes: 0 done; 2 unusable input (missing path, unknown trial, bad date,
-bad trial definition, bad authentication settings); 3 the server failed (no
-answer, refused, throttled past --max-wait); 1 an unexpected failure (a bug:
-please report it). Secrets come from environment variables or files only.
+bad trial definition, bad authentication settings, unusable state folder);
+3 the server failed (no answer, refused, throttled past --max-wait); 4 done
+with partial data (a file could not be read, an export listed errors, a
+server search was cut short: the outputs are written and say what is
+missing); 5 another run holds the state's lock; 1 an unexpected failure (a
+bug: please report it). Secrets come from environment variables or files
+only.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -22,11 +28,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import __version__
+from .changes import REVIEW_STATUSES, Changes, compare, snapshot
 from .criteria.trial import Trial, TrialError, load_trial, queries_dir
-from .outputs.candidates import write_csv, write_json
+from .outputs.candidates import candidate_dict, write_csv, write_json
+from .outputs.group import build_group, group_json, write_group
 from .outputs.report import write_report
-from .outputs.terminal import summary
-from .pipeline import screen
+from .outputs.terminal import problems, review_lines, summary
+from .pipeline import Screening, screen
 from .server.auth import (
     Auth,
     AuthError,
@@ -44,8 +52,9 @@ from .sources import ResourceSource, SourceError
 from .sources.bulk import BulkSource
 from .sources.files import FileSource
 from .sources.rest import RestSource
+from .state import RunRecord, State, StateError, StateLocked, default_state_dir, utc_now
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
 
 
 def bundled_fixtures() -> Path:
@@ -101,9 +110,23 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("out"),
         metavar="DIR",
-        help="output folder for candidates.json and candidates.csv (default: out)",
+        help="output folder for candidates.json, candidates.csv, report.html and group.json "
+        "(default: out)",
     )
-    run.add_argument("--quiet", action="store_true", help="print only problems")
+    _state_option(run)
+    run.add_argument(
+        "--quiet", action="store_true", help="print only problems (for cron and timers)"
+    )
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="with --server: pull everything, not only what changed since the last run",
+    )
+    run.add_argument(
+        "--publish-group",
+        action="store_true",
+        help="with --server: PUT the listed candidates to the server as Group/fhir-cohort-TRIAL",
+    )
     _server_options(run, required=False)
     run.add_argument(
         "--bulk",
@@ -116,12 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         "--bulk-dir",
         type=Path,
         metavar="DIR",
-        help="where the export is downloaded and resumed (default: OUT/bulk-export)",
-    )
-    run.add_argument(
-        "--since",
-        metavar="INSTANT",
-        help="with --bulk: only resources changed since (e.g. 2026-11-24T00:00:00.000Z)",
+        help="where the export is downloaded, resumed and kept for the next incremental "
+        "run (default: in the state folder)",
     )
     run.add_argument(
         "--type-filter",
@@ -145,6 +164,26 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--trial", default="misle", help="trial name or YAML path")
     _server_options(probe, required=True)
 
+    review = commands.add_parser(
+        "review",
+        allow_abbrev=False,
+        help="record a coordinator's decision about a candidate, or list the decisions",
+        description="Review decisions are an append-only audit trail kept in the state. A "
+        "patient marked declined or not-eligible is not shown as new again unless new "
+        "evidence appears after the decision.",
+    )
+    review.add_argument("patient", nargs="?", metavar="PATIENT_ID", help="the candidate's id")
+    review.add_argument("--status", choices=REVIEW_STATUSES, help="the decision")
+    review.add_argument("--note", default="", metavar="TEXT", help="why, in a few words")
+    review.add_argument(
+        "--by", metavar="NAME", help="who decided (default: the login name)", default=None
+    )
+    review.add_argument(
+        "--list", action="store_true", help="list the decisions (all, or PATIENT_ID's)"
+    )
+    review.add_argument("--trial", default="misle", help="trial name or YAML path")
+    _state_option(review)
+
     seed = commands.add_parser(
         "seed",
         allow_abbrev=False,
@@ -161,6 +200,17 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--yes", action="store_true", help="really write to the server")
     _server_options(seed, required=True)
     return parser
+
+
+def _state_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run history and review decisions (default: $FHIR_COHORT_STATE, else "
+        "$XDG_STATE_HOME/fhir-cohort, else ~/.local/state/fhir-cohort)",
+    )
 
 
 def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
@@ -305,12 +355,26 @@ def _client(args: argparse.Namespace) -> FhirClient:
     )
 
 
-def _sources(args: argparse.Namespace, trial: Trial) -> list[ResourceSource]:
+def _scope(args: argparse.Namespace) -> str:
+    """What a run screened, so a run is compared with the previous run of the same data."""
+    if args.server:
+        mode = f"bulk-{args.bulk}" if args.bulk else "rest"
+        return f"{mode}:{args.server.rstrip('/')}"
+    paths = args.source or [bundled_fixtures()]
+    return "files:" + "|".join(sorted(str(Path(p).resolve()) for p in paths))
+
+
+def _sources(
+    args: argparse.Namespace, trial: Trial, state: State | None, previous: RunRecord | None
+) -> list[ResourceSource]:
     if not args.server:
         return [FileSource(*(args.source or [bundled_fixtures()]))]
     client = _client(args)
     if args.bulk:
-        folder = args.bulk_dir or args.out / "bulk-export"
+        key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
+        folder = args.bulk_dir or (
+            state.folder / "bulk" / key if state else args.out / "bulk-export"
+        )
 
         def status(text: str) -> None:
             if not args.quiet:
@@ -322,33 +386,119 @@ def _sources(args: argparse.Namespace, trial: Trial) -> list[ResourceSource]:
                 trial,
                 folder,
                 level=args.bulk,
-                since=args.since,
+                incremental=not args.full,
                 type_filter=args.type_filter,
                 on_status=status,
             )
         ]
-    return [RestSource(client, trial, concurrency=args.concurrency)]
+    source = RestSource(client, trial, concurrency=args.concurrency)
+    if state is None or previous is None or not previous.checkpoint:
+        source.pull = "full (no earlier complete run to build on)"
+    elif args.full:
+        source.pull = "full (asked for with --full)"
+    else:
+        source.since, source.known = previous.checkpoint, tuple(state.pool(previous.id))
+    return [source]
+
+
+def _write_outputs(screening: Screening, changes: Changes, out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_json(screening, out / "candidates.json", changes)
+        write_csv(screening, out / "candidates.csv", changes)
+        write_report(screening, out / "report.html", changes)
+        write_group(screening, out / "group.json")
+    except OSError as error:
+        raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
 
 
 def _screen(args: argparse.Namespace) -> int:
     trial = load_trial(args.trial)
-    sources = _sources(args, trial)
+    if args.publish_group and not args.server:
+        raise SourceError("--publish-group needs --server")
     if args.dry_run:
-        for source in sources:
+        for source in _sources(args, trial, None, None):
             plan = getattr(source, "plan", None)
             print("\n".join(plan()) if plan else "nothing to plan: files are read as they are")
         return EXIT_OK
     as_of = args.as_of or date.today()
-    result = screen(sources, trial, as_of, progress=_progress(not args.quiet))
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(result, args.out / "candidates.json")
-        write_csv(result, args.out / "candidates.csv")
-        write_report(result, args.out / "report.html")
-    except OSError as error:
-        raise SourceError(f"cannot write to {args.out}: {error.strerror or error}") from None
+    scope = _scope(args)
+    with State(args.state or default_state_dir()) as state, state.lock():
+        previous = state.previous_run(trial.id, scope)
+        sources = _sources(args, trial, state, previous)
+        started = utc_now()
+        result = screen(sources, trial, as_of, progress=_progress(not args.quiet))
+        current = {c.result.patient: snapshot(c) for c in result.candidates}
+        changes = compare(
+            state.snapshots(previous.id) if previous else None,
+            current,
+            state.latest_reviews(trial.id),
+            as_of,
+            {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
+            if previous
+            else None,
+        )
+        _write_outputs(result, changes, args.out)
+        missing = result.missing_data()
+        state.record_run(
+            trial=trial.id,
+            scope=scope,
+            as_of=as_of.isoformat(),
+            started_at=started,
+            outcome="partial" if missing else "complete",
+            checkpoint=next(
+                (
+                    getattr(s, "checkpoint", None) or getattr(s, "transaction_time", None)
+                    for s in sources
+                ),
+                None,
+            ),
+            funnel=result.funnel.to_dict(),
+            candidates=[
+                (c.result.patient, current[c.result.patient], candidate_dict(c))
+                for c in result.candidates
+            ],
+            pool=[p for s in sources for p in getattr(s, "pool", ())],
+        )
+    pulls = [getattr(s, "pull", None) for s in sources]
+    pull = next((p for p in pulls if p), None)
+    if args.publish_group:
+        _publish_group(args, result)
+    for line in problems(result, pull):
+        print(f"fhir-cohort: warning: {line}", file=sys.stderr)
     if not args.quiet:
-        print(summary(result, str(args.out)))
+        print(summary(result, str(args.out), changes, pull))
+    return EXIT_PARTIAL if missing else EXIT_OK
+
+
+def _publish_group(args: argparse.Namespace, screening: Screening) -> None:
+    group = build_group(screening)
+    _client(args).request(
+        "PUT",
+        f"Group/{group.id}",
+        kind="publish",
+        data=group_json(group),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    if not args.quiet:
+        print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
+
+
+def _review(args: argparse.Namespace) -> int:
+    trial = load_trial(args.trial)
+    with State(args.state or default_state_dir()) as state:
+        if args.list:
+            print("\n".join(review_lines(state.reviews(trial.id, args.patient), trial.id)))
+            return EXIT_OK
+        if not args.patient or not args.status:
+            raise SourceError("review needs PATIENT_ID and --status (or --list)")
+        review = state.add_review(
+            trial.id, args.patient, args.status, args.note, args.by or getpass.getuser()
+        )
+    print(
+        f"recorded: {review.patient} {review.status} by {review.by} at {review.at}"
+        + (f" ({review.note})" if review.note else "")
+    )
     return EXIT_OK
 
 
@@ -385,14 +535,17 @@ def _seed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"screen": _screen, "probe": _probe, "seed": _seed}
+COMMANDS = {"screen": _screen, "review": _review, "probe": _probe, "seed": _seed}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (TrialError, SourceError, AuthError) as error:
+    except StateLocked as error:
+        print(f"fhir-cohort: error: {error}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (TrialError, SourceError, AuthError, StateError) as error:
         print(f"fhir-cohort: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ServerError as error:

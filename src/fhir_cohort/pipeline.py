@@ -26,6 +26,7 @@ from .sources import ResourceSource
 from .store import SqliteStore
 
 EXAMPLES_PER_NOTE = 5
+PARTIAL_DATA = ("unreadable-file", "export-error", "incomplete-search")  # input not all read
 
 
 @dataclass
@@ -117,6 +118,11 @@ class Screening:
     data_quality: DataQuality
     candidates: list[Candidate]
     retrieval: dict[str, int] = field(default_factory=dict)
+
+    def missing_data(self) -> dict[str, int]:
+        """Notes saying part of the input was not read (the run is then *partial*)."""
+        counts = self.data_quality.counts
+        return {code: counts[code] for code in PARTIAL_DATA if counts.get(code)}
 
 
 def screen(

@@ -1,8 +1,11 @@
 """candidates.json and candidates.csv: the ranked list with its evidence.
 
 The JSON is the complete record (funnel, data-quality notes, every criterion
-with its evidence); the CSV is the screening log a coordinator pastes into a
-spreadsheet, one row per listed candidate.
+with its evidence, the changes since the previous run and each patient's
+latest review decision); the CSV is the screening log, one row per candidate,
+with column names a REDCap data import accepts (lower case, digits and
+underscores, starting with a letter, at most 26 characters, the record id
+first).
 """
 
 from __future__ import annotations
@@ -14,29 +17,34 @@ from pathlib import Path
 import orjson
 
 from .. import __version__
-from ..criteria.results import MET, UNKNOWN, WASHOUT
+from ..changes import Changes, flags
+from ..criteria.results import MET, UNKNOWN
 from ..pipeline import Screening
 from ..rank import Candidate
 from . import write_private
 
 CSV_COLUMNS = (
-    "rank",
-    "patient_id",
-    "name",
-    "status",
+    "record_id",
+    "screen_rank",
+    "patient_name",
+    "screen_status",
     "eligible_from",
-    "score",
+    "rank_score",
     "age",
     "acr_count",
     "acr_met",
     "acr_missing",
     "activity",
     "activity_score",
-    "latest_activity_evidence",
+    "latest_activity_date",
     "exclusions_flagged",
     "to_verify",
-    "as_of",
-    "trial",
+    "review_status",
+    "review_date",
+    "review_by",
+    "change_since_last",
+    "screen_as_of",
+    "trial_id",
 )
 
 
@@ -44,8 +52,9 @@ def candidate_dict(candidate: Candidate) -> dict:
     return {"rank": candidate.rank, "score": candidate.score, **candidate.result.to_dict()}
 
 
-def screening_dict(screening: Screening) -> dict:
+def screening_dict(screening: Screening, changes: Changes | None = None) -> dict:
     trial = screening.trial
+    reviews = changes.reviews if changes else {}
     return {
         "trial": trial.id,
         "trial_title": trial.title,
@@ -55,23 +64,28 @@ def screening_dict(screening: Screening) -> dict:
         "funnel": screening.funnel.to_dict(),
         "retrieval": screening.retrieval,
         "data_quality": screening.data_quality.to_list(),
-        "candidates": [candidate_dict(c) for c in screening.candidates],
+        "changes": changes.to_dict() if changes else None,
+        "candidates": [
+            {
+                **candidate_dict(c),
+                "review": reviews[c.result.patient].to_dict()
+                if c.result.patient in reviews
+                else None,
+            }
+            for c in screening.candidates
+        ],
     }
 
 
-def write_json(screening: Screening, path: Path) -> None:
-    write_private(path, orjson.dumps(screening_dict(screening), option=orjson.OPT_INDENT_2))
+def write_json(screening: Screening, path: Path, changes: Changes | None = None) -> None:
+    write_private(
+        path, orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
+    )
 
 
 def flagged(candidate: Candidate) -> list[str]:
-    """Exclusions that are not clear, as short phrases ('biologic_washout until 2026-08-28')."""
-    out = []
-    for key, finding in candidate.result.exclusions.items():
-        if finding.result == WASHOUT:
-            out.append(f"{key} until {finding.until.isoformat()}")  # type: ignore[union-attr]
-        elif finding.result != "clear":
-            out.append(f"{key}: {finding.result}")
-    return out
+    """Failed inclusions and exclusions that are not clear ('biologic_washout until 2026-08-28')."""
+    return flags(candidate.result)
 
 
 def to_verify(candidate: Candidate) -> list[str]:
@@ -95,27 +109,32 @@ def to_verify(candidate: Candidate) -> list[str]:
     return items
 
 
-def csv_row(candidate: Candidate, screening: Screening) -> dict:
+def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None = None) -> dict:
     result = candidate.result
     latest = result.activity.latest_evidence
+    review = changes.reviews.get(result.patient) if changes else None
     return {
-        "rank": candidate.rank,
-        "patient_id": result.patient,
-        "name": result.name or "",
-        "status": result.status,
+        "record_id": result.patient,
+        "screen_rank": candidate.rank,
+        "patient_name": result.name or "",
+        "screen_status": result.status,
         "eligible_from": result.eligible_from.isoformat() if result.eligible_from else "",
-        "score": candidate.score,
+        "rank_score": candidate.score,
         "age": "" if result.age.age is None else result.age.age,
         "acr_count": result.acr.count,
         "acr_met": "; ".join(result.acr.met),
         "acr_missing": "; ".join(result.acr.missing),
         "activity": result.activity.result,
         "activity_score": result.activity.score,
-        "latest_activity_evidence": latest.isoformat() if latest else "",
+        "latest_activity_date": latest.isoformat() if latest else "",
         "exclusions_flagged": "; ".join(flagged(candidate)),
         "to_verify": "; ".join(to_verify(candidate)),
-        "as_of": screening.as_of.isoformat(),
-        "trial": screening.trial.id,
+        "review_status": review.review.status if review else "",
+        "review_date": review.review.at[:10] if review else "",
+        "review_by": review.review.by if review else "",
+        "change_since_last": changes.for_patient(result.patient) if changes else "",
+        "screen_as_of": screening.as_of.isoformat(),
+        "trial_id": screening.trial.id,
     }
 
 
@@ -126,10 +145,12 @@ def _safe_cell(value: object) -> object:
     return value
 
 
-def write_csv(screening: Screening, path: Path) -> None:
+def write_csv(screening: Screening, path: Path, changes: Changes | None = None) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for candidate in screening.candidates:
-        writer.writerow({k: _safe_cell(v) for k, v in csv_row(candidate, screening).items()})
+        writer.writerow(
+            {k: _safe_cell(v) for k, v in csv_row(candidate, screening, changes).items()}
+        )
     write_private(path, buffer.getvalue().encode("utf-8"))

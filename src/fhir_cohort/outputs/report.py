@@ -1,24 +1,125 @@
 """report.html: the coordinators' view of one screen, one self-contained file.
 
-Rule: everything shown comes from the finished screening and is escaped by
-Jinja2's autoescape (names and code texts come from the server and may hold
-markup); no CDN, no network, no script from outside the file. The funnel is
-an inline SVG; filtering by status is a few lines of inline JavaScript that
-only toggles rows, so the page reads the same printed or without scripts.
+Rule: everything shown comes from the finished screening, the changes since
+the previous run and the review decisions, and is escaped by Jinja2's
+autoescape (names and code texts come from the server and may hold markup);
+no CDN, no network, no script from outside the file. The funnel and each
+candidate's evidence timeline are inline SVG drawn from plain numbers worked
+out here; filtering by status is a few lines of inline JavaScript that only
+toggles rows, so the page reads the same printed or without scripts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..criteria.results import STATUSES
+from ..changes import Changes
+from ..criteria.results import STATUSES, WASHOUT, Evidence
 from ..pipeline import Screening
+from ..rank import Candidate
 from . import write_private
 from .candidates import candidate_dict, flagged, to_verify
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH = 22, 6, 640, 230
+LANE_HEIGHT, LANE_LABEL, TIMELINE_WIDTH, TIMELINE_AXIS = 20, 170, 720, 30
+RECENT = timedelta(days=365)  # the last year before as-of gets most of the width
+RECENT_SHARE = 0.7
+
+
+@dataclass(frozen=True)
+class TimeScale:
+    """Days to x positions; when the evidence reaches further back than a year
+    before as-of, the older years share the left part of the axis.
+
+    >>> scale = TimeScale(date(2016, 1, 1), date(2025, 6, 30), date(2026, 9, 1), 500)
+    >>> scale.x(date(2016, 1, 1)), scale.x(date(2025, 6, 30)), scale.x(date(2026, 9, 1))
+    (0, 150, 500)
+    >>> TimeScale(None, date(2025, 6, 30), date(2026, 9, 1), 500).x(date(2025, 6, 30))
+    0
+    """
+
+    start: date | None  # None: nothing older than the seam, no compressed part
+    seam: date
+    end: date
+    width: int
+
+    def x(self, day: date) -> int:
+        left = round(self.width * (1 - RECENT_SHARE)) if self.start else 0
+        if day < self.seam and self.start:
+            span = max(1, (self.seam - self.start).days)
+            return round(left * (day - self.start).days / span)
+        span = max(1, (self.end - self.seam).days)
+        return left + round((self.width - left) * min((day - self.seam).days, span) / span)
+
+
+def _point_label(e: Evidence) -> str:
+    return " ".join(
+        part
+        for part in (e.date.isoformat() if e.date else None, e.display or e.code, e.value)
+        if part
+    )
+
+
+def timeline(candidate: Candidate, as_of: date) -> dict:
+    """A candidate's dated evidence by lane, with washout windows to their end date."""
+    result = candidate.result
+    lanes: list[tuple[str, list[Evidence], list[tuple[date, date, str]]]] = []
+    acr = [e for f in result.acr.criteria.values() for e in f.evidence if e.date]
+    lanes.append(("ACR criteria", acr, []))
+    activity = [e for e in result.activity.evidence if e.date]
+    window = (result.activity.window_start, result.activity.window_end, "activity window")
+    lanes.append(("activity (SLEDAI-2K)", activity, [window]))
+    for key, finding in result.exclusions.items():
+        dated = [e for e in finding.evidence if e.date]
+        bars = []
+        if finding.result == WASHOUT and finding.until:
+            last = max((e.date for e in dated), default=as_of)  # type: ignore[type-var]
+            bars.append((last, finding.until, f"{key} until {finding.until.isoformat()}"))
+        if dated or bars:
+            lanes.append((key.replace("_", " "), dated, bars))
+    days = [e.date for _, points, _ in lanes for e in points] + [
+        day for _, _, bars in lanes for bar in bars for day in bar[:2]
+    ]
+    end = max([as_of, *days]) + timedelta(days=15)
+    seam = as_of - RECENT
+    earliest = min([seam, *days])
+    scale = TimeScale(earliest if earliest < seam else None, seam, end, TIMELINE_WIDTH)
+    ticks = [(seam, seam.isoformat()), (as_of, f"as of {as_of.isoformat()}")]
+    if scale.start:
+        ticks.insert(0, (scale.start, scale.start.isoformat()))
+    if result.eligible_from:
+        ticks.append((result.eligible_from, f"eligible {result.eligible_from.isoformat()}"))
+    return {
+        "width": LANE_LABEL + TIMELINE_WIDTH + 20,
+        "height": len(lanes) * LANE_HEIGHT + TIMELINE_AXIS,
+        "plot": LANE_LABEL,
+        "lane": LANE_HEIGHT,
+        "seam": scale.x(seam) if scale.start else None,
+        "as_of": scale.x(as_of),
+        "eligible": scale.x(result.eligible_from) if result.eligible_from else None,
+        "ticks": [{"x": scale.x(day), "label": label} for day, label in ticks],
+        "lanes": [
+            {
+                "label": label,
+                "y": index * LANE_HEIGHT,
+                "points": [{"x": scale.x(e.date), "label": _point_label(e)} for e in points],
+                "bars": [
+                    {
+                        "x": scale.x(start),
+                        "width": max(2, scale.x(stop) - scale.x(start)),
+                        "label": text,
+                        "washout": text != "activity window",
+                    }
+                    for start, stop, text in bars
+                ],
+            }
+            for index, (label, points, bars) in enumerate(lanes)
+        ],
+    }
 
 
 def funnel_bars(screening: Screening) -> list[dict]:
@@ -49,17 +150,21 @@ def funnel_bars(screening: Screening) -> list[dict]:
     ]
 
 
-def render(screening: Screening) -> str:
+def render(screening: Screening, changes: Changes | None = None) -> str:
     environment = Environment(
         loader=PackageLoader("fhir_cohort.outputs", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     bars = funnel_bars(screening)
+    reviews = changes.reviews if changes else {}
     candidates = [
         {
             **candidate_dict(c),
             "flagged": flagged(c),
             "to_verify": to_verify(c),
+            "review": reviews[c.result.patient].describe() if c.result.patient in reviews else "",
+            "change": changes.for_patient(c.result.patient) if changes else "",
+            "timeline": timeline(c, screening.as_of),
             "acr_near_miss": (
                 f"{c.result.acr.count} of 11: missing {', '.join(c.result.acr.missing)}"
                 if c.result.acr.result != "met"
@@ -82,8 +187,10 @@ def render(screening: Screening) -> str:
         statuses=STATUSES,
         notes=screening.data_quality.to_list(),
         retrieval=screening.retrieval,
+        changes=changes,
+        missing=screening.missing_data(),
     )
 
 
-def write_report(screening: Screening, path: Path) -> None:
-    write_private(path, render(screening).encode("utf-8"))
+def write_report(screening: Screening, path: Path, changes: Changes | None = None) -> None:
+    write_private(path, render(screening, changes).encode("utf-8"))

@@ -1,15 +1,86 @@
-"""The terminal summary: the funnel, the top of the list, the data problems."""
+"""The terminal: the summary, what changed since the last run, problems, decisions.
+
+Rule: plain text for people and for cron mail. :func:`problems` is all that
+``--quiet`` prints, so a scheduled run is silent unless something is wrong.
+"""
 
 from __future__ import annotations
 
+from ..changes import Changes, Review
 from ..criteria.results import STATUSES
 from ..pipeline import Screening
 from .candidates import flagged
 
 TOP = 10
+CHANGES_SHOWN = 10
 
 
-def summary(screening: Screening, out_dir: str | None = None) -> str:
+def problems(screening: Screening, pull: str | None = None) -> list[str]:
+    """What is wrong with a run: input not read, an incremental pull refused."""
+    out = []
+    missing = screening.missing_data()
+    if missing:
+        out.append(
+            "partial data: "
+            + ", ".join(f"{n} {code}" for code, n in missing.items())
+            + "; the outputs say what could not be read and the run is not used as the "
+            "baseline of the next one"
+        )
+    if pull and pull.startswith("full (the server refused"):
+        out.append(f"incremental pull not possible, pulled everything: {pull[6:-1]}")
+    return out
+
+
+def change_lines(changes: Changes) -> list[str]:
+    """What changed since the previous run, for the terminal."""
+    if changes.previous is None:
+        lines = ["  first recorded run of this screen: nothing to compare with yet"]
+    else:
+        previous = changes.previous
+        lines = [
+            f"  since the run of {previous['finished_at']} (as of {previous['as_of']}): "
+            f"{len(changes.new)} new, {len(changes.status_changed)} changed, "
+            f"{len(changes.dropped)} dropped out"
+            + (f", {len(changes.set_aside)} set aside by review" if changes.set_aside else "")
+        ]
+    for title, items in (
+        ("new", changes.new),
+        ("new evidence", changes.reconsider),
+        ("changed", changes.status_changed),
+        ("dropped out", changes.dropped),
+        ("eligible soon", changes.eligible_soon),
+    ):
+        for change in items[:CHANGES_SHOWN]:
+            if title == "dropped out":
+                status = f"was {change.before}"
+            elif title == "eligible soon":
+                status = f"from {change.eligible_from}"
+            else:
+                status = str(change.after)
+            lines.append(f"    {title:<13} {change.patient[:36]:<36} {status}: {change.why}")
+        if len(items) > CHANGES_SHOWN:
+            lines.append(f"    ... {len(items) - CHANGES_SHOWN} more {title} in report.html")
+    return lines
+
+
+def review_lines(reviews: list[Review], trial: str) -> list[str]:
+    """The audit trail of review decisions, oldest first."""
+    if not reviews:
+        return [f"no review decisions recorded for {trial}"]
+    lines = [f"{'when':<20}  {'patient':<36}  {'decision':<12}  {'by':<16}  note"]
+    lines += [
+        f"{r.at:<20}  {r.patient[:36]:<36}  {r.status:<12}  {r.by[:16]:<16}  {r.note}"
+        for r in reviews
+    ]
+    return lines
+
+
+def summary(
+    screening: Screening,
+    out_dir: str | None = None,
+    changes: Changes | None = None,
+    pull: str | None = None,
+) -> str:
     funnel = screening.funnel.to_dict()
     status = funnel["status"]
     lines = [
@@ -40,7 +111,13 @@ def summary(screening: Screening, out_dir: str | None = None) -> str:
             )
         if len(screening.candidates) > TOP:
             lines.append(f"  ... {len(screening.candidates) - TOP} more in candidates.csv")
+    if changes is not None:
+        lines.append("")
+        lines += change_lines(changes)
     retrieval = screening.retrieval
+    if pull:
+        lines.append("")
+        lines.append(f"  pull: {pull}")
     if retrieval.get("http_requests"):
         fetched = retrieval.get("patients_fetched") or funnel["patients_read"] or 1
         lines.append("")
@@ -55,5 +132,7 @@ def summary(screening: Screening, out_dir: str | None = None) -> str:
         lines.append("  data quality: " + ", ".join(f"{p['count']} {p['code']}" for p in problems))
     if out_dir:
         lines.append("")
-        lines.append(f"  wrote {out_dir}/candidates.json, candidates.csv and report.html")
+        lines.append(
+            f"  wrote {out_dir}/report.html, candidates.json, candidates.csv and group.json"
+        )
     return "\n".join(lines)

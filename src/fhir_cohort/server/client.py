@@ -37,7 +37,14 @@ FHIR_JSON = "application/fhir+json"
 
 
 class ServerError(RuntimeError):
-    """The server cannot be used for this run; the message is one line, without secrets."""
+    """The server cannot be used for this run; the message is one line, without secrets.
+
+    ``status`` is the HTTP status when the server answered with an error.
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ class FhirClient:
         self.sleep = sleep
         self.counter = RequestCounter()
         self.notes: list[ServerNote] = []
+        self.server_date: str | None = None  # the Date header of the latest answer
         self._notes_lock = threading.Lock()
         self.session = requests.Session()
         self.session.verify = verify
@@ -242,7 +250,8 @@ class FhirClient:
                 attempt += 1
                 continue
             if response.status_code >= 400:
-                raise ServerError(explain(response))
+                raise ServerError(explain(response), status=response.status_code)
+            self.server_date = response.headers.get("Date") or self.server_date
             return response
 
     def json(self, method: str, path: str, **kwargs) -> dict:

@@ -9,7 +9,15 @@ file as it is listed, sending the access token only when the manifest says
 in ``.bulk-state.json`` in the download folder (owner-only), so a run that dies
 mid-download resumes without exporting again. Medications referenced by the
 export but not in it (Patient- and Group-level exports often leave them out)
-are fetched by id. The folder is then screened by :class:`FileSource`.
+are fetched by id.
+
+Every run exports. The folder keeps a *baseline*, the whole export as of its
+``transactionTime``; the next run asks only for what changed since
+(``_since``) and merges it in, a changed resource replacing its copy. A
+first run, a change of level or types, or ``incremental=False`` exports in
+full and says why. ``_since`` cannot report deletions, so a deleted resource
+stays in the baseline until the next full export (``--full``). The baseline
+is then screened by :class:`FileSource`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -51,6 +61,64 @@ def kickoff_path(level: str) -> str:
     raise ServerError(f"--bulk must be system, patient or group:<id>, not {level!r}")
 
 
+def _type_and_id(line: bytes) -> tuple[str, str] | None:
+    try:
+        resource = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(resource, dict):
+        return None
+    return str(resource.get("resourceType")), str(resource.get("id"))
+
+
+def merge_export(baseline: Path, incoming: Path) -> int:
+    """Fold a ``_since`` export into the baseline; a changed resource replaces its copy.
+
+    Only baseline files of a type the delta holds are rewritten (each to a
+    temporary file, then renamed); the delta's files then move into the
+    baseline. Running it again after a crash gives the same baseline.
+    Returns how many baseline copies were replaced.
+    """
+    baseline.mkdir(parents=True, exist_ok=True, mode=0o700)
+    changed: dict[str, set[str]] = {}
+    for path in sorted(incoming.glob("*.ndjson")):
+        with path.open("rb") as stream:
+            for line in stream:
+                found = _type_and_id(line) if line.strip() else None
+                if found:
+                    changed.setdefault(found[0], set()).add(found[1])
+    replaced = 0
+    for path in sorted(baseline.glob("*.ndjson")):
+        kind = path.name.split(".", 1)[0]  # files are named Type.stamp.index.ndjson
+        if kind != "Resource" and kind not in changed:
+            continue
+        kept = []
+        with path.open("rb") as stream:
+            for line in stream:
+                found = _type_and_id(line) if line.strip() else None
+                if found and found[1] in changed.get(found[0], ()):
+                    replaced += 1
+                else:
+                    kept.append(line)
+        write_private(path, b"".join(kept))
+    for path in sorted(incoming.glob("*.ndjson")):
+        os.replace(path, baseline / path.name)
+    shutil.rmtree(incoming, ignore_errors=True)
+    return replaced
+
+
+def replace_folder(baseline: Path, incoming: Path) -> None:
+    """A full export becomes the baseline (idempotent: safe to repeat after a crash)."""
+    if not incoming.exists():
+        return  # already swapped in by a run that died just after
+    old = baseline.with_name(baseline.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if baseline.exists():
+        os.replace(baseline, old)
+    os.replace(incoming, baseline)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def since_instant(text: str) -> str:
     """``_since`` as a UTC instant with milliseconds, the form every server compares right.
 
@@ -68,7 +136,7 @@ def since_instant(text: str) -> str:
 
 
 class BulkSource:
-    """Resources from a Bulk Data export of a live server."""
+    """Resources from a Bulk Data export of a live server, kept as a baseline between runs."""
 
     progress_unit = "files"
 
@@ -78,7 +146,7 @@ class BulkSource:
         trial: Trial,
         folder: Path,
         level: str = "system",
-        since: str | None = None,
+        incremental: bool = True,
         type_filter: bool = False,
         max_poll: float = 3600,
         on_status: Callable[[str], None] = lambda _: None,
@@ -87,12 +155,23 @@ class BulkSource:
         self.trial = trial
         self.folder = Path(folder)
         self.level = level
-        self.since = since_instant(since) if since else None
+        self.incremental = incremental
         self.type_filter = type_filter
         self.max_poll = max_poll
         self.on_status = on_status  # told the server's X-Progress while the export runs
         self.transaction_time: str | None = None
+        self.pull = "full"  # or how the incremental pull went, in words
         self._files: FileSource | None = None
+
+    @property
+    def baseline(self) -> Path:
+        """The merged export every run screens: complete as of ``transaction_time``."""
+        return self.folder / "baseline"
+
+    @property
+    def incoming(self) -> Path:
+        """Where the files of the export under way are downloaded."""
+        return self.folder / "incoming"
 
     # -- state ---------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -113,10 +192,10 @@ class BulkSource:
         fetched = {s.resource for s in plan.fetch} if plan else set()
         return sorted(fetched | {"Patient", "Medication"})
 
-    def _params(self) -> dict[str, str]:
+    def _params(self, since: str | None) -> dict[str, str]:
         params = {"_type": ",".join(self.types()), "_outputFormat": "application/fhir+ndjson"}
-        if self.since:
-            params["_since"] = self.since
+        if since:
+            params["_since"] = since_instant(since)
         if self.type_filter and self.trial.server:
             codes = sorted(
                 {
@@ -132,8 +211,8 @@ class BulkSource:
         return params
 
     # -- the export ----------------------------------------------------------
-    def kick_off(self) -> str:
-        path = kickoff_path(self.level) + "?" + urlencode(self._params(), safe="|,?=")
+    def kick_off(self, params: dict[str, str]) -> str:
+        path = kickoff_path(self.level) + "?" + urlencode(params, safe="|,?=")
         response = self.client.request(
             "GET",
             path,
@@ -170,9 +249,10 @@ class BulkSource:
             delay = float(wait) if wait.strip().isdigit() else 2.0
             self.client.sleep(min(max(delay, 0.5), self.client.max_wait))
 
-    def download(self, manifest: dict, state: dict, progress: Progress) -> None:
+    def download(self, manifest: dict, job: dict, progress: Progress) -> None:
         with_token = bool(manifest.get("requiresAccessToken"))
-        done = state.setdefault("downloaded", {})
+        done = job.setdefault("downloaded", {})
+        self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
         for index, item in enumerate(manifest.get("output") or ()):
             url, kind = item.get("url"), str(item.get("type", ""))
             if not _RESOURCE_TYPE.match(kind):  # the name becomes a file name: no paths
@@ -185,7 +265,7 @@ class BulkSource:
                     f"the export's file {kind} lives on another host and needs the "
                     "access token; refusing to send credentials there"
                 )
-            target = self.folder / f"{kind}.{index:03d}.ndjson"
+            target = self.incoming / f"{kind}.{job['stamp']}.{index:03d}.ndjson"
             partial = target.with_suffix(".part")
             response = self.client.request(
                 "GET",
@@ -201,13 +281,13 @@ class BulkSource:
                     stream.write(block)
             os.replace(partial, target)
             done[url] = target.name
-            self._save(state)
+            self._save({**self._load(), "job": job})
             progress(1)
 
     def missing_medications(self, note: NoteSink) -> None:
         """Fetch Medications the exported records reference but the export left out."""
         have, wanted = set(), set()
-        for path in self.folder.glob("*.ndjson"):
+        for path in self.baseline.glob("*.ndjson"):
             with path.open("rb") as stream:
                 for line in stream:
                     if b"Medication" not in line:
@@ -229,27 +309,46 @@ class BulkSource:
             ids = ",".join(missing[start : start + 50])
             for entry in self.client.search("Medication", {"_id": ids}, kind="medications"):
                 lines.append(orjson.dumps(entry["resource"]))
-        write_private(self.folder / "Medication.referenced.ndjson", b"\n".join(lines) + b"\n")
+        write_private(self.baseline / "Medication.referenced.ndjson", b"\n".join(lines) + b"\n")
+
+    def _start(self, state: dict) -> dict:
+        """Kick off a new export: since the baseline when there is one to build on."""
+        baseline = state.get("baseline") or {}
+        since = None
+        if not self.incremental:
+            self.pull = "full (asked for with --full)"
+        elif not baseline.get("transactionTime"):
+            self.pull = "full (no earlier export in this folder to build on)"
+        elif baseline.get("level") != self.level or baseline.get("types") != self.types():
+            self.pull = "full (the earlier export was of another level or other types)"
+        else:
+            since = baseline["transactionTime"]
+        params = self._params(since)
+        job = {
+            "level": self.level,
+            "types": self.types(),
+            "since": since,
+            "params": params,
+            "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3),
+            "status_url": self.kick_off(params),
+        }
+        self._save({**state, "job": job})
+        return job
 
     def export(self, note: NoteSink, progress: Progress) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = self._load()
-        if state.get("complete"):
-            self.transaction_time = state.get("transactionTime")
-            return
-        if (
-            state.get("status_url")
-            and state.get("params") == self._params()
-            and state.get("level") == self.level
-        ):
-            status_url = state["status_url"]  # resume: the export is already under way
+        job = state.get("job")
+        if job and job.get("level") == self.level and job.get("types") == self.types():
+            self.on_status("resuming the export under way")  # a run died before finishing it
         else:
-            status_url = self.kick_off()
-            state = {"level": self.level, "params": self._params(), "status_url": status_url}
-            self._save(state)
-        manifest = state.get("manifest") or self.poll(status_url)
-        state["manifest"] = manifest
-        self._save(state)
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            job = self._start(state)
+        if job["since"]:
+            self.pull = f"incremental: resources changed since {job['since']} (Bulk _since)"
+        manifest = job.get("manifest") or self.poll(job["status_url"])
+        job["manifest"] = manifest
+        self._save({**self._load(), "job": job})
         for problem in manifest.get("error") or ():
             note(
                 Note(
@@ -258,11 +357,22 @@ class BulkSource:
                     str(problem.get("url")),
                 )
             )
-        self.download(manifest, state, progress)
+        self.download(manifest, job, progress)
+        if job["since"]:
+            merge_export(self.baseline, self.incoming)
+        else:
+            replace_folder(self.baseline, self.incoming)
         self.missing_medications(note)
-        state["complete"] = True
-        state["transactionTime"] = self.transaction_time = manifest.get("transactionTime")
-        self._save(state)
+        self.transaction_time = manifest.get("transactionTime")
+        self._save(
+            {
+                "baseline": {
+                    "transactionTime": self.transaction_time,
+                    "level": self.level,
+                    "types": self.types(),
+                }
+            }
+        )
 
     # -- ResourceSource ------------------------------------------------------
     def total_work(self) -> int | None:
@@ -270,7 +380,7 @@ class BulkSource:
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         self.export(note, progress)
-        self._files = FileSource(self.folder)
+        self._files = FileSource(self.baseline)
         yield from self._files.read(note, lambda _: None)
         for server_note in self.client.notes:
             note(Note(server_note.code, server_note.message, server_note.where))

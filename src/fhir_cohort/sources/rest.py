@@ -12,13 +12,26 @@ Every other patient on the server is counted (``Patient?_summary=count``) as
 read and not a candidate, so the funnel matches a screen of the same data
 from files. ``plan`` describes the requests without sending any
 (``--dry-run``).
+
+**Incremental runs** (``since`` and the previous run's pool): the candidate
+searches ask only for resources changed since (``_lastUpdated=gt...``), and
+the records fetched are those of the patients found plus every patient of
+the previous pool. The result equals a full pull: a patient can only join
+the pool through a resource created or changed since, and every pool member's
+whole record is fetched again (so a correction or deletion in it is seen).
+A server that refuses ``_lastUpdated`` gets the full searches, and the run
+says so. ``checkpoint`` is the server's clock at the start of the run, less
+a margin, for the next run's ``since``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 
 from ..criteria.trial import ServerPlan, ServerSearch, Trial
 from ..normalise.facts import Note
@@ -27,6 +40,23 @@ from . import NoteSink, Progress, RawResource, patient_id_from_reference, patien
 
 CODES_PER_REQUEST = 100
 PAGE_SIZE = 500
+CHECKPOINT_MARGIN = timedelta(minutes=5)  # writes in flight at the start, clock skew
+
+
+def checkpoint(server_date: str | None, now: datetime | None = None) -> str:
+    """The next run's ``since``: the server's clock (its Date header) less a margin.
+
+    >>> checkpoint("Wed, 25 Nov 2026 16:00:00 GMT")
+    '2026-11-25T15:55:00Z'
+    >>> checkpoint(None, datetime(2026, 11, 25, 16, 0, tzinfo=timezone.utc))
+    '2026-11-25T15:55:00Z'
+    """
+    moment = now or datetime.now(timezone.utc)
+    if server_date:
+        with contextlib.suppress(TypeError, ValueError):
+            moment = parsedate_to_datetime(server_date)
+    moment = moment.astimezone(timezone.utc) - CHECKPOINT_MARGIN
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -53,14 +83,15 @@ def _code_chunks(search: ServerSearch) -> list[str]:
     ]
 
 
-def candidate_requests(plan: ServerPlan) -> list[Request]:
+def candidate_requests(plan: ServerPlan, since: str | None = None) -> list[Request]:
+    changed = {"_lastUpdated": f"gt{since}"} if since else {}
     requests = []
     for search in plan.candidate_searches:
         for chunk in _code_chunks(search):
             requests.append(
                 Request(
                     search.resource,
-                    {"code": chunk, "_elements": "subject", "_count": str(PAGE_SIZE)},
+                    {"code": chunk, "_elements": "subject", "_count": str(PAGE_SIZE), **changed},
                     "find candidates",
                 )
             )
@@ -74,6 +105,7 @@ def candidate_requests(plan: ServerPlan) -> list[Request]:
                                 "code:below": f"{system}|{prefix}",
                                 "_elements": "subject",
                                 "_count": str(PAGE_SIZE),
+                                **changed,
                             },
                             "find candidates (hierarchy)",
                         )
@@ -101,16 +133,32 @@ class RestSource:
 
     progress_unit = "patients"
 
-    def __init__(self, client: FhirClient, trial: Trial, concurrency: int = 4):
+    def __init__(
+        self,
+        client: FhirClient,
+        trial: Trial,
+        concurrency: int = 4,
+        since: str | None = None,
+        known: Sequence[str] = (),
+    ):
         if trial.server is None:
             raise ServerError(f"trial {trial.id!r} has no 'server' section: it says no searches")
         self.client = client
         self.trial = trial
         self.plan_: ServerPlan = trial.server
         self.concurrency = max(1, concurrency)
+        self.since = since
+        self.known = tuple(known)
+        self.checkpoint: str | None = None
+        self.pull = "full"  # or how the incremental pull went, in words
         self._total: int | None = None
         self._candidates: list[str] = []
         self._medications_seen: set[str] = set()
+
+    @property
+    def pool(self) -> list[str]:
+        """The patients whose records were fetched (the next incremental run's pool)."""
+        return list(self._candidates)
 
     # -- the plan ------------------------------------------------------------
     def plan(self) -> list[str]:
@@ -119,9 +167,15 @@ class RestSource:
         lines = [
             f"server {self.client.base}",
             "1. count the patients: Patient?_summary=count",
-            "2. find candidates:",
+            "2. find candidates"
+            + (
+                f" changed since {self.since}, plus the {len(self.known)} patients of the "
+                "previous pool:"
+                if self.since
+                else ":"
+            ),
         ]
-        lines += [f"   {r.describe()}" for r in candidate_requests(self.plan_)]
+        lines += [f"   {r.describe()}" for r in candidate_requests(self.plan_, self.since)]
         lines.append(
             f"3. for every {per} candidates (patient=a,b,c), {self.concurrency} batches at a time:"
         )
@@ -153,15 +207,33 @@ class RestSource:
         total = bundle.get("total")
         return total if isinstance(total, int) else None
 
-    def find_candidates(self) -> list[str]:
+    def find_candidates(self, note: NoteSink = lambda _: None) -> list[str]:
+        """The candidate pool: all of it, or what changed since plus the previous pool."""
+        if self.since:
+            try:
+                changed = self._search_candidates(self.since)
+            except ServerError as error:
+                if error.status is None or error.status >= 500:
+                    raise
+                self.pull = f"full (the server refused _lastUpdated: {error})"
+                note(Note("incremental-refused", self.pull, self.client.base))
+            else:
+                self.pull = (
+                    f"incremental since {self.since}: {len(changed)} patients with changes, "
+                    f"{len(self.known)} from the previous pool"
+                )
+                return sorted(changed | set(self.known))
+        return sorted(self._search_candidates(None))
+
+    def _search_candidates(self, since: str | None) -> set[str]:
         found: set[str] = set()
-        for request in candidate_requests(self.plan_):
+        for request in candidate_requests(self.plan_, since):
             for entry in self.client.search(request.resource, request.params, kind="candidates"):
                 subject = (entry["resource"].get("subject") or {}).get("reference")
                 patient = patient_id_from_reference(subject)
                 if patient:
                     found.add(patient)
-        return sorted(found)
+        return found
 
     def _fetch(self, patients: list[str]) -> list[tuple[dict, str]]:
         entries = []
@@ -181,7 +253,8 @@ class RestSource:
                     self.client.base,
                 )
             )
-        self._candidates = self.find_candidates()
+        self.checkpoint = checkpoint(self.client.server_date)
+        self._candidates = self.find_candidates(note)
         per = self.plan_.patients_per_request
         batches = [self._candidates[i : i + per] for i in range(0, len(self._candidates), per)]
         origin = self.client.base.rstrip("/")

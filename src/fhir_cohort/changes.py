@@ -1,0 +1,326 @@
+"""Changes: what is different since the previous run, and what review decisions mean.
+
+Rule: pure functions over *snapshots*, small JSON-able dicts that summarise one
+candidate (status, dates, flags and the evidence on record), so the same
+comparison runs on a history read from SQLite, from files or inside Spark.
+A patient is *listed* when eligible, in washout or in need of review; the
+diff reports who is newly listed, whose status changed, who dropped out (and
+why) and who leaves a washout within the next 30 days. A patient whose latest
+review decision is ``declined`` or ``not-eligible`` is not shown as new again
+unless evidence appears that was not on record when the decision was made,
+and then the change says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from .criteria.results import ELIGIBLE, NEEDS_REVIEW, NOT_MET, WASHOUT, Evidence, PatientResult
+from .rank import Candidate
+
+LISTED = (ELIGIBLE, WASHOUT, NEEDS_REVIEW)
+REVIEW_STATUSES = ("contacted", "declined", "not-eligible", "enrolled", "deferred")
+SET_ASIDE = ("declined", "not-eligible")
+SOON_DAYS = 30
+SHOWN_EVIDENCE = 3
+
+
+@dataclass(frozen=True)
+class Review:
+    """One review decision: who decided what, when, and the evidence then on record."""
+
+    patient: str
+    status: str
+    note: str
+    by: str
+    at: str
+    evidence_seen: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict:
+        return {
+            "patient": self.patient,
+            "status": self.status,
+            "note": self.note,
+            "by": self.by,
+            "at": self.at,
+        }
+
+
+def evidence_key(resource: str, value: str | None) -> str:
+    """The identity of one piece of evidence: the resource and what it says.
+
+    Not its date: an ongoing medication's evidence is dated as of the run, and a
+    record is not new because a later run looks at it.
+
+    >>> evidence_key("Observation/o1", "1:320")
+    'Observation/o1|1:320'
+    """
+    return f"{resource}|{value or ''}"
+
+
+def _label(e: Evidence) -> str:
+    day = e.date.isoformat() if e.date else None
+    parts = (e.display or e.code, e.value, day if day and day not in (e.value or "") else None)
+    return " ".join(part for part in parts if part) + f" ({e.resource})"
+
+
+def evidence_items(result: PatientResult) -> dict[str, str]:
+    """Every piece of clinical evidence behind a result (not age), keyed, with a label."""
+    findings = [*result.acr.criteria.values(), *result.exclusions.values()]
+    if result.activity is not None:
+        findings += result.activity.descriptors.values()
+    evidence = [e for finding in findings for e in finding.evidence]
+    if result.activity is not None:
+        evidence += result.activity.acute_condition
+    return {evidence_key(e.resource, e.value): _label(e) for e in evidence}
+
+
+def flags(result: PatientResult) -> list[str]:
+    """Exclusions that are not clear and inclusions that failed, as short phrases."""
+    out = []
+    if result.age.result == NOT_MET:
+        out.append(f"age {result.age.age} outside the trial's range")
+    for key, finding in result.exclusions.items():
+        if finding.result == WASHOUT and finding.until:
+            out.append(f"{key} until {finding.until.isoformat()}")
+        elif finding.result != "clear":
+            out.append(f"{key}: {finding.result}")
+    return out
+
+
+def snapshot(candidate: Candidate) -> dict:
+    """What the history keeps to compare a candidate with the next run."""
+    result = candidate.result
+    return {
+        "name": result.name,
+        "status": result.status,
+        "eligible_from": result.eligible_from.isoformat() if result.eligible_from else None,
+        "rank": candidate.rank,
+        "acr_count": result.acr.count,
+        "activity": result.activity.result if result.activity else None,
+        "flags": flags(result),
+        "evidence": evidence_items(result),
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of the diff: a patient, their status before and after, and why."""
+
+    patient: str
+    name: str | None
+    before: str | None
+    after: str | None
+    why: str
+    eligible_from: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "patient": self.patient,
+            "name": self.name,
+            "before": self.before,
+            "after": self.after,
+            "why": self.why,
+            "eligible_from": self.eligible_from,
+        }
+
+
+@dataclass(frozen=True)
+class ReviewState:
+    """A patient's latest decision and the evidence that has appeared since."""
+
+    review: Review
+    new_evidence: tuple[str, ...] = ()
+
+    @property
+    def set_aside(self) -> bool:
+        """Declined or not eligible, and nothing new since: not to be shown as new."""
+        return self.review.status in SET_ASIDE and not self.new_evidence
+
+    def describe(self) -> str:
+        text = f"{self.review.status} {self.review.at[:10]} by {self.review.by}"
+        if self.review.status in SET_ASIDE and self.new_evidence:
+            text += f"; new evidence since: {_some(self.new_evidence)}"
+        return text
+
+    def to_dict(self) -> dict:
+        return {**self.review.to_dict(), "new_evidence_since": list(self.new_evidence)}
+
+
+@dataclass
+class Changes:
+    """The diff of one run against the previous complete run of the same screen."""
+
+    previous: dict | None  # {"id", "as_of", "finished_at"} of the run compared with
+    new: list[Change] = field(default_factory=list)
+    status_changed: list[Change] = field(default_factory=list)
+    dropped: list[Change] = field(default_factory=list)
+    eligible_soon: list[Change] = field(default_factory=list)
+    reconsider: list[Change] = field(default_factory=list)
+    set_aside: list[Change] = field(default_factory=list)
+    reviews: dict[str, ReviewState] = field(default_factory=dict)
+
+    def for_patient(self, patient: str) -> str:
+        """The change a listed patient is part of, in a few words ('' when none)."""
+        for name, title in (
+            ("new", "new"),
+            ("reconsider", "new evidence since review"),
+            ("status_changed", "changed"),
+            ("set_aside", "set aside"),
+        ):
+            for change in getattr(self, name):
+                if change.patient == patient:
+                    return f"{title}: {change.why}"
+        return ""
+
+    def to_dict(self) -> dict:
+        lists = ("new", "status_changed", "dropped", "eligible_soon", "reconsider", "set_aside")
+        return {
+            "previous_run": self.previous,
+            **{name: [c.to_dict() for c in getattr(self, name)] for name in lists},
+        }
+
+
+def _some(labels: tuple[str, ...] | list[str]) -> str:
+    shown = "; ".join(labels[:SHOWN_EVIDENCE])
+    more = len(labels) - SHOWN_EVIDENCE
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def differences(before: dict | None, now: dict | None) -> list[str]:
+    """Why a patient's snapshot changed, in short phrases.
+
+    >>> was = {"status": "washout", "flags": ["biologic_washout until 2026-07-01"],
+    ...        "acr_count": 4, "activity": "met", "evidence": {}}
+    >>> differences(was, {**was, "status": "eligible", "flags": []})
+    ['washout → eligible', 'washout over (biologic_washout until 2026-07-01)']
+    >>> differences(None, {**was, "status": "eligible", "flags": []})
+    ['first listed: ACR 4 of 11, activity met']
+    """
+    if now is None:
+        return ["no lupus evidence in this run's data (records changed or not read)"]
+    if before is None:
+        return [f"first listed: ACR {now['acr_count']} of 11, activity {now['activity']}"]
+    out = []
+    if before["status"] != now["status"]:
+        out.append(f"{before['status']} → {now['status']}")
+    was = _washouts(before["flags"])
+    still = _washouts(now["flags"])
+    for flag in before["flags"]:
+        key = flag.split(" until ")[0]
+        if flag in now["flags"]:
+            continue
+        if key in was and key in still:
+            out.append(f"{key} now until {still[key]} (was {was[key]})")
+        elif key in was:
+            out.append(f"washout over ({flag})")
+        else:
+            out.append(f"no longer {flag}")
+    out += [
+        f"now {flag}"
+        for flag in now["flags"]
+        if flag not in before["flags"] and flag.split(" until ")[0] not in was
+    ]
+    if before["acr_count"] != now["acr_count"]:
+        out.append(f"ACR {before['acr_count']} → {now['acr_count']} of 11")
+    if before["activity"] != now["activity"]:
+        out.append(f"activity {before['activity']} → {now['activity']}")
+    fresh = [label for key, label in now["evidence"].items() if key not in before["evidence"]]
+    if fresh:
+        out.append(f"new evidence: {_some(fresh)}")
+    return out
+
+
+def _washouts(flags: list[str]) -> dict[str, str]:
+    """Washout flags by exclusion: {'biologic_washout': '2026-07-20'}."""
+    return dict(flag.split(" until ", 1) for flag in flags if " until " in flag)
+
+
+def _moved(before: dict, now: dict) -> bool:
+    """A listed patient's change worth a line: a new status, an earlier eligible-from
+    date, or a later one because of new evidence (an ongoing medication's washout
+    end moves with every run and is not news by itself)."""
+    if before["status"] != now["status"]:
+        return True
+    was, will = before.get("eligible_from"), now.get("eligible_from")
+    if was == will:
+        return False
+    if was is None or will is None or will < was:
+        return True
+    return any(key not in before["evidence"] for key in now["evidence"])
+
+
+def review_states(current: dict[str, dict], reviews: dict[str, Review]) -> dict[str, ReviewState]:
+    """Each reviewed candidate's latest decision with the evidence that is new since."""
+    states = {}
+    for patient, review in reviews.items():
+        now = current.get(patient)
+        fresh = (
+            tuple(
+                label for key, label in now["evidence"].items() if key not in review.evidence_seen
+            )
+            if now
+            else ()
+        )
+        states[patient] = ReviewState(review, fresh)
+    return states
+
+
+def compare(
+    previous: dict[str, dict] | None,
+    current: dict[str, dict],
+    reviews: dict[str, Review],
+    as_of: date,
+    previous_run: dict | None = None,
+) -> Changes:
+    """The diff of ``current`` snapshots against ``previous`` (None on a first run)."""
+    states = review_states(current, reviews)
+    changes = Changes(previous_run if previous is not None else None, reviews=states)
+    soon = as_of + timedelta(days=SOON_DAYS)
+    for patient, now in current.items():
+        listed = now["status"] in LISTED
+        leaves = now.get("eligible_from")
+        if now["status"] == WASHOUT and leaves and date.fromisoformat(leaves) <= soon:
+            changes.eligible_soon.append(
+                _change(patient, now, now, "; ".join(now["flags"]), leaves)
+            )
+        if previous is None or not listed:
+            continue
+        before = previous.get(patient)
+        state = states.get(patient)
+        reason = "; ".join(differences(before, now))
+        if before is None or before["status"] not in LISTED:
+            if state and state.set_aside:
+                changes.set_aside.append(
+                    _change(patient, before, now, f"{state.describe()}; no new evidence since")
+                )
+            elif state and state.review.status in SET_ASIDE:
+                changes.new.append(_change(patient, before, now, f"{state.describe()}; {reason}"))
+            else:
+                changes.new.append(_change(patient, before, now, reason))
+            continue
+        if state and state.review.status in SET_ASIDE and state.new_evidence:
+            changes.reconsider.append(_change(patient, before, now, state.describe()))
+        if _moved(before, now):
+            changes.status_changed.append(_change(patient, before, now, reason))
+    for patient, before in (previous or {}).items():
+        now = current.get(patient)
+        if before["status"] in LISTED and (now is None or now["status"] not in LISTED):
+            why = "; ".join(differences(before, now))
+            changes.dropped.append(_change(patient, before, now, why))
+    changes.eligible_soon.sort(key=lambda c: (c.eligible_from or "", c.patient))
+    return changes
+
+
+def _change(
+    patient: str, before: dict | None, now: dict | None, why: str, eligible_from: str | None = None
+) -> Change:
+    return Change(
+        patient,
+        (now or before or {}).get("name"),
+        before["status"] if before else None,
+        now["status"] if now else None,
+        why,
+        eligible_from or (now or {}).get("eligible_from"),
+    )

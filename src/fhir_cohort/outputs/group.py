@@ -1,0 +1,69 @@
+"""group.json: the listed candidates as a FHIR R4 ``Group``, for other tools.
+
+Rule: the Group holds references only (no names), one member per listed
+candidate (eligible, in washout or in need of review), and is validated with
+fhir.resources' R4B model before it is written or sent. Its id is stable per
+trial (``fhir-cohort-<trial>``), so ``--publish-group`` updates one Group on
+the server (a PUT) rather than adding one a night.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from fhir.resources.R4B.group import Group
+
+from .. import __version__
+from ..changes import LISTED
+from ..pipeline import Screening
+from . import write_private
+
+STATUS_EXTENSION = "https://github.com/fhir-cohort/fhir-cohort/StructureDefinition/screen-status"
+
+
+def group_id(trial_id: str) -> str:
+    """The Group's stable id: FHIR ids allow letters, digits, '-' and '.', up to 64.
+
+    >>> group_id("misle"), group_id("My Trial_2")
+    ('fhir-cohort-misle', 'fhir-cohort-my-trial-2')
+    """
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in trial_id.lower())
+    return f"fhir-cohort-{safe}"[:64]
+
+
+def build_group(screening: Screening) -> Group:
+    """The listed candidates of one screen as a validated R4B Group."""
+    trial = screening.trial
+    members = [
+        {
+            "entity": {"reference": f"Patient/{c.result.patient}"},
+            "extension": [{"url": STATUS_EXTENSION, "valueCode": c.result.status}],
+        }
+        for c in screening.candidates
+        if c.result.status in LISTED
+    ]
+    return Group.model_validate(
+        {
+            "resourceType": "Group",
+            "id": group_id(trial.id),
+            "type": "person",
+            "actual": True,
+            "name": f"{trial.title}: pre-screen candidates as of {screening.as_of.isoformat()} "
+            f"(fhir-cohort {__version__}, trial definition {trial.version})",
+            "quantity": len(members),
+            "member": members,
+        }
+    )
+
+
+def group_json(group: Group) -> bytes:
+    return orjson.dumps(
+        orjson.loads(group.model_dump_json(exclude_none=True)), option=orjson.OPT_INDENT_2
+    )
+
+
+def write_group(screening: Screening, path: Path) -> Group:
+    group = build_group(screening)
+    write_private(path, group_json(group))
+    return group
