@@ -30,9 +30,10 @@ from tqdm import tqdm
 from . import __version__
 from .changes import REVIEW_STATUSES, Changes, compare, snapshot
 from .criteria.trial import Trial, TrialError, load_trial, queries_dir
-from .outputs.candidates import candidate_dict, write_csv, write_json
-from .outputs.group import build_group, group_json, write_group
-from .outputs.report import write_report
+from .outputs import write_private_files
+from .outputs.candidates import candidate_dict, csv_bytes, json_bytes
+from .outputs.group import build_group, group_json
+from .outputs.report import render
 from .outputs.terminal import problems, review_lines, summary
 from .pipeline import Screening, screen
 from .server.auth import (
@@ -402,12 +403,14 @@ def _sources(
 
 
 def _write_outputs(screening: Screening, changes: Changes, out: Path) -> None:
+    files = {
+        "candidates.json": json_bytes(screening, changes),
+        "candidates.csv": csv_bytes(screening, changes),
+        "report.html": render(screening, changes).encode("utf-8"),
+        "group.json": group_json(build_group(screening)),
+    }
     try:
-        out.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_json(screening, out / "candidates.json", changes)
-        write_csv(screening, out / "candidates.csv", changes)
-        write_report(screening, out / "report.html", changes)
-        write_group(screening, out / "group.json")
+        write_private_files(out, files)
     except OSError as error:
         raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
 

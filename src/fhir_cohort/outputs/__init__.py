@@ -1,9 +1,12 @@
-"""Outputs: candidates.json, candidates.csv and the terminal summary.
+"""Outputs: candidates.json and .csv, report.html, group.json, the terminal.
 
-Rule: outputs only format a finished :class:`~fhir_cohort.pipeline.Screening`;
-they never decide anything. Files that hold patient data are written
-owner-only (0600) to a temporary name and renamed into place, so a crash
-never leaves half a file and nobody else on the machine can read one.
+Rule: outputs only format a finished :class:`~fhir_cohort.pipeline.Screening`
+(and the changes since the previous run); they never decide anything. Files
+that hold patient data are written owner-only (0600) to a temporary name and
+renamed into place, so a crash never leaves half a file and nobody else on
+the machine can read one. A run's files are all written first and renamed
+together at the end (:func:`write_private_files`), so a run killed while
+writing leaves the previous run's set as it was.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write ``data`` to ``path``, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _staged(path: Path, data: bytes) -> Path:
+    """``data`` in an owner-only temporary file beside ``path``, flushed to disk."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -23,7 +25,26 @@ def write_private(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``, readable by its owner only."""
+    write_private_files(path.parent, {path.name: data})
+
+
+def write_private_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Write several files into ``folder`` (owner-only): all staged, then all renamed."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged: dict[str, Path] = {}
+    try:
+        for name, data in files.items():
+            staged[name] = _staged(folder / name, data)
+        for name, temporary in staged.items():
+            os.replace(temporary, folder / name)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)

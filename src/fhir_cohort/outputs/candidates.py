@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import orjson
 
@@ -21,7 +20,6 @@ from ..changes import Changes, flags
 from ..criteria.results import MET, UNKNOWN
 from ..pipeline import Screening
 from ..rank import Candidate
-from . import write_private
 
 CSV_COLUMNS = (
     "record_id",
@@ -77,10 +75,9 @@ def screening_dict(screening: Screening, changes: Changes | None = None) -> dict
     }
 
 
-def write_json(screening: Screening, path: Path, changes: Changes | None = None) -> None:
-    write_private(
-        path, orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
-    )
+def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
+    """candidates.json."""
+    return orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
 
 
 def flagged(candidate: Candidate) -> list[str]:
@@ -145,7 +142,8 @@ def _safe_cell(value: object) -> object:
     return value
 
 
-def write_csv(screening: Screening, path: Path, changes: Changes | None = None) -> None:
+def csv_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
+    """candidates.csv, the screening log (text from the data cannot start a formula)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -153,4 +151,4 @@ def write_csv(screening: Screening, path: Path, changes: Changes | None = None) 
         writer.writerow(
             {k: _safe_cell(v) for k, v in csv_row(candidate, screening, changes).items()}
         )
-    write_private(path, buffer.getvalue().encode("utf-8"))
+    return buffer.getvalue().encode("utf-8")

@@ -9,15 +9,12 @@ the server (a PUT) rather than adding one a night.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 from fhir.resources.R4B.group import Group
 
 from .. import __version__
 from ..changes import LISTED
 from ..pipeline import Screening
-from . import write_private
 
 STATUS_EXTENSION = "https://github.com/fhir-cohort/fhir-cohort/StructureDefinition/screen-status"
 
@@ -61,9 +58,3 @@ def group_json(group: Group) -> bytes:
     return orjson.dumps(
         orjson.loads(group.model_dump_json(exclude_none=True)), option=orjson.OPT_INDENT_2
     )
-
-
-def write_group(screening: Screening, path: Path) -> Group:
-    group = build_group(screening)
-    write_private(path, group_json(group))
-    return group
