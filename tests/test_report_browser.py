@@ -1,5 +1,6 @@
-"""report.html in a real browser: it renders, the funnel draws, the filter filters,
-markup from the data stays text, and nothing is fetched from the network.
+"""report.html in a real browser: it renders, the funnel and the evidence timelines
+draw, the changes table lists what changed, the filter filters (and printing shows
+every row), markup from the data stays text, and nothing is fetched from the network.
 
 One headless Chromium per module (tests/browser.py), driven by selenium; each
 report is written with ``write_report`` to a temporary folder and opened as a
@@ -20,8 +21,9 @@ from browser import chromium
 from builders import SNOMED, D, concept, eligible_core
 from conftest import COHORT, EXPECTED
 
+from fhir_cohort.changes import Review, compare, snapshot
 from fhir_cohort.criteria.results import STATUSES
-from fhir_cohort.outputs.report import funnel_bars, write_report
+from fhir_cohort.outputs.report import funnel_bars, timeline, write_report
 from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
@@ -235,3 +237,254 @@ def test_the_probes_catch_what_they_look_for(driver, tmp_path):
     assert open_alert_text(driver) == "pwned"
     assert driver.execute_script("return window.__pwned") == 1
     assert remote_fetches(driver) == ["http://127.0.0.1:9/x.png"]
+
+
+# -- evidence timelines ----------------------------------------------------------------
+
+P113 = "p113-statement-stopped-start-only"  # rituximab last 2026-01-20, washout to 2026-07-20
+
+
+def test_every_card_draws_its_timeline(page, screening):
+    drawn = page.execute_script(
+        """return [...document.querySelectorAll('.card')].map(card => {
+             const svgs = card.querySelectorAll('svg.timeline');
+             const box = svgs[0].getBoundingClientRect();
+             return {patient: card.querySelector('h3 small').textContent,
+                     svgs: svgs.length, width: box.width, height: box.height,
+                     circles: svgs[0].querySelectorAll('circle').length,
+                     washouts: svgs[0].querySelectorAll('rect.washout').length};
+           })"""
+    )
+    assert len(drawn) == len(screening.candidates) == 115
+    for card, c in zip(drawn, screening.candidates, strict=True):
+        assert card["patient"] == f"({c.result.patient})"
+        assert card["svgs"] == 1 and card["width"] > 0 and card["height"] > 0, card
+        lanes = timeline(c, screening.as_of)["lanes"]
+        assert card["circles"] == sum(len(lane["points"]) for lane in lanes), card
+        assert card["washouts"] == sum(b["washout"] for lane in lanes for b in lane["bars"])
+    assert sum(card["washouts"] for card in drawn) >= 15
+
+
+def timeline_geometry(driver, patient: str) -> dict:
+    """Screen positions in one card's timeline: the washout bars, the as-of and
+    eligible-from lines (by their documented colours) and the tick labels' centres."""
+    return driver.execute_script(
+        """const card = [...document.querySelectorAll('.card')]
+             .find(c => c.querySelector('h3 small').textContent === '(' + arguments[0] + ')');
+           const svg = card.querySelector('svg.timeline');
+           card.scrollIntoView();
+           const box = e => e.getBoundingClientRect().toJSON();
+           const line = colour => svg.querySelector('line[stroke="' + colour + '"]');
+           return {
+             svg: box(svg),
+             washouts: [...svg.querySelectorAll('rect.washout')].map(r => (
+               {...box(r), title: r.querySelector('title').textContent})),
+             as_of: box(line('#9b1c1c')),
+             eligible: box(line('#0a6b2b')),
+             ticks: Object.fromEntries([...svg.querySelectorAll('text')]
+               .filter(t => !t.classList.contains('lane-label'))
+               .map(t => { const b = t.getBoundingClientRect();
+                           return [t.textContent, (b.left + b.right) / 2]; })),
+           };""",
+        patient,
+    )
+
+
+def test_washout_bar_ends_on_the_eligible_tick_right_of_as_of(page, screening):
+    geometry = timeline_geometry(page, P113)
+    (bar,) = geometry["washouts"]
+    assert bar["title"] == "biologic_washout until 2026-07-20"
+    assert bar["width"] > 0 and bar["height"] > 0
+    eligible = geometry["eligible"]["left"]
+    as_of = geometry["as_of"]["left"]
+    assert abs(bar["right"] - eligible) <= 1
+    assert abs(bar["right"] - geometry["ticks"]["eligible 2026-07-20"]) <= 2
+    assert abs(as_of - geometry["ticks"][f"as of {screening.as_of.isoformat()}"]) <= 2
+    # the bar starts at the last exposure, months before as-of, and runs past it
+    assert bar["left"] < as_of < bar["right"]
+    svg = geometry["svg"]
+    assert svg["left"] < bar["left"] and bar["right"] <= svg["right"]
+
+
+def test_timeline_labels_are_not_cut_off(page):
+    cut = page.execute_script(
+        """return [...document.querySelectorAll('svg.timeline')].flatMap(svg => {
+             const s = svg.getBoundingClientRect();
+             return [...svg.querySelectorAll('text')]
+               .filter(t => { const b = t.getBoundingClientRect();
+                              return b.left < s.left - 0.5 || b.right > s.right + 0.5; })
+               .map(t => t.textContent);
+           })"""
+    )
+    assert cut == []
+
+
+# -- what changed, review decisions ----------------------------------------------------
+
+LATER = date(2026, 7, 22)
+REVIEWER = "Dr. Ada Okafor"
+HOSTILE_REVIEWER = '<img src=x onerror="window.__pwned=3">Eve'
+P74 = "p74-activity-after-d"  # needs-review at as-of; its July labs make it eligible
+
+
+@pytest.fixture(scope="module")
+def changes_report(screening, trial, tmp_path_factory):
+    """The bundled cohort screened again three weeks on, compared with the run at as-of;
+    p113 declined with nothing new since, p74 declined (by a hostile name) before its
+    July labs appeared."""
+    later = screen([FileSource(COHORT)], trial, LATER)
+    before = {c.result.patient: snapshot(c) for c in screening.candidates}
+    now = {c.result.patient: snapshot(c) for c in later.candidates}
+    at = "2026-07-01T09:30:00+00:00"
+    reviews = {
+        P113: Review(P113, "declined", "", REVIEWER, at, frozenset(now[P113]["evidence"])),
+        P74: Review(P74, "declined", "", HOSTILE_REVIEWER, at, frozenset(before[P74]["evidence"])),
+    }
+    run = {"id": 1, "as_of": "2026-06-30", "finished_at": "2026-06-30T18:05:00+00:00"}
+    changes = compare(before, now, reviews, LATER, run)
+    path = tmp_path_factory.mktemp("changes") / "report.html"
+    write_report(later, path, changes)
+    return later, changes, path.as_uri()
+
+
+@pytest.fixture
+def changes_page(driver, changes_report):
+    load(driver, changes_report[2])
+    return driver
+
+
+CHANGE_ROWS = "#changes tbody tr[data-change]"
+
+
+def test_changes_table_lists_every_change(changes_page, changes_report):
+    _, changes, _ = changes_report
+    rows = changes_page.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(r => ("
+        "{kind: r.dataset.change, text: r.innerText, shown: r.getClientRects().length > 0}))",
+        CHANGE_ROWS,
+    )
+    expected = [
+        (kind, c.patient)
+        for kind, items in (
+            ("new", changes.new),
+            ("reconsider", changes.reconsider),
+            ("changed", changes.status_changed),
+            ("dropped", changes.dropped),
+            ("soon", changes.eligible_soon),
+        )
+        for c in items
+    ]
+    assert len(rows) == len(expected) == 14  # 1 new, 1 reconsider, 5 changed, 1 dropped, 6 soon
+    for row, (kind, patient) in zip(rows, expected, strict=True):
+        assert row["kind"] == kind and patient in row["text"] and row["shown"], row
+    by_patient = {(row["kind"], p): row["text"] for row, (_, p) in zip(rows, expected, strict=True)}
+    assert "washout → eligible" in by_patient[("changed", P113)]
+    assert (
+        "age 66 outside the trial's range" in by_patient[("dropped", "p05-age-65-day-before-66th")]
+    )
+    assert "washout until 2026-07-25" in by_patient[("soon", "p114-last-exposure-counts")]
+    reconsider = by_patient[("reconsider", P74)]
+    assert f"declined 2026-07-01 by {HOSTILE_REVIEWER}; new evidence since: " in reconsider
+    summary = changes_page.find_element("css selector", "#changes p").text
+    assert summary.startswith("Compared with the run of 2026-06-30T18:05:00+00:00")
+
+
+def test_status_filter_works_with_the_review_and_change_columns(changes_page, changes_report):
+    later, _, _ = changes_report
+    headers = [th.text for th in changes_page.find_elements("css selector", "#candidates th")]
+    assert headers[-2:] == ["review", "since last run"]
+
+    click_filter(changes_page, "eligible")
+    shown = changes_page.execute_script(
+        """return [...document.querySelectorAll(arguments[0])]
+             .filter(r => r.getClientRects().length > 0)
+             .map(r => ({status: r.dataset.status, patient: r.querySelector('small').textContent,
+                         cells: r.cells.length, review: r.querySelector('td.review').innerText,
+                         since: r.cells[r.cells.length - 1].innerText}))""",
+        ROWS,
+    )
+    eligible = [c.result.patient for c in later.candidates if c.result.status == "eligible"]
+    assert [row["patient"] for row in shown] == eligible
+    assert {row["status"] for row in shown} == {"eligible"}
+    assert {row["cells"] for row in shown} == {len(headers)}
+    p113 = next(row for row in shown if row["patient"] == P113)
+    assert (p113["review"], p113["since"]) == (f"declined 2026-07-01 by {REVIEWER}", "changed")
+    p74 = next(row for row in shown if row["patient"] == P74)
+    assert p74["review"].startswith(f"declined 2026-07-01 by {HOSTILE_REVIEWER}; new evidence")
+    assert p74["since"] == "new evidence since review"
+    assert {row["review"] for row in shown if row["patient"] not in (P113, P74)} == {"not reviewed"}
+    # the filter leaves the changes table alone
+    hidden = changes_page.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".filter(r => r.getClientRects().length === 0).length",
+        CHANGE_ROWS,
+    )
+    assert hidden == 0
+
+    click_filter(changes_page, "all")
+    assert len(visible_statuses(changes_page)) == len(later.candidates)
+
+
+def test_review_by_a_hostile_name_is_shown_as_text(changes_page):
+    assert open_alert_text(changes_page) is None
+    assert changes_page.execute_script("return window.__pwned") is None
+    made = changes_page.execute_script(
+        "return [...document.querySelectorAll('img, [onerror]')].map(e => e.outerHTML)"
+    )
+    assert made == []
+    card = changes_page.execute_script(
+        "return [...document.querySelectorAll('.card')]"
+        ".find(c => c.querySelector('h3 small').textContent === arguments[0]).innerText",
+        f"({P74})",
+    )
+    assert f"Review: declined 2026-07-01 by {HOSTILE_REVIEWER}; new evidence since: " in card
+    assert remote_fetches(changes_page) == []
+
+
+# -- printing --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def print_media(driver):
+    """Lays pages out for print (as in the print preview) while the test runs."""
+
+    def emulate(media: str) -> None:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": media})
+
+    try:
+        yield emulate
+    finally:
+        emulate("")
+
+
+def test_printing_hides_the_filters_and_shows_every_row(changes_page, changes_report, print_media):
+    later, _, _ = changes_report
+    washout = sum(c.result.status == "washout" for c in later.candidates)
+    click_filter(changes_page, "washout")
+    assert len(visible_statuses(changes_page)) == washout < len(later.candidates)
+    assert changes_page.find_element("css selector", "#filters").is_displayed()
+
+    print_media("print")
+    assert changes_page.execute_script("return matchMedia('print').matches") is True
+    state = changes_page.execute_script(
+        """const shown = e => e.getClientRects().length > 0;
+           const rows = [...document.querySelectorAll(arguments[0])];
+           return {filters: getComputedStyle(document.getElementById('filters')).display,
+                   buttons: [...document.querySelectorAll('#filters button')].filter(shown).length,
+                   rows: rows.length, shown: rows.filter(shown).length,
+                   still_marked: rows.filter(r => r.classList.contains('hidden')).length,
+                   changes: [...document.querySelectorAll(arguments[1])]
+                     .filter(r => !shown(r)).length,
+                   timelines: [...document.querySelectorAll('svg.timeline')]
+                     .filter(s => s.getBoundingClientRect().width > 0).length};""",
+        ROWS,
+        CHANGE_ROWS,
+    )
+    assert state["filters"] == "none" and state["buttons"] == 0
+    assert state["rows"] == state["shown"] == len(later.candidates)
+    assert state["still_marked"] == len(later.candidates) - washout  # the filter is still on
+    assert state["changes"] == 0
+    assert state["timelines"] == len(later.candidates)
+
+    print_media("")
+    assert len(visible_statuses(changes_page)) == washout  # on screen the filter applies again

@@ -26,6 +26,7 @@ from .candidates import candidate_dict, flagged, to_verify
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH = 22, 6, 640, 230
 LANE_HEIGHT, LANE_LABEL, TIMELINE_WIDTH, TIMELINE_AXIS = 20, 170, 720, 30
+TIMELINE_MARGIN = 70  # room right of the plot for half a centred date label
 RECENT = timedelta(days=365)  # the last year before as-of gets most of the width
 RECENT_SHARE = 0.7
 
@@ -94,9 +95,10 @@ def timeline(candidate: Candidate, as_of: date) -> dict:
     if result.eligible_from:
         ticks.append((result.eligible_from, f"eligible {result.eligible_from.isoformat()}"))
     return {
-        "width": LANE_LABEL + TIMELINE_WIDTH + 20,
+        "width": LANE_LABEL + TIMELINE_WIDTH + TIMELINE_MARGIN,
         "height": len(lanes) * LANE_HEIGHT + TIMELINE_AXIS,
         "plot": LANE_LABEL,
+        "plot_width": TIMELINE_WIDTH,
         "lane": LANE_HEIGHT,
         "seam": scale.x(seam) if scale.start else None,
         "as_of": scale.x(as_of),
@@ -163,6 +165,9 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
             "flagged": flagged(c),
             "to_verify": to_verify(c),
             "review": reviews[c.result.patient].describe() if c.result.patient in reviews else "",
+            "review_note": reviews[c.result.patient].review.note
+            if c.result.patient in reviews
+            else "",
             "change": changes.for_patient(c.result.patient) if changes else "",
             "timeline": timeline(c, screening.as_of),
             "acr_near_miss": (
