@@ -47,16 +47,17 @@ class Review:
         }
 
 
-def evidence_key(resource: str, value: str | None) -> str:
-    """The identity of one piece of evidence: the resource and what it says.
+def evidence_key(resource: str) -> str:
+    """The identity of one piece of evidence: the record it comes from.
 
-    Not its date: an ongoing medication's evidence is dated as of the run, and a
+    Not its date or the evaluator's wording of it: an ongoing medication is
+    dated as of the run and reads "last exposure ..." once it has ended, and a
     record is not new because a later run looks at it.
 
-    >>> evidence_key("Observation/o1", "1:320")
-    'Observation/o1|1:320'
+    >>> evidence_key("Observation/o1")
+    'Observation/o1'
     """
-    return f"{resource}|{value or ''}"
+    return resource
 
 
 def _label(e: Evidence) -> str:
@@ -73,7 +74,7 @@ def evidence_items(result: PatientResult) -> dict[str, str]:
     evidence = [e for finding in findings for e in finding.evidence]
     if result.activity is not None:
         evidence += result.activity.acute_condition
-    return {evidence_key(e.resource, e.value): _label(e) for e in evidence}
+    return {evidence_key(e.resource): _label(e) for e in evidence}
 
 
 def flags(result: PatientResult) -> list[str]:

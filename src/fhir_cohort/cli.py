@@ -430,7 +430,9 @@ def _screen(args: argparse.Namespace) -> int:
         previous = state.previous_run(trial.id, scope)
         sources = _sources(args, trial, state, previous)
         started = utc_now()
-        result = screen(sources, trial, as_of, progress=_progress(not args.quiet))
+        result = screen(
+            sources, trial, as_of, progress=_progress(not args.quiet), workdir=state.scratch()
+        )
         current = {c.result.patient: snapshot(c) for c in result.candidates}
         changes = compare(
             state.snapshots(previous.id) if previous else None,

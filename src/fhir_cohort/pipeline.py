@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 from .criteria.evaluator import evaluate
 from .criteria.relevance import CODED, PATIENT_DATA, Relevance
@@ -130,11 +131,14 @@ def screen(
     trial: Trial,
     as_of: date,
     progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
+    workdir: Path | None = None,
 ) -> Screening:
     """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
 
     ``progress(label, total, unit)`` may return a callback that is told how much
     work was done; it is how the command line draws its progress bars.
+    ``workdir`` is where the run's temporary store goes (default: the system's
+    temporary folder).
     """
     sources = list(sources)
     quality = DataQuality()
@@ -146,7 +150,7 @@ def screen(
         return None
 
     retrieval: Counter = Counter()
-    with SqliteStore(filtered_types=CODED) as store:
+    with SqliteStore(workdir, filtered_types=CODED) as store:
         for source in sources:
             advance = (
                 progress("reading", source.total_work(), source.progress_unit)

@@ -1,8 +1,10 @@
 """State: the run history and review decisions of one screening setup.
 
 Rule: this is the only module that writes the state folder (``--state DIR``).
-It holds one SQLite file, ``state.sqlite3``, and a lock file, both owner-only
-in an owner-only folder. A run is recorded in one transaction, after its
+It holds one SQLite file, ``state.sqlite3``, a lock file and ``work/``, where
+a run keeps its temporary store (emptied when the next run starts, so a killed
+run's copy of the data does not linger), all owner-only in an owner-only
+folder. A run is recorded in one transaction, after its
 outputs are written, so a run killed half way leaves the history as it was.
 Review decisions are an append-only audit trail: triggers refuse any UPDATE
 or DELETE. A lock (``flock`` on ``DIR/lock``, released by the kernel when a
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,6 +158,16 @@ class State:
             yield
         finally:
             os.close(descriptor)  # closing releases the lock
+
+    def scratch(self) -> Path:
+        """An empty owner-only folder for a run's temporary store; call it holding the lock.
+
+        What a run killed earlier left there (a copy of clinical data) is removed.
+        """
+        folder = self.folder / "work"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=0o700)
+        return folder
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -37,14 +37,41 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_private_files(folder: Path, files: dict[str, bytes]) -> None:
-    """Write several files into ``folder`` (owner-only): all staged, then all renamed."""
+    """Write several files into ``folder`` (owner-only): all staged, then all renamed.
+
+    If a rename fails, the files already renamed are put back as they were, so
+    the folder holds either the old set or the new one. Temporary files a
+    killed run left behind for these names are removed first.
+    """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in files:
+        for leftover in folder.glob(f".{name}.*"):
+            leftover.unlink(missing_ok=True)
     staged: dict[str, Path] = {}
+    kept: dict[str, Path | None] = {}  # the previous file of each name replaced so far
     try:
         for name, data in files.items():
             staged[name] = _staged(folder / name, data)
         for name, temporary in staged.items():
-            os.replace(temporary, folder / name)
+            target = folder / name
+            previous = None
+            if target.is_file():
+                previous = target.with_name(f".{name}.previous")
+                os.link(target, previous)
+            try:
+                os.replace(temporary, target)
+            except BaseException:
+                if previous is not None:
+                    previous.unlink()
+                raise
+            kept[name] = previous
+    except BaseException:
+        for name, previous in kept.items():
+            if previous is not None:
+                os.replace(previous, folder / name)
+            else:
+                (folder / name).unlink(missing_ok=True)
+        raise
     finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
+        for path in [*staged.values(), *(p for p in kept.values() if p)]:
+            path.unlink(missing_ok=True)
