@@ -1022,6 +1022,7 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
             "transactionTime": "2024-05-01T00:00:00Z",
             "level": "system",
             "types": source.types(),
+            "params": source._params(None),
         }
     }
     assert TOKEN not in (folder / STATE).read_text()

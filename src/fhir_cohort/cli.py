@@ -397,9 +397,20 @@ def _sources(
         source.pull = "full (no earlier complete run to build on)"
     elif args.full:
         source.pull = "full (asked for with --full)"
+    elif previous.searches != source.searches_fingerprint():
+        source.pull = "full (the trial's candidate searches changed since the last run)"
     else:
         source.since, source.known = previous.checkpoint, tuple(state.pool(previous.id))
     return [source]
+
+
+def _attribute(sources: list[ResourceSource], name: str) -> str | None:
+    """What the server source says for the next incremental run (None from files)."""
+    for source in sources:
+        value = getattr(source, name, None)
+        if value is not None:
+            return value() if callable(value) else value
+    return None
 
 
 def _write_outputs(screening: Screening, changes: Changes, out: Path) -> None:
@@ -451,13 +462,8 @@ def _screen(args: argparse.Namespace) -> int:
             as_of=as_of.isoformat(),
             started_at=started,
             outcome="partial" if missing else "complete",
-            checkpoint=next(
-                (
-                    getattr(s, "checkpoint", None) or getattr(s, "transaction_time", None)
-                    for s in sources
-                ),
-                None,
-            ),
+            checkpoint=_attribute(sources, "checkpoint"),
+            searches=_attribute(sources, "searches_fingerprint"),
             funnel=result.funnel.to_dict(),
             candidates=[
                 (c.result.patient, current[c.result.patient], candidate_dict(c))

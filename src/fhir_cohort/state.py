@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT NOT NULL,
     outcome TEXT NOT NULL CHECK (outcome IN ('complete', 'partial')),
     checkpoint TEXT,
+    searches TEXT,
     funnel TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS run_candidates (
@@ -73,6 +74,9 @@ BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
 BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
 """
+
+
+RUN_COLUMNS = "id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint, searches"
 
 
 class StateError(RuntimeError):
@@ -111,7 +115,8 @@ class RunRecord:
     started_at: str
     finished_at: str
     outcome: str
-    checkpoint: str | None
+    checkpoint: str | None  # the server's clock for the next incremental run
+    searches: str | None  # a digest of the candidate searches the checkpoint is good for
 
 
 class State:
@@ -183,8 +188,8 @@ class State:
     def previous_run(self, trial: str, scope: str) -> RunRecord | None:
         """The latest complete run of ``trial`` over ``scope``."""
         row = self._db.execute(
-            "SELECT id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint "
-            "FROM runs WHERE trial = ? AND scope = ? AND outcome = 'complete' "
+            f"SELECT {RUN_COLUMNS} FROM runs "
+            "WHERE trial = ? AND scope = ? AND outcome = 'complete' "
             "ORDER BY id DESC LIMIT 1",
             (trial, scope),
         ).fetchone()
@@ -192,8 +197,7 @@ class State:
 
     def runs(self, trial: str) -> list[RunRecord]:
         rows = self._db.execute(
-            "SELECT id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint "
-            "FROM runs WHERE trial = ? ORDER BY id",
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE trial = ? ORDER BY id",
             (trial,),
         )
         return [RunRecord(*row) for row in rows]
@@ -221,6 +225,7 @@ class State:
         started_at: str,
         outcome: str,
         checkpoint: str | None,
+        searches: str | None = None,
         funnel: dict,
         candidates: list[tuple[str, dict, dict]],
         pool: list[str] = (),  # type: ignore[assignment]
@@ -229,7 +234,7 @@ class State:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO runs (trial, scope, as_of, started_at, finished_at, outcome, "
-                "checkpoint, funnel) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "checkpoint, searches, funnel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     trial,
                     scope,
@@ -238,6 +243,7 @@ class State:
                     utc_now(),
                     outcome,
                     checkpoint,
+                    searches,
                     orjson.dumps(funnel).decode(),
                 ),
             )

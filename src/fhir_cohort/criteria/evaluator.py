@@ -68,11 +68,10 @@ class Outcome:
 
     def evidence(self) -> tuple[Evidence, ...]:
         wanted = self.value()
-        chosen = sorted(
-            (m for m in self.matches if m.result is wanted),
-            key=lambda m: m.date or date.min,
-            reverse=True,
+        chosen = sorted(  # by resource first, so the same day reads the same in any order
+            (m for m in self.matches if m.result is wanted), key=lambda m: m.evidence.resource
         )
+        chosen.sort(key=lambda m: m.date or date.min, reverse=True)  # stable: newest first
         return tuple(dict.fromkeys(m.evidence for m in chosen))
 
     def on_occasions(self, occasions: int) -> Outcome:

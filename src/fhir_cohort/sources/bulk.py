@@ -319,8 +319,8 @@ class BulkSource:
             self.pull = "full (asked for with --full)"
         elif not baseline.get("transactionTime"):
             self.pull = "full (no earlier export in this folder to build on)"
-        elif baseline.get("level") != self.level or baseline.get("types") != self.types():
-            self.pull = "full (the earlier export was of another level or other types)"
+        elif baseline.get("level") != self.level or baseline.get("params") != self._params(None):
+            self.pull = "full (the earlier export was of another level, types or filter)"
         else:
             since = baseline["transactionTime"]
         params = self._params(since)
@@ -370,6 +370,7 @@ class BulkSource:
                     "transactionTime": self.transaction_time,
                     "level": self.level,
                     "types": self.types(),
+                    "params": self._params(None),
                 }
             }
         )

@@ -27,6 +27,7 @@ a margin, for the next run's ``since``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -154,6 +155,14 @@ class RestSource:
         self._total: int | None = None
         self._candidates: list[str] = []
         self._medications_seen: set[str] = set()
+
+    def searches_fingerprint(self) -> str:
+        """A digest of the candidate searches (codes included): an incremental run
+        builds on the previous one only if it searched for the same things."""
+        text = "\n".join(
+            f"{r.resource}?{sorted(r.params.items())}" for r in candidate_requests(self.plan_)
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def pool(self) -> list[str]:
