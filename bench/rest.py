@@ -16,6 +16,10 @@ In this one process:
      concurrency=c)], ...)`` for each ``--concurrency`` (default 1 and 4);
    * Bulk: ``screen([BulkSource(FhirClient(base), trial, tmpdir, level="system")],
      ...)``, a fresh download folder per run;
+   * the next night's incremental runs, nothing having changed since: REST with
+     ``since`` set after the seeding and ``known`` the pool a full REST run found
+     (``_lastUpdated`` on the candidate searches, the pool fetched again), and
+     Bulk on a folder holding a baseline export (a ``_since`` export, merged);
 
 4. check that every run lists the same candidates (patient id and status, in rank
    order) and the same funnel status counts as the file screen; stop with an
@@ -383,6 +387,37 @@ def main(argv: list[str] | None = None) -> int:
                 return screen([source], trial, AS_OF), client
 
             measured.append(("Bulk $export (system)", timed("bulk", args.repeat, bulk)))
+
+            # the next night: nothing changed since the previous run
+            full_rest = RestSource(FhirClient(base), trial)
+            screen([full_rest], trial, AS_OF)
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            time.sleep(1.1)
+
+            def rest_incremental() -> tuple[Screening, FhirClient]:
+                client = FhirClient(base)
+                source = RestSource(client, trial, since=since, known=full_rest.pool)
+                return screen([source], trial, AS_OF), client
+
+            measured.append(
+                (
+                    "REST, incremental (nothing changed)",
+                    timed("rest incremental", args.repeat, rest_incremental),
+                )
+            )
+            baseline = tmp_path / "bulk-baseline"
+            screen([BulkSource(FhirClient(base), trial, baseline)], trial, AS_OF)
+
+            def bulk_incremental() -> tuple[Screening, FhirClient]:
+                client = FhirClient(base)
+                return screen([BulkSource(client, trial, baseline)], trial, AS_OF), client
+
+            measured.append(
+                (
+                    "Bulk, incremental _since (nothing changed)",
+                    timed("bulk incremental", args.repeat, bulk_incremental),
+                )
+            )
 
     reference = signature(files["screening"])
     for label, m in measured[1:]:
