@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+from fhir.resources.R4B.group import Group
 from tqdm import tqdm
 
 from . import __version__
@@ -413,17 +414,32 @@ def _attribute(sources: list[ResourceSource], name: str) -> str | None:
     return None
 
 
-def _write_outputs(screening: Screening, changes: Changes, out: Path) -> None:
+def _write_outputs(screening: Screening, changes: Changes, group: Group, out: Path) -> None:
     files = {
         "candidates.json": json_bytes(screening, changes),
         "candidates.csv": csv_bytes(screening, changes),
         "report.html": render(screening, changes).encode("utf-8"),
-        "group.json": group_json(build_group(screening)),
+        "group.json": group_json(group),
     }
     try:
         write_private_files(out, files)
     except OSError as error:
         raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
+
+
+def _changes(
+    state: State, trial: Trial, previous: RunRecord | None, current: dict, as_of: date
+) -> Changes:
+    """This run against the previous complete one, with the review decisions on record."""
+    return compare(
+        state.snapshots(previous.id) if previous else None,
+        current,
+        state.latest_reviews(trial.id),
+        as_of,
+        {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
+        if previous
+        else None,
+    )
 
 
 def _screen(args: argparse.Namespace) -> int:
@@ -445,16 +461,9 @@ def _screen(args: argparse.Namespace) -> int:
             sources, trial, as_of, progress=_progress(not args.quiet), workdir=state.scratch()
         )
         current = {c.result.patient: snapshot(c) for c in result.candidates}
-        changes = compare(
-            state.snapshots(previous.id) if previous else None,
-            current,
-            state.latest_reviews(trial.id),
-            as_of,
-            {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
-            if previous
-            else None,
-        )
-        _write_outputs(result, changes, args.out)
+        changes = _changes(state, trial, previous, current, as_of)
+        group = build_group(result)
+        _write_outputs(result, changes, group, args.out)
         missing = result.missing_data()
         state.record_run(
             trial=trial.id,
@@ -471,28 +480,29 @@ def _screen(args: argparse.Namespace) -> int:
             ],
             pool=[p for s in sources for p in getattr(s, "pool", ())],
         )
-    pulls = [getattr(s, "pull", None) for s in sources]
-    pull = next((p for p in pulls if p), None)
+    pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
     if args.publish_group:
-        _publish_group(args, result)
+        _client(args).request(
+            "PUT",
+            f"Group/{group.id}",
+            kind="publish",
+            data=group_json(group),
+            headers={"Content-Type": "application/fhir+json"},
+        )
     for line in problems(result, pull):
         print(f"fhir-cohort: warning: {line}", file=sys.stderr)
     if not args.quiet:
         print(summary(result, str(args.out), changes, pull))
+        if args.publish_group:
+            print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
     return EXIT_PARTIAL if missing else EXIT_OK
 
 
-def _publish_group(args: argparse.Namespace, screening: Screening) -> None:
-    group = build_group(screening)
-    _client(args).request(
-        "PUT",
-        f"Group/{group.id}",
-        kind="publish",
-        data=group_json(group),
-        headers={"Content-Type": "application/fhir+json"},
-    )
-    if not args.quiet:
-        print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise SourceError("say who decided with --by NAME (the login name is unknown)") from None
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -504,7 +514,7 @@ def _review(args: argparse.Namespace) -> int:
         if not args.patient or not args.status:
             raise SourceError("review needs PATIENT_ID and --status (or --list)")
         review = state.add_review(
-            trial.id, args.patient, args.status, args.note, args.by or getpass.getuser()
+            trial.id, args.patient, args.status, args.note, args.by or _login()
         )
     print(
         f"recorded: {review.patient} {review.status} by {review.by} at {review.at}"
