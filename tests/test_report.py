@@ -540,6 +540,12 @@ def test_the_candidate_list_and_cards_say_what_changed(later, changes):
         "Since the last run: changed: washout → eligible; "
         "washout over (biologic_washout until 2026-07-20)" in card
     )
+    # a patient who dropped out is still a candidate (excluded): the card says why
+    assert rows["p05-age-65-day-before-66th"]["since"] == "dropped out"
+    assert (
+        "Since the last run: dropped out: eligible → excluded; now age 66 outside the "
+        "trial's range" in text(cards(page)["p05-age-65-day-before-66th"])
+    )
 
 
 def test_review_decisions_in_the_table_and_cards(later, changes):

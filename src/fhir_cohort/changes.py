@@ -163,11 +163,12 @@ class Changes:
     reviews: dict[str, ReviewState] = field(default_factory=dict)
 
     def for_patient(self, patient: str) -> str:
-        """The change a listed patient is part of, in a few words ('' when none)."""
+        """The change a candidate is part of, in a few words ('' when none)."""
         for name, title in (
             ("new", "new"),
             ("reconsider", "new evidence since review"),
             ("status_changed", "changed"),
+            ("dropped", "dropped out"),
             ("set_aside", "set aside"),
         ):
             for change in getattr(self, name):
