@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import email.utils
 import json
-import re
 import stat
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +21,7 @@ import pytest
 import requests
 import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fake_fhir import route_searches
 
 from fhir_cohort.criteria.trial import load_trial
 from fhir_cohort.server import auth as auth_module
@@ -852,18 +852,7 @@ def fake_server(rsps, seen: list, medication_twice=False):
             )
         return 200, {}, json.dumps(bundle(*entries))
 
-    rsps.add_callback(
-        responses.GET,
-        re.compile(re.escape(BASE) + r"/\w+(\?.*)?$"),
-        answer,
-        content_type="application/fhir+json",
-    )
-    rsps.add_callback(
-        responses.POST,
-        re.compile(re.escape(BASE) + r"/\w+/_search$"),
-        answer,
-        content_type="application/fhir+json",
-    )
+    route_searches(rsps, BASE, answer)
 
 
 def test_rest_source_reads_candidates_records_and_counts(rsps, trial):

@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from fake_fhir import route_searches
 from fhir.resources.R4B.group import Group
 from sekmet_server import sekmet
 
@@ -591,18 +592,7 @@ def refusing_server(rsps, seen: list, status: int) -> None:
             return 200, {}, bundle(sle)
         return 200, {}, bundle()
 
-    rsps.add_callback(
-        responses.GET,
-        re.compile(re.escape(BASE) + r"/\w+(\?.*)?$"),
-        answer,
-        content_type="application/fhir+json",
-    )
-    rsps.add_callback(
-        responses.POST,
-        re.compile(re.escape(BASE) + r"/\w+/_search$"),
-        answer,
-        content_type="application/fhir+json",
-    )
+    route_searches(rsps, BASE, answer)
 
 
 def test_rest_source_falls_back_to_full_searches_on_a_400_to_lastupdated(rsps):
