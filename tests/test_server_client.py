@@ -21,7 +21,7 @@ import pytest
 import requests
 import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fake_fhir import route_searches
+from fake_fhir import route_searches, search_params
 
 from fhir_cohort.criteria.trial import load_trial
 from fhir_cohort.server import auth as auth_module
@@ -789,21 +789,13 @@ def test_token_echoed_by_the_server_is_not_repeated(rsps):
 
 
 # -- 7. RestSource ---------------------------------------------------------------
-def _params(request) -> dict[str, str]:
-    query = urlsplit(request.url).query
-    if request.method == "POST":
-        body = request.body.decode() if isinstance(request.body, bytes) else request.body
-        query = body or ""
-    return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-
 def fake_server(rsps, seen: list, medication_twice=False):
     """A FHIR server for the misle plan: 5 patients, candidates p1 and p2."""
 
     def answer(request):
         path = urlsplit(request.url).path[len("/fhir/") :]
         kind = path.split("/")[0]
-        params = _params(request)
+        params = search_params(request)
         seen.append((request.method, path, params))
         if kind == "Patient" and params.get("_summary") == "count":
             return 200, {}, json.dumps(bundle(total=5))

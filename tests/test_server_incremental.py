@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
-from fake_fhir import route_searches
+from fake_fhir import route_searches, search_params
 from fhir.resources.R4B.group import Group
 from sekmet_server import sekmet
 
@@ -514,14 +514,6 @@ def rsps():
         yield mock
 
 
-def _params(request) -> dict[str, str]:
-    query = urlsplit(request.url).query
-    if request.method == "POST":
-        body = request.body.decode() if isinstance(request.body, bytes) else request.body
-        query = body or ""
-    return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-
 def refusing_server(rsps, seen: list, status: int) -> None:
     """5 patients; candidate searches find p1 and p2, p1 has an SLE code; any search
     with ``_lastUpdated`` is answered ``status`` with an OperationOutcome."""
@@ -538,7 +530,7 @@ def refusing_server(rsps, seen: list, status: int) -> None:
 
     def answer(request):
         kind = urlsplit(request.url).path[len("/fhir/") :].split("/")[0]
-        params = _params(request)
+        params = search_params(request)
         seen.append((request.method, kind, params))
         if "_lastUpdated" in params:
             outcome = {
