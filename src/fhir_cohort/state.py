@@ -23,7 +23,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -228,7 +228,7 @@ class State:
         searches: str | None = None,
         funnel: dict,
         candidates: list[tuple[str, dict, dict]],
-        pool: list[str] = (),  # type: ignore[assignment]
+        pool: Sequence[str] = (),
     ) -> int:
         """Keep one run: ``candidates`` are (patient, snapshot, full result) triples."""
         with self._transaction() as db:

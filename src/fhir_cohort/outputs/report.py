@@ -164,10 +164,8 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
             **candidate_dict(c),
             "flagged": flagged(c),
             "to_verify": to_verify(c),
-            "review": reviews[c.result.patient].describe() if c.result.patient in reviews else "",
-            "review_note": reviews[c.result.patient].review.note
-            if c.result.patient in reviews
-            else "",
+            "review": review.describe() if (review := reviews.get(c.result.patient)) else "",
+            "review_note": review.review.note if review else "",
             "change": changes.for_patient(c.result.patient) if changes else "",
             "timeline": timeline(c, screening.as_of),
             "acr_near_miss": (

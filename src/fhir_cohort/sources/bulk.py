@@ -249,7 +249,9 @@ class BulkSource:
             delay = float(wait) if wait.strip().isdigit() else 2.0
             self.client.sleep(min(max(delay, 0.5), self.client.max_wait))
 
-    def download(self, manifest: dict, job: dict, progress: Progress) -> None:
+    def download(self, manifest: dict, state: dict, progress: Progress) -> None:
+        """Download the export's files into ``incoming``, recording each in ``state``."""
+        job = state["job"]
         with_token = bool(manifest.get("requiresAccessToken"))
         done = job.setdefault("downloaded", {})
         self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -281,7 +283,7 @@ class BulkSource:
                     stream.write(block)
             os.replace(partial, target)
             done[url] = target.name
-            self._save({**self._load(), "job": job})
+            self._save(state)
             progress(1)
 
     def missing_medications(self, note: NoteSink) -> None:
@@ -332,7 +334,8 @@ class BulkSource:
             "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3),
             "status_url": self.kick_off(params),
         }
-        self._save({**state, "job": job})
+        state["job"] = job
+        self._save(state)
         return job
 
     def export(self, note: NoteSink, progress: Progress) -> None:
@@ -348,7 +351,7 @@ class BulkSource:
             self.pull = f"incremental: resources changed since {job['since']} (Bulk _since)"
         manifest = job.get("manifest") or self.poll(job["status_url"])
         job["manifest"] = manifest
-        self._save({**self._load(), "job": job})
+        self._save(state)
         for problem in manifest.get("error") or ():
             note(
                 Note(
@@ -357,7 +360,7 @@ class BulkSource:
                     str(problem.get("url")),
                 )
             )
-        self.download(manifest, job, progress)
+        self.download(manifest, state, progress)
         if job["since"]:
             merge_export(self.baseline, self.incoming)
         else:
