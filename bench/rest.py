@@ -8,13 +8,13 @@ In this one process:
    lupus patients) into ``bench/data/rest-<N>/`` with the builders of
    ``bench/generate_population.py`` (deterministic: same arguments, same files);
 2. start sekmet-fhir on 127.0.0.1 in a temporary folder (``tests/sekmet_server.py``)
-   and seed it with ``fhir_cohort.server.seed.seed`` (timed once);
+   and seed it with ``fhir_cohort.commands.seed.seed`` (timed once);
 3. time, best of ``--repeat`` wall-clock runs (``time.perf_counter``):
 
    * files: ``screen([FileSource(folder)], load_trial("misle"), date(2026, 6, 30))``;
-   * REST: ``screen([RestSource(FhirClient(base, concurrency=c), trial,
+   * REST: ``screen([RestSource(FhirClient(base, concurrency=c), trial.server,
      concurrency=c)], ...)`` for each ``--concurrency`` (default 1 and 4);
-   * Bulk: ``screen([BulkSource(FhirClient(base), trial, tmpdir, level="system")],
+   * Bulk: ``screen([BulkSource(FhirClient(base), trial.server, tmpdir, level="system")],
      ...)``, a fresh download folder per run;
    * the next night's incremental runs, nothing having changed since: REST with
      ``since`` set after the seeding and ``known`` the pool a full REST run found
@@ -55,13 +55,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import generate_population as gp  # noqa: E402
 from sekmet_server import sekmet  # noqa: E402
 
+from fhir_cohort.commands.seed import seed  # noqa: E402
 from fhir_cohort.criteria.trial import load_trial  # noqa: E402
 from fhir_cohort.pipeline import Screening, screen  # noqa: E402
-from fhir_cohort.server.client import FhirClient  # noqa: E402
-from fhir_cohort.server.seed import seed  # noqa: E402
 from fhir_cohort.sources.bulk import BulkSource  # noqa: E402
 from fhir_cohort.sources.files import FileSource  # noqa: E402
 from fhir_cohort.sources.rest import RestSource  # noqa: E402
+from fhir_cohort.transport.client import FhirClient  # noqa: E402
 
 AS_OF = date(2026, 6, 30)
 TRIAL = "misle"
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         server_folder.mkdir()
         with sekmet(server_folder) as base:
             print(f"sekmet at {base}; seeding ...", file=sys.stderr, flush=True)
-            from fhir_cohort.server.seed import BUNDLE_SIZE
+            from fhir_cohort.commands.seed import BUNDLE_SIZE
 
             server0, client0 = server_cpu(), time.process_time()
             started = time.perf_counter()
@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 def rest(c: int = c) -> tuple[Screening, FhirClient]:
                     client = FhirClient(base, concurrency=c)
-                    return screen([RestSource(client, trial, concurrency=c)], trial, AS_OF), client
+                    return screen(
+                        [RestSource(client, trial.server, concurrency=c)], trial, AS_OF
+                    ), client
 
                 measured.append(
                     (f"REST search, concurrency {c}", timed(f"rest c={c}", args.repeat, rest))
@@ -383,20 +385,20 @@ def main(argv: list[str] | None = None) -> int:
             def bulk() -> tuple[Screening, FhirClient]:
                 target = tmp_path / f"bulk-{next(exports)}"  # fresh: no resumed export
                 client = FhirClient(base)
-                source = BulkSource(client, trial, target, level="system")
+                source = BulkSource(client, trial.server, target, level="system")
                 return screen([source], trial, AS_OF), client
 
             measured.append(("Bulk $export (system)", timed("bulk", args.repeat, bulk)))
 
             # the next night: nothing changed since the previous run
-            full_rest = RestSource(FhirClient(base), trial)
+            full_rest = RestSource(FhirClient(base), trial.server)
             screen([full_rest], trial, AS_OF)
             since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             time.sleep(1.1)
 
             def rest_incremental() -> tuple[Screening, FhirClient]:
                 client = FhirClient(base)
-                source = RestSource(client, trial, since=since, known=full_rest.pool)
+                source = RestSource(client, trial.server, since=since, known=full_rest.pool)
                 return screen([source], trial, AS_OF), client
 
             measured.append(
@@ -406,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             baseline = tmp_path / "bulk-baseline"
-            screen([BulkSource(FhirClient(base), trial, baseline)], trial, AS_OF)
+            screen([BulkSource(FhirClient(base), trial.server, baseline)], trial, AS_OF)
 
             def bulk_incremental() -> tuple[Screening, FhirClient]:
                 client = FhirClient(base)
-                return screen([BulkSource(client, trial, baseline)], trial, AS_OF), client
+                return screen([BulkSource(client, trial.server, baseline)], trial, AS_OF), client
 
             measured.append(
                 (

@@ -193,11 +193,12 @@ def test_csv_formula_in_patient_name_is_neutralised(tmp_path, name):
 def test_unexpected_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     """A bug must not print a wall of traceback at 3 a.m.: one line, exit code 1."""
     import fhir_cohort.cli as cli
+    import fhir_cohort.commands.screen as command
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "screen", broken)
+    monkeypatch.setattr(command, "screen", broken)
     monkeypatch.delenv("FHIR_COHORT_DEBUG", raising=False)
     code = cli.main(["screen", "--as-of", "2026-06-30", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -40,7 +40,7 @@ from builders import (
     ref,
 )
 
-import fhir_cohort.outputs as outputs
+import fhir_cohort.private_files as outputs
 from fhir_cohort import changes as ch
 from fhir_cohort.changes import Review
 from fhir_cohort.cli import main
@@ -851,7 +851,7 @@ def test_failure_while_staging_leaves_previous_outputs_and_history(tmp_path, mon
 
 
 def test_failure_building_an_output_leaves_previous_outputs_and_history(tmp_path, monkeypatch):
-    import fhir_cohort.cli as cli_module
+    import fhir_cohort.commands.screen as cli_module
 
     state, out = tmp_path / "state", tmp_path / "out"
     assert screen(state, out, COHORT).code == 0

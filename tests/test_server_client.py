@@ -24,17 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fake_fhir import route_searches, search_params
 
 from fhir_cohort.criteria.trial import load_trial
-from fhir_cohort.server import auth as auth_module
-from fhir_cohort.server.auth import (
+from fhir_cohort.sources.bulk import STATE, BulkSource
+from fhir_cohort.sources.rest import RestSource
+from fhir_cohort.transport import auth as auth_module
+from fhir_cohort.transport.auth import (
     AuthError,
     BasicAuth,
     BearerAuth,
     SmartBackendAuth,
     read_secret,
 )
-from fhir_cohort.server.client import MAX_URL, FhirClient, ServerError, origin
-from fhir_cohort.sources.bulk import STATE, BulkSource
-from fhir_cohort.sources.rest import RestSource
+from fhir_cohort.transport.client import MAX_URL, FhirClient, ServerError, origin
 
 BASE = "https://fhir.example.test/fhir"
 TOKEN = "s3cr3t-T0KEN-never-shown"
@@ -327,11 +327,11 @@ def test_502_504_without_retry_after_back_off_with_jitter_within_bounds(rsps):
 
 def test_backoff_grows_and_jitter_spans_its_range(monkeypatch):
     client = make_client([])
-    monkeypatch.setattr("fhir_cohort.server.client.random.random", lambda: 0.5)
+    monkeypatch.setattr("fhir_cohort.transport.client.random.random", lambda: 0.5)
     assert [client._backoff(a) for a in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    monkeypatch.setattr("fhir_cohort.server.client.random.random", lambda: 0.0)
+    monkeypatch.setattr("fhir_cohort.transport.client.random.random", lambda: 0.0)
     assert client._backoff(2) == 1.0
-    monkeypatch.setattr("fhir_cohort.server.client.random.random", lambda: 0.999999)
+    monkeypatch.setattr("fhir_cohort.transport.client.random.random", lambda: 0.999999)
     assert 2.99 < client._backoff(2) < 3.0
     monkeypatch.undo()
     samples = {client._backoff(3) for _ in range(50)}
@@ -851,7 +851,7 @@ def test_rest_source_reads_candidates_records_and_counts(rsps, trial):
     seen: list = []
     fake_server(rsps, seen)
     client = make_client([], BearerAuth(TOKEN))
-    source = RestSource(client, trial, concurrency=2)
+    source = RestSource(client, trial.server, concurrency=2)
     notes, progress = [], []
     raws = list(source.read(notes.append, progress.append))
     got = sorted((r.resource["resourceType"], r.resource["id"], r.patient) for r in raws)
@@ -890,7 +890,7 @@ def test_rest_source_deduplicates_included_medications_across_batches(rsps, tria
     seen: list = []
     fake_server(rsps, seen, medication_twice=True)
     client = make_client([])
-    source = RestSource(client, one_each, concurrency=2)
+    source = RestSource(client, one_each.server, concurrency=2)
     progress: list = []
     raws = list(source.read(lambda n: None, progress.append))
     kinds = [r.resource["resourceType"] for r in raws]
@@ -915,7 +915,7 @@ def test_rest_source_without_patient_count_notes_it(rsps, trial):
         match=[responses.matchers.query_param_matcher({"_summary": "count"})],
     )
     fake_server(rsps, [])
-    source = RestSource(make_client([]), trial, concurrency=2)
+    source = RestSource(make_client([]), trial.server, concurrency=2)
     notes: list = []
     list(source.read(notes.append, lambda n: None))
     assert [n.code for n in notes] == ["no-patient-count"]
@@ -923,7 +923,7 @@ def test_rest_source_without_patient_count_notes_it(rsps, trial):
 
 
 def test_rest_source_plan_sends_nothing(rsps, trial):
-    lines = RestSource(make_client([]), trial).plan()
+    lines = RestSource(make_client([]), trial.server).plan()
     assert lines[0] == f"server {BASE}/"
     assert len(rsps.calls) == 0
 
@@ -972,7 +972,7 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     folder = tmp_path / "export"
     waits: list = []
     client = make_client(waits, BearerAuth(TOKEN))
-    source = BulkSource(client, trial, folder)
+    source = BulkSource(client, trial.server, folder)
     progress: list = []
     raws = list(source.read(lambda n: None, progress.append))
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
@@ -1017,7 +1017,7 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     merges: a changed resource replaces its copy, a new one is added, the rest stay."""
     register_export(rsps)
     folder = tmp_path / "export"
-    list(BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder).read(print, print))
+    list(BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder).read(print, print))
     first = len(rsps.calls)
 
     delta = f"{BASE}/bulkfiles/patient-2.ndjson"
@@ -1029,7 +1029,7 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     rsps.replace(responses.GET, f"{BASE}/$export", status=202, headers={"Content-Location": STATUS})
     rsps.upsert(responses.GET, STATUS, status=200, json=since_manifest)
     rsps.get(delta, body=changed, content_type="application/fhir+ndjson")
-    again = BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder)
+    again = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
     raws = list(again.read(lambda n: None, lambda n: None))
 
     kickoff = rsps.calls[first].request
@@ -1041,7 +1041,7 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     state = json.loads((folder / STATE).read_text())
     assert state["baseline"]["transactionTime"] == "2024-05-02T00:00:00Z"
 
-    full = BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder, incremental=False)
+    full = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder, incremental=False)
     rsps.upsert(responses.GET, STATUS, status=200, json=manifest((("Patient", FILE1),)))
     calls = len(rsps.calls)
     assert sorted(r.resource["id"] for r in full.read(lambda n: None, lambda n: None)) == [
@@ -1057,7 +1057,7 @@ def test_bulk_file_on_another_host_with_token_is_refused(rsps, trial, tmp_path):
     rsps.get(f"{EVIL}/c.ndjson", body=CONDITIONS)
     client = make_client([], BearerAuth(TOKEN))
     with pytest.raises(ServerError) as caught:
-        list(BulkSource(client, trial, tmp_path / "x").read(lambda n: None, lambda n: None))
+        list(BulkSource(client, trial.server, tmp_path / "x").read(lambda n: None, lambda n: None))
     assert "another host" in str(caught.value)
     assert TOKEN not in str(caught.value)
     assert "evil.example" not in hosts(rsps)
@@ -1066,7 +1066,7 @@ def test_bulk_file_on_another_host_with_token_is_refused(rsps, trial, tmp_path):
 def test_bulk_file_without_required_token_gets_no_authorization(rsps, trial, tmp_path):
     register_export(rsps, requires_token=False)
     client = make_client([], BearerAuth(TOKEN))
-    list(BulkSource(client, trial, tmp_path / "x").read(lambda n: None, lambda n: None))
+    list(BulkSource(client, trial.server, tmp_path / "x").read(lambda n: None, lambda n: None))
     by_path = {urlsplit(c.request.url).path: auth_header(c) for c in rsps.calls}
     assert by_path["/fhir/bulkfiles/patient-1.ndjson"] is None
     assert by_path["/fhir/bulkfiles/condition-1.ndjson"] is None
@@ -1078,7 +1078,7 @@ def test_bulk_file_elsewhere_without_required_token_is_fetched_without_auth(rsps
     register_export(rsps, outputs=(("Patient", FILE1), ("Condition", other)), requires_token=False)
     rsps.get(other, body=CONDITIONS)
     client = make_client([], BearerAuth(TOKEN))
-    list(BulkSource(client, trial, tmp_path / "x").read(lambda n: None, lambda n: None))
+    list(BulkSource(client, trial.server, tmp_path / "x").read(lambda n: None, lambda n: None))
     (call,) = [c for c in rsps.calls if c.request.url == other]
     assert auth_header(call) is None
 
@@ -1090,7 +1090,7 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     waits: list = []
     client = make_client(waits, BearerAuth(TOKEN), max_retries=2)
     with pytest.raises(ServerError, match="no answer after 3 tries"):
-        list(BulkSource(client, trial, folder).read(lambda n: None, lambda n: None))
+        list(BulkSource(client, trial.server, folder).read(lambda n: None, lambda n: None))
     assert len(waits) == 1 + 2  # the poll, then two backoffs
     job = json.loads((folder / STATE).read_text())["job"]
     assert list(job["downloaded"]) == [FILE1]
@@ -1101,7 +1101,7 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     rsps.replace(responses.GET, FILE2, body=CONDITIONS, content_type="application/fhir+ndjson")
     first_run = len(rsps.calls)
     progress: list = []
-    resumed = BulkSource(make_client([], BearerAuth(TOKEN)), trial, folder)
+    resumed = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
     raws = list(resumed.read(lambda n: None, progress.append))
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
     assert paths(rsps)[first_run:] == ["/fhir/bulkfiles/condition-1.ndjson"]
@@ -1115,6 +1115,6 @@ def test_bulk_output_type_cannot_escape_the_folder(rsps, trial, tmp_path):
     folder = tmp_path / "a" / "b" / "export"
     client = make_client([], BearerAuth(TOKEN))
     with contextlib.suppress(ServerError):  # refusing the manifest is a fine answer too
-        BulkSource(client, trial, folder).export(lambda n: None, lambda n: None)
+        BulkSource(client, trial.server, folder).export(lambda n: None, lambda n: None)
     outside = [p for p in tmp_path.rglob("*.ndjson") if folder not in p.parents]
     assert outside == []

@@ -45,16 +45,17 @@ from fhir.resources.R4B.group import Group
 from sekmet_server import sekmet
 
 from fhir_cohort.changes import LISTED
-from fhir_cohort.cli import bundled_fixtures, main
+from fhir_cohort.cli import main
+from fhir_cohort.commands.common import bundled_fixtures
 from fhir_cohort.criteria.trial import load_trial, queries_dir
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen as run_screen
-from fhir_cohort.server.client import FhirClient, ServerError
 from fhir_cohort.sources import rest
 from fhir_cohort.sources.bulk import BulkSource
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.sources.rest import RestSource, candidate_requests
 from fhir_cohort.state import State
+from fhir_cohort.transport.client import FhirClient, ServerError
 
 AS_OF = "2026-06-30"
 # p01's SLE code, malar rash, arthritis, ANA 1:160, low C3 and anti-dsDNA in the
@@ -592,7 +593,7 @@ def test_rest_source_falls_back_to_full_searches_on_a_400_to_lastupdated(rsps):
     seen: list = []
     refusing_server(rsps, seen, 400)
     client = FhirClient(BASE, sleep=lambda s: None)
-    source = RestSource(client, trial, since="2026-11-20T10:00:00Z", known=("p9",))
+    source = RestSource(client, trial.server, since="2026-11-20T10:00:00Z", known=("p9",))
     notes: list = []
     raws = list(source.read(notes.append, lambda n: None))
 
@@ -613,7 +614,9 @@ def test_rest_source_raises_a_500_to_lastupdated(rsps):
     seen: list = []
     refusing_server(rsps, seen, 500)
     client = FhirClient(BASE, sleep=lambda s: None)
-    source = RestSource(client, load_trial("misle"), since="2026-11-20T10:00:00Z", known=("p1",))
+    source = RestSource(
+        client, load_trial("misle").server, since="2026-11-20T10:00:00Z", known=("p1",)
+    )
     with pytest.raises(ServerError) as caught:
         list(source.read(lambda n: None, lambda n: None))
     assert caught.value.status == 500 and "HTTP 500" in str(caught.value)
@@ -728,7 +731,9 @@ def test_bulk_type_filter_change_exports_in_full(rsps, tmp_path):
     folder = tmp_path / "export"
     old = load_trial(trial_without(tmp_path / "old", "lab-ana", "5048-4"))
     for trial in (old, load_trial("misle")):
-        source = BulkSource(FhirClient(BASE, sleep=lambda s: None), trial, folder, type_filter=True)
+        source = BulkSource(
+            FhirClient(BASE, sleep=lambda s: None), trial.server, folder, type_filter=True
+        )
         source.export(lambda n: None, lambda n: None)
     first, second = (
         parse_qs(urlsplit(c.request.url).query) for c in rsps.calls if "$export" in c.request.url

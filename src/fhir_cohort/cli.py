@@ -1,8 +1,9 @@
 """Command line: ``fhir-cohort screen`` and friends.
 
-Rule: the command line parses arguments, turns unusable input into one-line
-errors with a documented exit code, draws progress on stderr and prints the
-summary on stdout; all the work is in :mod:`fhir_cohort.pipeline`.
+Rule: this module parses arguments and maps the errors a run can end in to
+the documented exit codes (:class:`fhir_cohort.errors.Exit`); each
+sub-command's work is in its own module under :mod:`fhir_cohort.commands`,
+imported only when that command runs, so ``fhir-cohort --help`` stays quick.
 
 Exit codes: 0 done; 2 unusable input (missing path, unknown trial, bad date,
 bad trial definition, bad authentication settings, unusable state folder);
@@ -17,51 +18,15 @@ only.
 from __future__ import annotations
 
 import argparse
-import getpass
-import hashlib
+import importlib
 import os
 import sys
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from fhir.resources.R4B.group import Group
-from tqdm import tqdm
-
 from . import __version__
-from .changes import REVIEW_STATUSES, Changes, compare, snapshot
-from .criteria.trial import Trial, TrialError, load_trial, queries_dir
-from .outputs import write_private_files
-from .outputs.candidates import candidate_dict, csv_bytes, json_bytes
-from .outputs.group import build_group, group_json
-from .outputs.report import render
-from .outputs.terminal import problems, review_lines, summary
-from .pipeline import Screening, screen
-from .server.auth import (
-    Auth,
-    AuthError,
-    BasicAuth,
-    BearerAuth,
-    NoAuth,
-    SmartBackendAuth,
-    load_private_key,
-    read_secret,
-)
-from .server.client import FhirClient, ServerError
-from .server.probe import probe
-from .server.seed import seed
-from .sources import ResourceSource, SourceError
-from .sources.bulk import BulkSource
-from .sources.files import FileSource
-from .sources.rest import RestSource
-from .state import RunRecord, State, StateError, StateLocked, default_state_dir, utc_now
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
-
-
-def bundled_fixtures() -> Path:
-    """The synthetic MiSLE cohort shipped with fhir-cohort (the default source)."""
-    return queries_dir().parent / "fixtures" / "misle-cohort"
+from .changes import REVIEW_STATUSES
+from .errors import Exit, Locked, ServerFailure, UsageError
 
 
 def _as_of(text: str) -> date:
@@ -290,288 +255,20 @@ def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
-def _progress(enabled: bool) -> Callable[[str, int | None, str], Callable[[int], None]]:
-    bars: list[tqdm] = []
-
-    def start(label: str, total: int | None, unit: str) -> Callable[[int], None]:
-        for bar in bars:
-            bar.close()
-        scale = unit == "B"
-        bar = tqdm(
-            total=total,
-            desc=label,
-            unit=unit,
-            unit_scale=scale,
-            leave=False,
-            disable=None if enabled else True,
-            file=sys.stderr,
-        )
-        bars.append(bar)
-        return bar.update
-
-    return start
-
-
-def _auth(args: argparse.Namespace) -> Auth:
-    if args.auth == "bearer":
-        return BearerAuth(
-            read_secret(
-                args.token_env if not args.token_file else None, args.token_file, "bearer token"
-            )
-        )
-    if args.auth == "basic":
-        if not args.user:
-            raise AuthError("--auth basic needs --user")
-        return BasicAuth(
-            args.user,
-            read_secret(
-                args.password_env if not args.password_file else None,
-                args.password_file,
-                "password",
-            ),
-        )
-    if args.auth == "smart":
-        if not args.client_id or not args.private_key:
-            raise AuthError("--auth smart needs --client-id and --private-key")
-        return SmartBackendAuth(
-            args.server,
-            args.client_id,
-            load_private_key(args.private_key),
-            scope=args.scope,
-            key_id=args.key_id,
-            token_url=args.token_url,
-            verify=args.ca_bundle or True,
-        )
-    return NoAuth()
-
-
-def _client(args: argparse.Namespace) -> FhirClient:
-    return FhirClient(
-        args.server,
-        _auth(args),
-        timeout=(10.0, args.timeout),
-        max_retries=args.max_retries,
-        max_wait=args.max_wait,
-        verify=args.ca_bundle or True,
-        concurrency=args.concurrency,
-    )
-
-
-def _scope(args: argparse.Namespace) -> str:
-    """What a run screened, so a run is compared with the previous run of the same data."""
-    if args.server:
-        mode = f"bulk-{args.bulk}" if args.bulk else "rest"
-        return f"{mode}:{args.server.rstrip('/')}"
-    paths = args.source or [bundled_fixtures()]
-    return "files:" + "|".join(sorted(str(Path(p).resolve()) for p in paths))
-
-
-def _sources(
-    args: argparse.Namespace, trial: Trial, state: State | None, previous: RunRecord | None
-) -> list[ResourceSource]:
-    if not args.server:
-        return [FileSource(*(args.source or [bundled_fixtures()]))]
-    client = _client(args)
-    if args.bulk:
-        key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
-        folder = args.bulk_dir or (
-            state.folder / "bulk" / key if state else args.out / "bulk-export"
-        )
-
-        def status(text: str) -> None:
-            if not args.quiet:
-                print(f"fhir-cohort: {text}", file=sys.stderr)
-
-        return [
-            BulkSource(
-                client,
-                trial,
-                folder,
-                level=args.bulk,
-                incremental=not args.full,
-                type_filter=args.type_filter,
-                on_status=status,
-            )
-        ]
-    source = RestSource(client, trial, concurrency=args.concurrency)
-    if state is None or previous is None or not previous.checkpoint:
-        source.pull = "full (no earlier complete run to build on)"
-    elif args.full:
-        source.pull = "full (asked for with --full)"
-    elif previous.searches != source.searches_fingerprint():
-        source.pull = "full (the trial's candidate searches changed since the last run)"
-    else:
-        source.since, source.known = previous.checkpoint, tuple(state.pool(previous.id))
-    return [source]
-
-
-def _attribute(sources: list[ResourceSource], name: str) -> str | None:
-    """What the server source says for the next incremental run (None from files)."""
-    for source in sources:
-        value = getattr(source, name, None)
-        if value is not None:
-            return value() if callable(value) else value
-    return None
-
-
-def _write_outputs(screening: Screening, changes: Changes, group: Group, out: Path) -> None:
-    files = {
-        "candidates.json": json_bytes(screening, changes),
-        "candidates.csv": csv_bytes(screening, changes),
-        "report.html": render(screening, changes).encode("utf-8"),
-        "group.json": group_json(group),
-    }
-    try:
-        write_private_files(out, files)
-    except OSError as error:
-        raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
-
-
-def _changes(
-    state: State, trial: Trial, previous: RunRecord | None, current: dict, as_of: date
-) -> Changes:
-    """This run against the previous complete one, with the review decisions on record."""
-    return compare(
-        state.snapshots(previous.id) if previous else None,
-        current,
-        state.latest_reviews(trial.id),
-        as_of,
-        {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
-        if previous
-        else None,
-    )
-
-
-def _screen(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
-    if args.publish_group and not args.server:
-        raise SourceError("--publish-group needs --server")
-    if args.dry_run:
-        for source in _sources(args, trial, None, None):
-            plan = getattr(source, "plan", None)
-            print("\n".join(plan()) if plan else "nothing to plan: files are read as they are")
-        return EXIT_OK
-    as_of = args.as_of or date.today()
-    scope = _scope(args)
-    with State(args.state or default_state_dir()) as state, state.lock():
-        previous = state.previous_run(trial.id, scope)
-        sources = _sources(args, trial, state, previous)
-        started = utc_now()
-        result = screen(
-            sources, trial, as_of, progress=_progress(not args.quiet), workdir=state.scratch()
-        )
-        current = {c.result.patient: snapshot(c) for c in result.candidates}
-        changes = _changes(state, trial, previous, current, as_of)
-        group = build_group(result)
-        _write_outputs(result, changes, group, args.out)
-        missing = result.missing_data()
-        state.record_run(
-            trial=trial.id,
-            scope=scope,
-            as_of=as_of.isoformat(),
-            started_at=started,
-            outcome="partial" if missing else "complete",
-            checkpoint=_attribute(sources, "checkpoint"),
-            searches=_attribute(sources, "searches_fingerprint"),
-            funnel=result.funnel.to_dict(),
-            candidates=[
-                (c.result.patient, current[c.result.patient], candidate_dict(c))
-                for c in result.candidates
-            ],
-            pool=[p for s in sources for p in getattr(s, "pool", ())],
-        )
-    pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
-    if args.publish_group:
-        _client(args).request(
-            "PUT",
-            f"Group/{group.id}",
-            kind="publish",
-            data=group_json(group),
-            headers={"Content-Type": "application/fhir+json"},
-        )
-    for line in problems(result, pull):
-        print(f"fhir-cohort: warning: {line}", file=sys.stderr)
-    if not args.quiet:
-        print(summary(result, str(args.out), changes, pull))
-        if args.publish_group:
-            print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
-    return EXIT_PARTIAL if missing else EXIT_OK
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        raise SourceError("say who decided with --by NAME (the login name is unknown)") from None
-
-
-def _review(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
-    with State(args.state or default_state_dir()) as state:
-        if args.list:
-            print("\n".join(review_lines(state.reviews(trial.id, args.patient), trial.id)))
-            return EXIT_OK
-        if not args.patient or not args.status:
-            raise SourceError("review needs PATIENT_ID and --status (or --list)")
-        review = state.add_review(
-            trial.id, args.patient, args.status, args.note, args.by or _login()
-        )
-    print(
-        f"recorded: {review.patient} {review.status} by {review.by} at {review.at}"
-        + (f" ({review.note})" if review.note else "")
-    )
-    return EXIT_OK
-
-
-def _probe(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
-    findings = probe(_client(args), trial)
-    print(f"fhir-cohort probe of {args.server} for {trial.id}")
-    print("\n".join(f.line() for f in findings))
-    return EXIT_OK if all(f.ok is not False for f in findings) else EXIT_SERVER
-
-
-def _seed(args: argparse.Namespace) -> int:
-    paths = args.source or [bundled_fixtures()]
-    source = FileSource(*paths)
-    if not args.yes:
-        print(
-            f"fhir-cohort seed would write the resources in {', '.join(map(str, paths))} "
-            f"({len(source.files)} files) to {args.server} as PUTs (replacing resources "
-            "with the same ids). Only synthetic data belongs on a shared sandbox. "
-            "Run again with --yes to do it.",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    bar = tqdm(desc="seeding", unit="resources", leave=False, file=sys.stderr, disable=None)
-    report = seed(_client(args), source, bar.update)
-    bar.close()
-    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted((report.by_type or {}).items()))
-    how = (f"{report.transactions} transaction Bundles" if report.transactions else "") + (
-        f"{' and ' if report.transactions and report.puts else ''}{report.puts} single PUTs"
-        if report.puts
-        else ""
-    )
-    print(f"seeded {report.resources} resources to {args.server} ({kinds}) in {how}")
-    return EXIT_OK
-
-
-COMMANDS = {"screen": _screen, "review": _review, "probe": _probe, "seed": _seed}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except StateLocked as error:
+        command = importlib.import_module(f"fhir_cohort.commands.{args.command}")
+        return int(command.run(args))
+    except Locked as error:
         print(f"fhir-cohort: error: {error}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (TrialError, SourceError, AuthError, StateError) as error:
+        return Exit.LOCKED
+    except UsageError as error:
         print(f"fhir-cohort: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServerError as error:
+        return Exit.USAGE
+    except ServerFailure as error:
         print(f"fhir-cohort: server error: {error}", file=sys.stderr)
-        return EXIT_SERVER
+        return Exit.SERVER
     except KeyboardInterrupt:
         print("fhir-cohort: interrupted", file=sys.stderr)
         return 130
@@ -583,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "set FHIR_COHORT_DEBUG=1 for details and please report it",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
+        return Exit.BUG
 
 
 if __name__ == "__main__":

@@ -20,34 +20,13 @@ from .criteria.evaluator import evaluate
 from .criteria.relevance import CODED, PATIENT_DATA, Relevance
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
-from .normalise.facts import Note
 from .normalise.resources import patient_facts
+from .quality import DataQuality, Note
 from .rank import Candidate, rank
 from .sources import ResourceSource
 from .store import SqliteStore
 
-EXAMPLES_PER_NOTE = 5
 PARTIAL_DATA = ("unreadable-file", "export-error", "incomplete-search")  # input not all read
-
-
-@dataclass
-class DataQuality:
-    """Notes aggregated by code: a count, a message and the first few places."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: dict[str, list[dict]] = field(default_factory=dict)
-
-    def add(self, note: Note) -> None:
-        self.counts[note.code] += 1
-        examples = self.examples.setdefault(note.code, [])
-        if len(examples) < EXAMPLES_PER_NOTE:
-            examples.append({"where": note.where, "message": note.message})
-
-    def to_list(self) -> list[dict]:
-        return [
-            {"code": code, "count": count, "examples": self.examples.get(code, [])}
-            for code, count in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        ]
 
 
 @dataclass

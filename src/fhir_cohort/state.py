@@ -32,6 +32,7 @@ from pathlib import Path
 import orjson
 
 from .changes import Review
+from .errors import Locked, UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,11 +80,11 @@ BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
 RUN_COLUMNS = "id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint, searches"
 
 
-class StateError(RuntimeError):
+class StateError(UsageError):
     """The state folder cannot be used (unwritable, not a state, corrupt)."""
 
 
-class StateLocked(StateError):
+class StateLocked(Locked):
     """Another run holds the state's lock."""
 
 

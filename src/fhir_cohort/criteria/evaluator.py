@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from ..normalise.dates import add_months, age_on, date_bounds
-from ..normalise.facts import ConditionFact, ExposureFact, LabFact, Note, PatientFacts
+from ..normalise.facts import ConditionFact, ExposureFact, LabFact, PatientFacts
+from ..quality import Note
 from . import labtests
 from .results import (
     CLEAR,

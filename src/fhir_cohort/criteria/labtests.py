@@ -7,9 +7,10 @@ is not understood is not "below 4.0", and ``<1:160`` is not "below 1:80".
 
 from __future__ import annotations
 
-from ..normalise.facts import LabFact, Note, Quantity
+from ..normalise.facts import LabFact, Quantity
 from ..normalise.units import Converted
 from ..normalise.values import dipstick_grade_from_mg_dl, parse_dipstick
+from ..quality import Note
 
 POSITIVE_FLAGS = frozenset({"H", "HH", "A", "AA", "POS", "DET", "HU"})
 NEGATIVE_FLAGS = frozenset({"N", "NEG", "ND"})

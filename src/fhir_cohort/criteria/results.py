@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from ..normalise.facts import Note
+from ..quality import Note
 
 MET, NOT_MET, UNKNOWN = "met", "not-met", "unknown"
 EXCLUDED, REVIEW, CLEAR, WASHOUT = "excluded", "review", "clear", "washout"

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UsageError
 from ..normalise.codes import Code
+from ..sources.plan import ServerPlan, ServerSearch
 from .valuesets import ValueSet, ValueSetError, load_valueset
 
 
-class TrialError(ValueError):
+class TrialError(UsageError):
     """A trial definition cannot be used; the message says where and why."""
 
 
@@ -128,24 +130,6 @@ class Washout:
     id: str
     medication: Medication
     months: int
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSearch:
-    """One search of a server: a resource type, optionally narrowed to codes."""
-
-    resource: str
-    valuesets: tuple[ValueSet, ...] = ()
-    include: str | None = None  # a reference to _include, e.g. "medication"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerPlan:
-    """Which searches find candidates on a server, and which fetch their records."""
-
-    candidate_searches: tuple[ServerSearch, ...]
-    fetch: tuple[ServerSearch, ...]
-    patients_per_request: int = 20
 
 
 @dataclass(frozen=True, slots=True)

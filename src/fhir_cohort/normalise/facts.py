@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
+from ..quality import Note
 from .codes import Code
 from .units import Converted, UnitProblem, convert
 from .values import Titer
@@ -25,15 +26,6 @@ class Source:
     @property
     def reference(self) -> str:
         return f"{self.resource_type}/{self.resource_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """A data-quality note: a machine code, a sentence, and where it happened."""
-
-    code: str
-    message: str
-    where: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ into nothing when the resource does not count (refuted or entered-in-error
 Conditions, Observations that are not final/amended/corrected/preliminary or
 carry a dataAbsentReason, Procedures not completed or in progress, medication
 records that are not an exposure). Problems worth a coordinator's attention
-become :class:`~.facts.Note` values; nothing here raises on bad data.
+become :class:`~fhir_cohort.quality.Note` values; nothing here raises on bad data.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable
 from datetime import date
 from functools import lru_cache, partial
 
+from ..quality import Note
 from .codes import SNOMED, Code, codes_of, text_of
 from .dates import parse_date
 from .facts import (
     ConditionFact,
     ExposureFact,
     LabFact,
-    Note,
     PatientFacts,
     ProcedureFact,
     Quantity,

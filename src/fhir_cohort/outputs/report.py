@@ -20,8 +20,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..changes import Changes
 from ..criteria.results import STATUSES, WASHOUT, Evidence
 from ..pipeline import Screening
+from ..private_files import write_private
 from ..rank import Candidate
-from . import write_private
 from .candidates import candidate_dict, flagged, to_verify
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH = 22, 6, 640, 230

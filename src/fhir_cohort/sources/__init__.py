@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..normalise.facts import Note
+from ..errors import UsageError
+from ..quality import Note
 
 NoteSink = Callable[[Note], None]
 Progress = Callable[[int], None]
@@ -22,7 +23,7 @@ Progress = Callable[[int], None]
 PATIENT_REFERENCE_KEYS = ("subject", "patient")
 
 
-class SourceError(ValueError):
+class SourceError(UsageError):
     """A source cannot be used at all (a missing path, an unreadable folder)."""
 
 

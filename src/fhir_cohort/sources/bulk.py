@@ -35,12 +35,12 @@ from urllib.parse import urlencode
 
 import orjson
 
-from ..criteria.trial import Trial
-from ..normalise.facts import Note
-from ..outputs import write_private
-from ..server.client import FhirClient, ServerError
+from ..private_files import write_private
+from ..quality import Note
+from ..transport.client import FhirClient, ServerError
 from . import NoteSink, Progress, RawResource, SourceError
 from .files import FileSource
+from .plan import ServerPlan
 
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
@@ -143,7 +143,7 @@ class BulkSource:
     def __init__(
         self,
         client: FhirClient,
-        trial: Trial,
+        plan: ServerPlan,
         folder: Path,
         level: str = "system",
         incremental: bool = True,
@@ -152,7 +152,7 @@ class BulkSource:
         on_status: Callable[[str], None] = lambda _: None,
     ):
         self.client = client
-        self.trial = trial
+        self.plan = plan
         self.folder = Path(folder)
         self.level = level
         self.incremental = incremental
@@ -188,19 +188,18 @@ class BulkSource:
 
     def types(self) -> list[str]:
         """The types the trial's server plan fetches, and the Medications they reference."""
-        plan = self.trial.server
-        fetched = {s.resource for s in plan.fetch} if plan else set()
+        fetched = {s.resource for s in self.plan.fetch}
         return sorted(fetched | {"Patient", "Medication"})
 
     def _params(self, since: str | None) -> dict[str, str]:
         params = {"_type": ",".join(self.types()), "_outputFormat": "application/fhir+ndjson"}
         if since:
             params["_since"] = since_instant(since)
-        if self.type_filter and self.trial.server:
+        if self.type_filter:
             codes = sorted(
                 {
                     c
-                    for s in self.trial.server.fetch
+                    for s in self.plan.fetch
                     if s.resource == "Observation"
                     for vs in s.valuesets
                     for c in vs.codes

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from ..normalise.facts import Note
+from ..quality import Note
 from . import NoteSink, Progress, RawResource, SourceError, patient_of
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")

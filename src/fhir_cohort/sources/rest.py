@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
-from ..criteria.trial import ServerPlan, ServerSearch, Trial
-from ..normalise.facts import Note
-from ..server.client import FhirClient, ServerError
+from ..quality import Note
+from ..transport.client import FhirClient, ServerError
 from . import NoteSink, Progress, RawResource, patient_id_from_reference, patient_of
+from .plan import ServerPlan, ServerSearch
 
 CODES_PER_REQUEST = 100
 PAGE_SIZE = 500
@@ -137,16 +137,13 @@ class RestSource:
     def __init__(
         self,
         client: FhirClient,
-        trial: Trial,
+        plan: ServerPlan,
         concurrency: int = 4,
         since: str | None = None,
         known: Sequence[str] = (),
     ):
-        if trial.server is None:
-            raise ServerError(f"trial {trial.id!r} has no 'server' section: it says no searches")
         self.client = client
-        self.trial = trial
-        self.plan_: ServerPlan = trial.server
+        self.plan_ = plan
         self.concurrency = max(1, concurrency)
         self.since = since
         self.known = tuple(known)

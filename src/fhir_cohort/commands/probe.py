@@ -8,11 +8,16 @@ no export is started.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from ..criteria.trial import Trial
+from ..criteria.trial import load_trial
+from ..errors import Exit
+from ..sources.plan import ServerPlan
 from ..sources.rest import candidate_requests
-from .client import FhirClient, ServerError
+from ..transport.client import FhirClient, ServerError
+from .common import server_client
+from .screen import server_plan
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ def _try(client: FhirClient, path: str) -> tuple[dict | None, str]:
         return None, str(error)
 
 
-def probe(client: FhirClient, trial: Trial) -> list[Finding]:
+def probe(client: FhirClient, plan: ServerPlan) -> list[Finding]:
     findings: list[Finding] = []
     try:
         capabilities = client.capabilities()
@@ -69,8 +74,7 @@ def probe(client: FhirClient, trial: Trial) -> list[Finding]:
         )
     )
 
-    plan = trial.server
-    types = sorted({s.resource for s in (*plan.candidate_searches, *plan.fetch)}) if plan else []
+    types = sorted({s.resource for s in (*plan.candidate_searches, *plan.fetch)})
     for kind in types:
         entry = _resource_entry(capabilities, kind)
         params = {p.get("name") for p in (entry or {}).get("searchParam") or ()}
@@ -101,7 +105,7 @@ def probe(client: FhirClient, trial: Trial) -> list[Finding]:
         )
     )
 
-    if plan:
+    if plan.candidate_searches:
         request = candidate_requests(plan)[0]
         params = {**request.params, "_count": "1"}
         params.pop("_elements", None)
@@ -172,3 +176,11 @@ def probe(client: FhirClient, trial: Trial) -> list[Finding]:
         )
     )
     return findings
+
+
+def run(args: argparse.Namespace) -> int:
+    trial = load_trial(args.trial)
+    findings = probe(server_client(args), server_plan(trial))
+    print(f"fhir-cohort probe of {args.server} for {trial.id}")
+    print("\n".join(f.line() for f in findings))
+    return Exit.OK if all(f.ok is not False for f in findings) else Exit.SERVER

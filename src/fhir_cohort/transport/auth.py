@@ -28,11 +28,13 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ..errors import UsageError
+
 REFRESH_MARGIN = 60  # seconds before expiry when a token is renewed
 ASSERTION_LIFETIME = 240  # seconds; servers accept at most 5 minutes
 
 
-class AuthError(RuntimeError):
+class AuthError(UsageError):
     """Authentication cannot be set up or was refused; the message holds no secret."""
 
 

@@ -29,6 +29,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
+from ..errors import ServerFailure
 from .auth import Auth, NoAuth
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -36,7 +37,7 @@ MAX_URL = 1900  # longer GET searches go as POST Type/_search (proxies cut at 2-
 FHIR_JSON = "application/fhir+json"
 
 
-class ServerError(RuntimeError):
+class ServerError(ServerFailure):
     """The server cannot be used for this run; the message is one line, without secrets.
 
     ``status`` is the HTTP status when the server answered with an error.

@@ -10,12 +10,18 @@ resource instead. Only synthetic data belongs on a public sandbox.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..normalise.facts import Note
+from tqdm import tqdm
+
+from ..errors import Exit
+from ..quality import Note
 from ..sources.files import FileSource
-from .client import FhirClient, ServerError
+from ..transport.client import FhirClient, ServerError
+from .common import bundled_fixtures, server_client
 
 BUNDLE_SIZE = 200
 # Referenced resources first, so a server that checks references finds them.
@@ -99,3 +105,28 @@ def seed(
             report.puts += 1
             progress(1)
     return report
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = args.source or [bundled_fixtures()]
+    source = FileSource(*paths)
+    if not args.yes:
+        print(
+            f"fhir-cohort seed would write the resources in {', '.join(map(str, paths))} "
+            f"({len(source.files)} files) to {args.server} as PUTs (replacing resources "
+            "with the same ids). Only synthetic data belongs on a shared sandbox. "
+            "Run again with --yes to do it.",
+            file=sys.stderr,
+        )
+        return Exit.USAGE
+    bar = tqdm(desc="seeding", unit="resources", leave=False, file=sys.stderr, disable=None)
+    report = seed(server_client(args), source, bar.update)
+    bar.close()
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted((report.by_type or {}).items()))
+    how = (f"{report.transactions} transaction Bundles" if report.transactions else "") + (
+        f"{' and ' if report.transactions and report.puts else ''}{report.puts} single PUTs"
+        if report.puts
+        else ""
+    )
+    print(f"seeded {report.resources} resources to {args.server} ({kinds}) in {how}")
+    return Exit.OK

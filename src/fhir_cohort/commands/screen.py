@@ -1,0 +1,182 @@
+"""``fhir-cohort screen``: read, screen, compare with the last run, write, record.
+
+Rule: one run holds the state's lock from start to end; the outputs are
+written (all staged, then renamed together) before the run is recorded, and a
+run with partial input is recorded as partial so it never becomes the
+baseline of the next diff or incremental pull.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from datetime import date
+from pathlib import Path
+
+from fhir.resources.R4B.group import Group
+
+from ..changes import Changes, compare, snapshot
+from ..criteria.trial import Trial, load_trial
+from ..errors import Exit
+from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
+from ..outputs.group import build_group, group_json
+from ..outputs.report import render
+from ..outputs.terminal import problems, summary
+from ..pipeline import Screening, screen
+from ..private_files import write_private_files
+from ..sources import ResourceSource, SourceError
+from ..sources.bulk import BulkSource
+from ..sources.files import FileSource
+from ..sources.plan import ServerPlan
+from ..sources.rest import RestSource
+from ..state import RunRecord, State, default_state_dir, utc_now
+from .common import bundled_fixtures, progress_bars, server_client
+
+
+def server_plan(trial: Trial) -> ServerPlan:
+    """The trial's searches for a live server; a trial without them cannot screen one."""
+    if trial.server is None:
+        raise SourceError(f"trial {trial.id!r} has no 'server' section: it says no searches")
+    return trial.server
+
+
+def _scope(args: argparse.Namespace) -> str:
+    """What a run screened, so a run is compared with the previous run of the same data."""
+    if args.server:
+        mode = f"bulk-{args.bulk}" if args.bulk else "rest"
+        return f"{mode}:{args.server.rstrip('/')}"
+    paths = args.source or [bundled_fixtures()]
+    return "files:" + "|".join(sorted(str(Path(p).resolve()) for p in paths))
+
+
+def _sources(
+    args: argparse.Namespace, trial: Trial, state: State | None, previous: RunRecord | None
+) -> list[ResourceSource]:
+    if not args.server:
+        return [FileSource(*(args.source or [bundled_fixtures()]))]
+    client = server_client(args)
+    if args.bulk:
+        key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
+        folder = args.bulk_dir or (
+            state.folder / "bulk" / key if state else args.out / "bulk-export"
+        )
+
+        def status(text: str) -> None:
+            if not args.quiet:
+                print(f"fhir-cohort: {text}", file=sys.stderr)
+
+        return [
+            BulkSource(
+                client,
+                server_plan(trial),
+                folder,
+                level=args.bulk,
+                incremental=not args.full,
+                type_filter=args.type_filter,
+                on_status=status,
+            )
+        ]
+    source = RestSource(client, server_plan(trial), concurrency=args.concurrency)
+    if state is None or previous is None or not previous.checkpoint:
+        source.pull = "full (no earlier complete run to build on)"
+    elif args.full:
+        source.pull = "full (asked for with --full)"
+    elif previous.searches != source.searches_fingerprint():
+        source.pull = "full (the trial's candidate searches changed since the last run)"
+    else:
+        source.since, source.known = previous.checkpoint, tuple(state.pool(previous.id))
+    return [source]
+
+
+def _attribute(sources: list[ResourceSource], name: str) -> str | None:
+    """What the server source says for the next incremental run (None from files)."""
+    for source in sources:
+        value = getattr(source, name, None)
+        if value is not None:
+            return value() if callable(value) else value
+    return None
+
+
+def _write_outputs(screening: Screening, changes: Changes, group: Group, out: Path) -> None:
+    files = {
+        "candidates.json": json_bytes(screening, changes),
+        "candidates.csv": csv_bytes(screening, changes),
+        "report.html": render(screening, changes).encode("utf-8"),
+        "group.json": group_json(group),
+    }
+    try:
+        write_private_files(out, files)
+    except OSError as error:
+        raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
+
+
+def _changes(
+    state: State, trial: Trial, previous: RunRecord | None, current: dict, as_of: date
+) -> Changes:
+    """This run against the previous complete one, with the review decisions on record."""
+    return compare(
+        state.snapshots(previous.id) if previous else None,
+        current,
+        state.latest_reviews(trial.id),
+        as_of,
+        {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
+        if previous
+        else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    trial = load_trial(args.trial)
+    if args.publish_group and not args.server:
+        raise SourceError("--publish-group needs --server")
+    if args.dry_run:
+        for source in _sources(args, trial, None, None):
+            plan = getattr(source, "plan", None)
+            print("\n".join(plan()) if plan else "nothing to plan: files are read as they are")
+        return Exit.OK
+    as_of = args.as_of or date.today()
+    scope = _scope(args)
+    with State(args.state or default_state_dir()) as state, state.lock():
+        previous = state.previous_run(trial.id, scope)
+        sources = _sources(args, trial, state, previous)
+        started = utc_now()
+        result = screen(
+            sources, trial, as_of, progress=progress_bars(not args.quiet), workdir=state.scratch()
+        )
+        current = {c.result.patient: snapshot(c) for c in result.candidates}
+        changes = _changes(state, trial, previous, current, as_of)
+        group = build_group(result)
+        _write_outputs(result, changes, group, args.out)
+        missing = result.missing_data()
+        state.record_run(
+            trial=trial.id,
+            scope=scope,
+            as_of=as_of.isoformat(),
+            started_at=started,
+            outcome="partial" if missing else "complete",
+            checkpoint=_attribute(sources, "checkpoint"),
+            searches=_attribute(sources, "searches_fingerprint"),
+            funnel=result.funnel.to_dict(),
+            candidates=[
+                (c.result.patient, current[c.result.patient], candidate_dict(c))
+                for c in result.candidates
+            ],
+            pool=[p for s in sources for p in getattr(s, "pool", ())],
+        )
+    pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
+    if args.publish_group:
+        server_client(args).request(
+            "PUT",
+            f"Group/{group.id}",
+            kind="publish",
+            data=group_json(group),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+    for line in problems(result, pull):
+        print(f"fhir-cohort: warning: {line}", file=sys.stderr)
+    if not args.quiet:
+        print(summary(result, str(args.out), changes, pull))
+        if args.publish_group:
+            print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
+    return Exit.PARTIAL if missing else Exit.OK
