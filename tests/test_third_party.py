@@ -45,7 +45,8 @@ def _lupus_top_up(tmp_path):
     def entry(resource):
         return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}
 
-    subject = {"reference": f"urn:uuid:{ALFONZO}"}  # resolved through the patient's own bundle id
+    # A relative reference: a urn:uuid only resolves inside its own Bundle (FHIR's rule).
+    subject = {"reference": f"Patient/{ALFONZO}"}
 
     def condition(rid, system, code, onset):
         return {

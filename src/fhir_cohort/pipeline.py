@@ -138,7 +138,18 @@ def screen(
             )
             for raw in source.read(quality.add, advance):
                 wanted = relevance.classify(raw.resource)
-                if wanted and raw.patient is None and raw.resource["resourceType"] in PATIENT_DATA:
+                if wanted and raw.foreign is not None:
+                    quality.add(
+                        Note(
+                            "foreign-reference",
+                            f"refers to a patient outside this source ({raw.foreign[:120]}); "
+                            "not counted for any patient",
+                            raw.where,
+                        )
+                    )
+                elif (
+                    wanted and raw.patient is None and raw.resource["resourceType"] in PATIENT_DATA
+                ):
                     quality.add(
                         Note(
                             "no-patient-reference",

@@ -10,6 +10,7 @@ Bulk export plug in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +30,8 @@ class SourceError(UsageError):
 
 @dataclass(frozen=True, slots=True)
 class RawResource:
-    """One resource as read, where it was read, and whose it is (None: not patient data).
+    """One resource as read, where it was read, and whose it is (None: not patient data,
+    or a patient of another source, named in ``foreign``).
 
     ``origin`` and ``line`` are kept apart and joined only when a note needs
     them: formatting "file:line" for every resource would cost more than
@@ -40,6 +42,7 @@ class RawResource:
     origin: str
     patient: str | None
     line: int | None = None
+    foreign: str | None = None  # a patient reference that points outside this source
 
     @property
     def where(self) -> str:
@@ -65,32 +68,72 @@ class ResourceSource(Protocol):
         """Counts worth reporting about the retrieval (HTTP requests, ...)."""
 
 
-def patient_id_from_reference(reference: object) -> str | None:
-    """The Patient id in a reference, in any of the spellings servers use.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_HISTORY = re.compile(r"^([^/]+)(?:/_history/[^/]+)?$")
+NOT_A_PATIENT: tuple[None, None] = (None, None)
 
-    >>> patient_id_from_reference("Patient/123")
-    '123'
-    >>> patient_id_from_reference("https://h/fhir/Patient/a-1/_history/2")
-    'a-1'
-    >>> patient_id_from_reference("urn:uuid:6cc4fff2"), patient_id_from_reference("Group/9") is None
-    ('6cc4fff2', True)
-    """
-    if not isinstance(reference, str):
-        return None
-    if reference.startswith("urn:uuid:"):
-        return reference[9:] or None
-    parts = reference.split("/")
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "Patient" and parts[i + 1]:
-            return parts[i + 1]
+
+def _local_id(rest: str) -> str | None:
+    """The id in ``<id>`` or ``<id>/_history/<version>``, if it is a valid FHIR id."""
+    found = _HISTORY.match(rest)
+    if found and _FHIR_ID.fullmatch(found.group(1)):
+        return found.group(1)
     return None
 
 
-def patient_of(resource: dict) -> str | None:
-    """Whose resource this is: a Patient's own id, or its subject/patient reference."""
+def patient_reference(reference: object, base: str | None = None) -> tuple[str | None, str | None]:
+    """Read a patient reference by FHIR's rules: ``(local id, None)`` for a patient of
+    this source, ``(None, reference)`` for one that points elsewhere, ``(None, None)``
+    for a reference to something that is not a Patient.
+
+    Local means relative (``Patient/id``, ``_history`` stripped) or absolute under
+    ``base``, the source server's own base URL. Anything else that names a Patient (an
+    absolute URL elsewhere, an unresolved ``urn:uuid:``, an invalid id) is *foreign*:
+    never evidence for a local patient of the same id.
+
+    >>> patient_reference("Patient/123"), patient_reference("Patient/a-1/_history/2")
+    (('123', None), ('a-1', None))
+    >>> patient_reference("https://h/fhir/Patient/a-1", base="https://H/fhir/")
+    ('a-1', None)
+    >>> patient_reference("https://other/fhir/Patient/a-1", base="https://h/fhir")
+    (None, 'https://other/fhir/Patient/a-1')
+    >>> patient_reference("urn:uuid:6cc4fff2"), patient_reference("Patient/a b")
+    ((None, 'urn:uuid:6cc4fff2'), (None, 'Patient/a b'))
+    >>> patient_reference("Group/9"), patient_reference(7)
+    ((None, None), (None, None))
+    """
+    if not isinstance(reference, str):
+        return NOT_A_PATIENT
+    if reference.startswith("Patient/"):
+        local = _local_id(reference[8:])
+        return (local, None) if local else (None, reference)
+    if reference.startswith("urn:"):
+        return None, reference
+    if "://" in reference:
+        if base and _same_base(reference, base):
+            local = _local_id(reference[len(base.rstrip("/")) + len("/Patient/") :])
+            if local:
+                return local, None
+        return (None, reference) if "/Patient/" in reference else NOT_A_PATIENT
+    return NOT_A_PATIENT
+
+
+def _same_base(reference: str, base: str) -> bool:
+    """Does an absolute reference lie under ``base``/Patient/ (scheme and host in any case)?"""
+    prefix = base.rstrip("/") + "/Patient/"
+    head = len(prefix.split("/", 3)[2]) + len(prefix.split("://", 1)[0]) + 3  # scheme://host
+    return (
+        reference[:head].lower() == prefix[:head].lower()
+        and reference[head : len(prefix)] == prefix[head:]
+    )
+
+
+def patient_of(resource: dict, base: str | None = None) -> tuple[str | None, str | None]:
+    """Whose resource this is: a Patient's own id, or its subject/patient reference,
+    read by :func:`patient_reference` (``(local id, None)`` or ``(None, foreign)``)."""
     if resource.get("resourceType") == "Patient":
         rid = resource.get("id")
-        return rid if isinstance(rid, str) else None
+        return (rid, None) if isinstance(rid, str) else NOT_A_PATIENT
     for key in PATIENT_REFERENCE_KEYS:
         target = resource.get(key)
         if isinstance(target, dict):
@@ -99,7 +142,8 @@ def patient_of(resource: dict) -> str | None:
                 type(reference) is str
                 and reference.startswith("Patient/")
                 and reference.find("/", 8) < 0
+                and _FHIR_ID.fullmatch(reference, 8)
             ):
-                return reference[8:] or None  # the common case, without the general parse
-            return patient_id_from_reference(reference)
-    return None
+                return reference[8:], None  # the common case, without the general parse
+            return patient_reference(reference, base)
+    return NOT_A_PATIENT

@@ -103,7 +103,8 @@ def _resource_or_note(value: object, where: str, note: NoteSink) -> Iterator[Raw
     if not isinstance(value.get("id"), str) or not value["id"]:
         note(Note("missing-id", f"{value['resourceType']} without an id is skipped", where))
         return
-    yield RawResource(value, where, patient_of(value))
+    patient, foreign = patient_of(value)
+    yield RawResource(value, where, patient, None, foreign)
 
 
 _NOT_PLAIN = frozenset({"Bundle", "OperationOutcome"})
@@ -132,7 +133,8 @@ def _read_ndjson(path: Path, note: NoteSink, progress: Progress) -> Iterator[Raw
             if type(value) is dict:
                 kind, rid = value.get("resourceType"), value.get("id")
                 if type(kind) is str and type(rid) is str and rid and kind not in _NOT_PLAIN:
-                    yield RawResource(value, name, patient_of(value), number)
+                    patient, foreign = patient_of(value)
+                    yield RawResource(value, name, patient, number, foreign)
                     continue
             yield from _resource_or_note(value, f"{name}:{number}", note)
         progress(raw.tell() - done)

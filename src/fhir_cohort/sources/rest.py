@@ -36,7 +36,7 @@ from email.utils import parsedate_to_datetime
 
 from ..quality import Note
 from ..transport.client import FhirClient, ServerError
-from . import NoteSink, Progress, RawResource, patient_id_from_reference, patient_of
+from . import NoteSink, Progress, RawResource, patient_of, patient_reference
 from .plan import ServerPlan, ServerSearch
 
 CODES_PER_REQUEST = 100
@@ -236,7 +236,7 @@ class RestSource:
         for request in candidate_requests(self.plan_, since):
             for entry in self.client.search(request.resource, request.params, kind="candidates"):
                 subject = (entry["resource"].get("subject") or {}).get("reference")
-                patient = patient_id_from_reference(subject)
+                patient, _ = patient_reference(subject, self.client.base)
                 if patient:
                     found.add(patient)
         return found
@@ -294,4 +294,5 @@ class RestSource:
             if rid in self._medications_seen:
                 return
             self._medications_seen.add(rid)
-        yield RawResource(resource, origin, patient_of(resource))
+        patient, foreign = patient_of(resource, self.client.base)
+        yield RawResource(resource, origin, patient, None, foreign)
