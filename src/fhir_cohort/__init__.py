@@ -3,8 +3,9 @@
 The package is a one-way pipeline; each layer only imports from the layers
 listed before it:
 
-    errors, quality, private_files
-              the bottom: exit-code errors, data-quality notes, owner-only files
+    errors, quality, private_files, text
+              the bottom: exit-code errors, data-quality notes, owner-only
+              files, outside text made safe to print
     transport HTTP to a FHIR server (client, authentication), used by sources
     sources   where resources come from (files, REST search, Bulk export) and
               the server plan a trial asks for
