@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from real_servers import cohort_server, real_server  # noqa: F401 (session fixtures for all tests)
 
 from fhir_cohort.criteria.trial import load_trial
 from fhir_cohort.outputs.candidates import screening_dict
