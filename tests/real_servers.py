@@ -40,7 +40,7 @@ from sekmet_server import sekmet
 from server_process import free_port, not_installed, serving
 
 from fhir_cohort.cli import main
-from fhir_cohort.server.seed import collect
+from fhir_cohort.commands.seed import collect
 from fhir_cohort.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[1]
