@@ -111,8 +111,10 @@ def _unit_key(unit: str) -> str:
 
 
 def round_half_up(value: float, decimals: int) -> float:
-    """>>> round_half_up(24.95, 1), round_half_up(2.5, 0)
-    (25.0, 3.0)
+    """Round as people do (the float 24.95 is 24.949999…: read as written).
+
+    >>> round_half_up(24.95, 1), round_half_up(2.5, 0), round(24.95, 1)
+    (25.0, 3.0, 24.9)
     """
     step = Decimal(1).scaleb(-decimals)
     return float(Decimal(repr(value)).quantize(step, rounding=ROUND_HALF_UP))
