@@ -180,6 +180,9 @@ class _Tested(_Node):
         "results that disagree are unknown (unreadable ones dropped when a readable one remains)",
     )
     days: int | None = Field(None, ge=1, description="hits on at least N distinct dated days")
+    no_result: Literal["not-met", "unknown"] = Field(
+        "not-met", description="the answer when there is no result at all (in the window)"
+    )
 
     def test(self) -> str:
         """The one test this rule applies."""

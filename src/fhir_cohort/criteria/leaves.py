@@ -219,7 +219,7 @@ class Patient:
             if fact.date is None:
                 if undated == "ignored":
                     continue
-                result: bool | None = undated == "counts"
+                result: bool | None = True if undated == "counts" else None
             elif not _in(fact.date, window):
                 continue
             else:
@@ -273,7 +273,17 @@ class Patient:
                 continue
             evidence = _lab_evidence(spec, self.trial.valuesets[spec.valueset], rule, fact, result)
             found.matches.append(Match(fact.date, result, evidence))
+        if not facts:
+            return self.no_result(rule)
         return found.on_occasions(rule.days or 1)
+
+    def no_result(self, rule: LabRule | MeasureRule) -> Found:
+        """No result at all in the window: not met, or unknown with ``no_result: unknown``."""
+        if rule.no_result == "not-met":
+            return Found()
+        name = getattr(rule, "lab", None) or getattr(rule, "measure", "")
+        where = f"Patient/{self.facts.patient_id}"
+        return Found([Match(None, None, Evidence(where, None, note=f"no {name} result"))])
 
     def lab_test(
         self, rule: LabRule, spec: LabSpec, fact: LabFact
@@ -405,6 +415,8 @@ class Patient:
                     f"{rule.measure} {shown}",
                 )
                 found.matches.append(Match(day, result, evidence))
+        if not days:
+            return self.no_result(rule)
         return found.on_occasions(rule.days or 1)
 
     def _day_values(self, measure, roles: dict[str, list[tuple[LabFact, str]]]):
