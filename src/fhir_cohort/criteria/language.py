@@ -582,20 +582,34 @@ class Funnel(_Model):
 class TrialFile(_Model):
     """A trial: one YAML file in queries/."""
 
-    trial: Name = Field(description="the id: the file's stem")
-    title: str
-    version: str
-    references: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict, description="id → plain words")
-    labs: dict[Name, LabSpec] = Field(default_factory=dict)
-    medications: dict[Name, DrugSpec] = Field(default_factory=dict)
-    measures: dict[Name, MeasureSpec] = Field(default_factory=dict)
-    candidate_pool: Rule
-    inclusions: dict[Name, Inclusion] = Field(min_length=1)
-    exclusions: dict[Name, Exclusion] = Field(default_factory=dict)
-    ranking: list[RankTerm] = Field(default_factory=list)
-    funnel: Funnel | None = None
-    server: Server | None = None
+    trial: Name = Field(description="the id: the file's stem; used in outputs, state, Group id")
+    title: str = Field(description="the trial's name as people read it")
+    version: str = Field(description="the version of this definition (quote dates)")
+    references: dict[str, str] = Field(
+        default_factory=dict, description="free text: the rules page, codebook, registry entry"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="id → plain words, for every id a person reads: inclusions, exclusions, "
+        "sub-rules, the pool step",
+    )
+    labs: dict[Name, LabSpec] = Field(default_factory=dict, description="named lab tests")
+    medications: dict[Name, DrugSpec] = Field(default_factory=dict, description="named drugs")
+    measures: dict[Name, MeasureSpec] = Field(
+        default_factory=dict, description="values computed from several labs (BMI)"
+    )
+    candidate_pool: Rule = Field(
+        description="who is listed at all (met or unknown); everyone else is not-a-candidate"
+    )
+    inclusions: dict[Name, Inclusion] = Field(
+        min_length=1, description="in order: the funnel follows it"
+    )
+    exclusions: dict[Name, Exclusion] = Field(default_factory=dict, description="in order")
+    ranking: list[RankTerm] = Field(
+        default_factory=list, description="terms added up to rank within a status"
+    )
+    funnel: Funnel | None = Field(None, description="labels of the funnel's steps")
+    server: Server | None = Field(None, description="how a live server is searched")
 
 
 VOCABULARY = frozenset(
