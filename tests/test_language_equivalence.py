@@ -22,6 +22,7 @@ from fhir_cohort.criteria.plan import PoolGate, resource_types
 from fhir_cohort.criteria.rank_terms import rank as rank_next
 from fhir_cohort.criteria.relevance import CODED, Relevance
 from fhir_cohort.criteria.tree import evaluate as evaluate_next
+from fhir_cohort.normalise.extra import extended_facts
 from fhir_cohort.normalise.resources import patient_facts
 from fhir_cohort.quality import DataQuality
 from fhir_cohort.rank import rank as rank_today
@@ -38,7 +39,7 @@ def next_trial():
 
 @pytest.fixture(scope="module")
 def cohort(trial, next_trial) -> list[tuple]:
-    """(patient id, facts, today's gate bits, the language's gate bits) for every patient."""
+    """(patient id, facts, today's gate bits, the language's gate bits, extended facts)."""
     today, gate = Relevance(trial), PoolGate(next_trial.spec, next_trial.valuesets)
     quality = DataQuality()
     patients = []
@@ -53,14 +54,15 @@ def cohort(trial, next_trial) -> list[tuple]:
             for resource in resources:
                 bits_today |= today.classify(resource)
                 bits_next |= gate.classify(resource)
-            patients.append((record.patient_id, facts, bits_today, bits_next))
+            extended = extended_facts(record.patient_id, resources, store.medication)
+            patients.append((record.patient_id, facts, bits_today, bits_next, extended))
     return patients
 
 
 def test_every_patient_gets_the_same_answer(trial, next_trial, cohort):
     assert len(cohort) == 120
     different = {}
-    for patient_id, facts, _, _ in cohort:
+    for patient_id, facts, *_ in cohort:
         found = differences(
             evaluate_today(facts, trial, AS_OF), evaluate_next(facts, next_trial, AS_OF)
         )
@@ -69,10 +71,16 @@ def test_every_patient_gets_the_same_answer(trial, next_trial, cohort):
     assert different == {}
 
 
+def test_extended_facts_change_nothing_for_misle(next_trial, cohort):
+    """The facts phase B merges into the normaliser give MiSLE the very same answers."""
+    for _, facts, _, _, extended in cohort:
+        assert evaluate_next(extended, next_trial, AS_OF) == evaluate_next(facts, next_trial, AS_OF)
+
+
 @pytest.mark.parametrize("as_of", [AS_OF, date(2026, 7, 22), date(2025, 1, 1)])
 def test_same_rank_order_and_scores(trial, next_trial, cohort, as_of):
-    today = [evaluate_today(facts, trial, as_of) for _, facts, _, _ in cohort]
-    listed = [evaluate_next(facts, next_trial, as_of) for _, facts, _, _ in cohort]
+    today = [evaluate_today(facts, trial, as_of) for _, facts, *_ in cohort]
+    listed = [evaluate_next(facts, next_trial, as_of) for _, facts, *_ in cohort]
     ranked_today = [(c.rank, c.score, c.result.patient) for c in rank_today(today, trial.ranking)]
     ranked_next = [(c.rank, c.score, c.result.patient) for c in rank_next(listed, next_trial)]
     assert len(ranked_today) > 50
@@ -81,7 +89,7 @@ def test_same_rank_order_and_scores(trial, next_trial, cohort, as_of):
 
 def test_pool_gate_lets_through_the_same_patients(trial, next_trial, cohort):
     today, gate = Relevance(trial), PoolGate(next_trial.spec, next_trial.valuesets)
-    decisions = [(today.may_be_candidate(a), gate.may_be_candidate(b)) for _, _, a, b in cohort]
+    decisions = [(today.may_be_candidate(a), gate.may_be_candidate(b)) for _, _, a, b, _ in cohort]
     assert [a for a, _ in decisions] == [b for _, b in decisions]
     assert 0 < sum(a for a, _ in decisions) < len(decisions)
 
