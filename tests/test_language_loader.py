@@ -3,6 +3,7 @@ entry (exit 2 through check-trial), never a crash and never a silently different
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from fhir_cohort.criteria.language import TrialError, load, parse_trial
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ROOT / "queries"
 TEXTS = {name: (QUERIES / "next" / f"{name}.yaml").read_text() for name in ("misle", "surpass2")}
+DATA = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def parse(text: str, name: str = "misle"):
@@ -178,7 +181,7 @@ JUNK = st.one_of(
 @st.composite
 def mutated(draw):
     name = draw(st.sampled_from(sorted(TEXTS)))
-    data = yaml.safe_load(TEXTS[name])
+    data = copy.deepcopy(DATA[name])
     paths = [p for p in _paths(data) if p]
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(paths))
@@ -198,7 +201,7 @@ def mutated(draw):
                 parent[draw(st.text(min_size=1, max_size=10))] = draw(JUNK)
         except (KeyError, IndexError, TypeError):
             continue
-    return name, yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+    return name, yaml.dump(data, Dumper=DUMPER, allow_unicode=True, sort_keys=False)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
