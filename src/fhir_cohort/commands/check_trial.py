@@ -65,7 +65,7 @@ def _leaf(rule, trial: Trial) -> str:
         return f"family history in {rule.family_history}{_window(rule)}"
     if isinstance(rule, (LabRule, MeasureRule)):
         name = rule.lab if isinstance(rule, LabRule) else f"measure {rule.measure}"
-        test = rule.test()
+        test = rule.test
         value = getattr(rule, test)
         shown = "" if value is True else f" {value}"
         if test == "range":

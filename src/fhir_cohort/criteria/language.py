@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -184,6 +185,7 @@ class _Tested(_Node):
         "not-met", description="the answer when there is no result at all (in the window)"
     )
 
+    @cached_property
     def test(self) -> str:
         """The one test this rule applies."""
         return next(name for name in LAB_TESTS if getattr(self, name, None) is not None)
@@ -882,7 +884,7 @@ class _Checker:
             self.known(rule.unless_followed_by, spec.labs, "lab", (*loc, "unless_followed_by"))
         if isinstance(rule, LabRule) and self.known(rule.lab, spec.labs, "lab", (*loc, "lab")):
             lab = spec.labs[rule.lab]
-            test = rule.test()
+            test = rule.test
             if test in (*VALUE_TESTS, "low") and not lab.unit:
                 self.fail((*loc, test), f"lab {rule.lab!r} has no unit, so {test} cannot be read")
         if isinstance(rule, MeasureRule):

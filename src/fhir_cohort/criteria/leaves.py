@@ -48,9 +48,12 @@ def unreadable(fact: object) -> str | None:
     return getattr(fact, "unreadable", None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Match:
-    """One fact that satisfies a rule (True), might (None) or decides against it (False)."""
+    """One fact that satisfies a rule (True), might (None) or decides against it (False).
+
+    Read-only by convention (not frozen: cheaper to build, see ``tree.NodeResult``).
+    """
 
     date: date | None
     result: bool | None
@@ -254,9 +257,14 @@ class Patient:
         return any(day is None or (f.date is not None and f.date >= day) for f in self.labs_of(lab))
 
     def lab_found(self, rule: LabRule, window: Window | None) -> Found:
+        results = self._lab_cache.get(rule.lab)
+        if results is None:
+            results = self.labs_of(rule.lab)
+        if not results:
+            return self.no_result(rule)
         window = self.window(rule.within_days) or window
         spec = self.trial.spec.labs[rule.lab]
-        facts = _occasion([f for f in self.labs_of(rule.lab) if _in(f.date, window)], rule)
+        facts = _occasion([f for f in results if _in(f.date, window)], rule)
         judged = []
         found = Found()
         for fact in facts:
@@ -289,7 +297,7 @@ class Patient:
         self, rule: LabRule, spec: LabSpec, fact: LabFact
     ) -> tuple[bool | None, Note | None]:
         """One result against one rule, and the unit problem that stopped it, if any."""
-        test = rule.test()
+        test = rule.test
         if test in ("positive", "negative"):
             if spec.answers is not None:
                 reading, problem = self.declared(spec, fact)
@@ -529,7 +537,7 @@ class Patient:
 def value_test(rule: LabRule | MeasureRule, value: Quantity) -> bool | None:
     """A value (in the rule's unit) against the rule's one value test."""
     compare = labtests.compare
-    test = rule.test()
+    test = rule.test
     if test in _OPS:
         return compare(value.value, value.comparator, _OPS[test], getattr(rule, test))
     if test == "at_most":
@@ -649,7 +657,7 @@ def _lab_evidence(
         value = f"{value} ({'; '.join(extras)})" if value else "; ".join(extras)
     note = None
     if result is None:
-        test = rule.test()
+        test = rule.test
         threshold = getattr(rule, test)
         if test == "range":
             shown = f"in {_bound(threshold.min)}–{_bound(threshold.max)}"

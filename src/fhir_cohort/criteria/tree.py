@@ -63,9 +63,12 @@ def _iso(day: date | None) -> str | None:
     return day.isoformat() if day else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeResult:
     """One rule's answer: ``value`` True / False / None, its evidence and its parts.
+
+    Read-only by convention (not frozen: a frozen dataclass costs ten times as much to
+    build, and a patient's evaluation builds some sixty of these).
 
     ``kind`` is the rule's key (``any``, ``at_least``, ``lab``, ...); ``parts``
     the answers of its sub-rules (named ones, ``id``, are reported under
@@ -201,92 +204,89 @@ class _Evaluation:
         return self.criteria[key]
 
     def node(self, rule, window: Window | None, name: str | None = None) -> NodeResult:
-        name = name or rule.id
-        if isinstance(rule, (AllRule, AnyRule, NotRule, AtLeastRule, ScoreRule, IfRule)):
-            window = self.patient.window(rule.window_days) or window
-            own = self.patient.window(rule.window_days)
-            return self.combinator(rule, window, name, own)
-        patient = self.patient
-        if isinstance(rule, AgeRule):
-            value, evidence = patient.age_found(rule)
-            return NodeResult("age", value, evidence, name, assessed=True, shown=patient.age)
-        if isinstance(rule, CriterionRule):
-            answer = self.inclusion(rule.criterion)
-            return NodeResult(
-                "criterion", answer.value, answer.evidence, name, (answer,), answer.matches,
-                answer.assessed,
-            )  # fmt: skip
-        if isinstance(rule, (ConditionRule, ProcedureRule, FamilyHistoryRule)):
-            found = patient.coded_found(rule, window)
-        elif isinstance(rule, LabRule):
-            found = patient.lab_found(rule, window)
-        elif isinstance(rule, MeasureRule):
-            found = patient.measure_found(rule, window)
-        elif isinstance(rule, ExposureRule):
-            found = patient.exposure_found(rule)
-        elif isinstance(rule, GenderRule):
-            found = patient.gender_found(rule)
-        else:
-            assert isinstance(rule, DeceasedRule)
-            found = patient.deceased_found(rule)
-        return _leaf(type(rule).__name__.removesuffix("Rule").lower(), found, name)
+        """A rule's answer; ``window`` is the one a combinator above set (None: lifetime)."""
+        return _DISPATCH[type(rule)](self, rule, window, name or rule.id)
 
-    def combinator(self, rule, window: Window | None, name, own: Window | None) -> NodeResult:
-        if isinstance(rule, AnyRule):
-            parts = [self.node(child, window) for child in rule.any]
-            assessed = any(p.assessed for p in parts)
-            if rule.occasions > 1:
-                found = Found([m for p in parts for m in p.matches], assessed)
-                found = found.on_occasions(rule.occasions)
-                return _leaf("any", found, name, tuple(parts), own)
-            value = _kleene_any([p.value for p in parts])
-            matches = tuple(m for p in parts for m in p.matches)
-            evidence = _evidence_of(parts, value)
-            return NodeResult("any", value, evidence, name, tuple(parts), matches, assessed, own)
-        if isinstance(rule, AllRule):
-            parts = [self.node(child, window) for child in rule.all]
-            value = _kleene_all([p.value for p in parts])
-            assessed = any(p.assessed for p in parts)
-            evidence = _evidence_of(parts, value)
-            return NodeResult("all", value, evidence, name, tuple(parts), (), assessed, own)
-        if isinstance(rule, NotRule):
-            part = self.node(rule.not_, window)
-            value = None if part.value is None else not part.value
-            return NodeResult("not", value, part.evidence, name, (part,), (), part.assessed, own)
-        if isinstance(rule, AtLeastRule):
-            parts = [self.node(child, window, key) for key, child in rule.of.items()]
-            met = sum(bool(p.value) for p in parts)
-            open_ = sum(p.value is None for p in parts)
-            if met >= rule.at_least:
-                value: bool | None = True
-            elif rule.otherwise == "unknown" and met + open_ >= rule.at_least:
-                value = None
-            else:
-                value = False
-            evidence = tuple(e for p in parts if p.value for e in p.evidence)
-            assessed = any(p.assessed for p in parts)
-            return NodeResult("at_least", value, evidence, name, tuple(parts), (), assessed, own)
-        if isinstance(rule, ScoreRule):
-            parts = [
-                _weighted(self.node(item.rule, window, key), item.weight)
-                for key, item in rule.score.items.items()
-            ]
-            score = sum(p.weight for p in parts if p.value)  # type: ignore[misc]
-            assessed = any(p.assessed for p in parts)
-            if score >= rule.score.at_least:
-                value = True
-            else:
-                value = False if assessed else None
-            evidence = tuple(e for p in parts if p.value for e in p.evidence)
-            return NodeResult(
-                "score", value, evidence, name, tuple(parts), (), assessed, own, score
-            )
-        assert isinstance(rule, IfRule)
-        condition = self.node(rule.if_, window)
+    def leaf(self, rule, window: Window | None, name: str | None) -> NodeResult:
+        kind, read, windowed = _LEAVES[type(rule)]
+        found = read(self.patient, rule, window) if windowed else read(self.patient, rule)
+        return _leaf(kind, found, name)
+
+    def age(self, rule: AgeRule, window: Window | None, name: str | None) -> NodeResult:
+        value, evidence = self.patient.age_found(rule)
+        return NodeResult("age", value, evidence, name, assessed=True, shown=self.patient.age)
+
+    def criterion(self, rule: CriterionRule, window: Window | None, name) -> NodeResult:
+        answer = self.inclusion(rule.criterion)
+        return NodeResult(
+            "criterion", answer.value, answer.evidence, name, (answer,), answer.matches,
+            answer.assessed,
+        )  # fmt: skip
+
+    def any_(self, rule: AnyRule, window: Window | None, name: str | None) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        parts = [self.node(child, own or window) for child in rule.any]
+        assessed = any(p.assessed for p in parts)
+        if rule.occasions > 1:
+            found = Found([m for p in parts for m in p.matches], assessed)
+            return _leaf("any", found.on_occasions(rule.occasions), name, tuple(parts), own)
+        value = _kleene_any([p.value for p in parts])
+        matches = tuple(m for p in parts for m in p.matches)
+        evidence = _evidence_of(parts, value)
+        return NodeResult("any", value, evidence, name, tuple(parts), matches, assessed, own)
+
+    def all_(self, rule: AllRule, window: Window | None, name: str | None) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        parts = [self.node(child, own or window) for child in rule.all]
+        value = _kleene_all([p.value for p in parts])
+        assessed = any(p.assessed for p in parts)
+        evidence = _evidence_of(parts, value)
+        return NodeResult("all", value, evidence, name, tuple(parts), (), assessed, own)
+
+    def not_(self, rule: NotRule, window: Window | None, name: str | None) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        part = self.node(rule.not_, own or window)
+        value = None if part.value is None else not part.value
+        return NodeResult("not", value, part.evidence, name, (part,), (), part.assessed, own)
+
+    def at_least(self, rule: AtLeastRule, window: Window | None, name) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        parts = [self.node(child, own or window, key) for key, child in rule.of.items()]
+        met = sum(bool(p.value) for p in parts)
+        open_ = sum(p.value is None for p in parts)
+        if met >= rule.at_least:
+            value: bool | None = True
+        elif rule.otherwise == "unknown" and met + open_ >= rule.at_least:
+            value = None
+        else:
+            value = False
+        evidence = tuple(e for p in parts if p.value for e in p.evidence)
+        assessed = any(p.assessed for p in parts)
+        return NodeResult("at_least", value, evidence, name, tuple(parts), (), assessed, own)
+
+    def score(self, rule: ScoreRule, window: Window | None, name: str | None) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        parts = []
+        for key, item in rule.score.items.items():
+            part = self.node(item.rule, own or window, key)
+            part.weight = item.weight
+            parts.append(part)
+        score = sum(p.weight for p in parts if p.value)  # type: ignore[misc]
+        assessed = any(p.assessed for p in parts)
+        if score >= rule.score.at_least:
+            value: bool | None = True
+        else:
+            value = False if assessed else None
+        evidence = tuple(e for p in parts if p.value for e in p.evidence)
+        return NodeResult("score", value, evidence, name, tuple(parts), (), assessed, own, score)
+
+    def if_(self, rule: IfRule, window: Window | None, name: str | None) -> NodeResult:
+        own = self.patient.window(rule.window_days)
+        condition = self.node(rule.if_, own or window)
         if condition.value is False:
             value = _ELSE[rule.else_]
             return NodeResult("if", value, (), name, (condition,), (), condition.assessed, own)
-        then = self.node(rule.then, window)
+        then = self.node(rule.then, own or window)
         return NodeResult(
             "if", then.value, then.evidence, name, (condition, then), then.matches,
             then.assessed, own,
@@ -309,6 +309,31 @@ class _Evaluation:
         return Finding(worst, tuple(dict.fromkeys(evidence)))
 
 
+_LEAVES = {  # rule -> (kind, how the patient reads it, whether a window applies)
+    ConditionRule: ("condition", Patient.coded_found, True),
+    ProcedureRule: ("procedure", Patient.coded_found, True),
+    FamilyHistoryRule: ("familyhistory", Patient.coded_found, True),
+    LabRule: ("lab", Patient.lab_found, True),
+    MeasureRule: ("measure", Patient.measure_found, True),
+    ExposureRule: ("exposure", Patient.exposure_found, False),
+    GenderRule: ("gender", Patient.gender_found, False),
+    DeceasedRule: ("deceased", Patient.deceased_found, False),
+}
+
+
+_DISPATCH = {
+    **{leaf: _Evaluation.leaf for leaf in _LEAVES},
+    AgeRule: _Evaluation.age,
+    CriterionRule: _Evaluation.criterion,
+    AnyRule: _Evaluation.any_,
+    AllRule: _Evaluation.all_,
+    NotRule: _Evaluation.not_,
+    AtLeastRule: _Evaluation.at_least,
+    ScoreRule: _Evaluation.score,
+    IfRule: _Evaluation.if_,
+}
+
+
 def _leaf(
     kind: str,
     found: Found,
@@ -316,17 +341,12 @@ def _leaf(
     parts: tuple[NodeResult, ...] = (),
     window: Window | None = None,
 ) -> NodeResult:
+    if not found.matches:  # the usual case: nothing on record
+        return NodeResult(kind, False, (), name, parts, (), found.seen, window)
     value = found.value()
     return NodeResult(
         kind, value, found.evidence(), name, parts, tuple(found.matches), found.seen, window
     )
-
-
-def _weighted(node: NodeResult, weight: int) -> NodeResult:
-    return NodeResult(
-        node.kind, node.value, node.evidence, node.id, node.parts, node.matches, node.assessed,
-        node.window, node.score, weight, node.shown,
-    )  # fmt: skip
 
 
 def _evidence_of(parts: list[NodeResult], value: bool | None) -> tuple[Evidence, ...]:
