@@ -978,7 +978,7 @@ def find(rule, wanted: str):
 
 
 def resolve(spec: TrialFile, path: str):
-    """``acr`` is an inclusion's rule; ``activity.sledai`` the rule with id sledai inside it."""
+    """``age`` is an inclusion's rule; ``activity.recent`` the rule with id recent inside it."""
     head, _, rest = path.partition(".")
     inclusion = spec.inclusions.get(head)
     if inclusion is None:

@@ -2,8 +2,8 @@
 
 Rule: statuses in the order eligible, washout (soonest ``eligible_from``
 first), needs-review, excluded; within a status by the sum of the trial's
-ranking terms (each reads a rule's answer by its path: ``acr``,
-``activity.sledai``), then by patient id so equal scores always list the same
+ranking terms (each reads a rule's answer by its path: ``age``,
+``activity.recent``), then by patient id so equal scores always list the same
 way. No term knows a trial.
 """
 

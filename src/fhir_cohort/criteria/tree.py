@@ -156,7 +156,7 @@ class TrialResult:
     notes: tuple[Note, ...] = ()
 
     def node(self, path: str) -> NodeResult | None:
-        """``acr`` is an inclusion's answer; ``activity.sledai`` a named rule inside it."""
+        """``age`` is an inclusion's answer; ``activity.recent`` a named rule inside it."""
         head, _, rest = path.partition(".")
         node = self.inclusions.get(head)
         for part in rest.split(".") if rest else ():
