@@ -9,12 +9,13 @@ result is a bare number without a reference range: unknown).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
-from builders import SNOMED, D, condition, facts_of, observation, patient, quantity
+from builders import SNOMED, D, condition, eligible_core, facts_of, observation, patient, quantity
 
-from fhir_cohort.criteria.language import parse_trial
+from fhir_cohort.criteria.language import load, parse_trial
 from fhir_cohort.criteria.rank_terms import rank
 from fhir_cohort.criteria.tree import evaluate
 
@@ -164,3 +165,23 @@ def test_named_parts_ranking_paths_and_to_dict():
     assert (result.status, result.reasons) == ("eligible", ())
     result, _ = probe({"all": [T, U]})
     assert (result.status, result.reasons) == ("needs-review", ("Probe: unknown",))
+
+
+def test_results_and_trials_pickle_and_show_as_json():
+    misle = load("misle")
+    result = evaluate(facts_of(eligible_core()), misle, D)
+    again = pickle.loads(pickle.dumps(result))
+    assert again == result
+    assert evaluate(facts_of(eligible_core()), pickle.loads(pickle.dumps(misle)), D) == result
+    shown = result.to_dict()
+    assert list(shown) == [
+        "patient", "name", "status", "eligible_from", "reasons", "age", "criteria", "exclusions",
+    ]  # fmt: skip
+    activity = shown["criteria"]["activity"]
+    assert (activity["result"], activity["window"]) == (
+        "met", {"from": "2026-04-01", "to": "2026-06-30"},
+    )  # fmt: skip
+    sledai = activity["parts"]["sledai"]
+    assert (sledai["score"], sledai["descriptors"]["proteinuria"]["weight"]) == (6, 4)
+    assert activity["parts"]["acute"]["result"] == "not-met"
+    assert shown["criteria"]["acr"]["count"] == 5
