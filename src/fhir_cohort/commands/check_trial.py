@@ -43,9 +43,11 @@ from ..errors import Exit
 def _window(rule) -> str:
     days = getattr(rule, "within_days", None) or getattr(rule, "window_days", None)
     before = getattr(rule, "dated_at_least_days_before", None)
+    undated = getattr(rule, "undated", None)
+    tail = f" (undated: {undated})" if undated else ""
     if days is not None:
-        return f" within {days} days up to D"
-    return f" dated on or before D − {before} days" if before is not None else ""
+        return f" within {days} days up to D{tail}"
+    return (f" dated on or before D − {before} days" if before is not None else "") + tail
 
 
 def _leaf(rule, trial: Trial) -> str:
