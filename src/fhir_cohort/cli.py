@@ -151,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--trial", default="misle", help="trial name or YAML path")
     _state_option(review)
 
+    check = commands.add_parser(
+        "check-trial",
+        allow_abbrev=False,
+        help="validate a trial file (criteria language) and say what it means",
+        description="Validate a trial file strictly (exit 2 naming file, line and entry) and "
+        "print its criteria, value sets, what it reads and its server plan.",
+    )
+    check.add_argument(
+        "trial", metavar="FILE|NAME", help="a trial name in queries/next/ or a YAML path"
+    )
+
     seed = commands.add_parser(
         "seed",
         allow_abbrev=False,
@@ -258,7 +269,8 @@ def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        command = importlib.import_module(f"fhir_cohort.commands.{args.command}")
+        module = args.command.replace("-", "_")
+        command = importlib.import_module(f"fhir_cohort.commands.{module}")
         return int(command.run(args))
     except Locked as error:
         print(f"fhir-cohort: error: {error}", file=sys.stderr)

@@ -1,0 +1,301 @@
+"""What a trial reads, derived from its criteria: types, codes, the pool gate, the server plan.
+
+Rule: nothing here is written by hand in a trial file except the server's
+``candidate_searches``. The resource types and codes a trial reads, the bits
+the store records at ingest to tell who could be in the candidate pool, and
+the fetch plan all follow from the leaves of the trial's rules. The server plan
+must be *complete* in general terms: a patient the pool could take must be
+found by the candidate searches, argued rule by rule (:func:`covered`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..normalise.codes import canonical_code, canonical_system
+from ..sources.plan import ServerPlan, ServerSearch
+from .language import (
+    AgeRule,
+    AllRule,
+    AnyRule,
+    AtLeastRule,
+    ConditionRule,
+    CriterionRule,
+    DeceasedRule,
+    ExposureRule,
+    FamilyHistoryRule,
+    GenderRule,
+    IfRule,
+    LabRule,
+    MeasureRule,
+    NotRule,
+    ProcedureRule,
+    ScoreRule,
+    TrialFile,
+    WashoutExclusion,
+    children,
+    walk,
+)
+from .valuesets import ValueSet
+
+MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
+ALWAYS_KEPT = frozenset({"Patient", "Medication", *MEDICATION_TYPES})
+CODED = frozenset({"Condition", "Observation", "Procedure", "FamilyMemberHistory"})
+KEPT = 1  # bit 0; bit i + 1: the i-th value set of the pool's leaves
+
+
+def rules_of(spec: TrialFile) -> Iterator:
+    """Every rule of the trial: pool, inclusions, exclusions (depth first)."""
+    yield from walk(spec.candidate_pool)
+    for inclusion in spec.inclusions.values():
+        yield from walk(inclusion.rule)
+    for exclusion in spec.exclusions.values():
+        for part in getattr(exclusion, "rules", ()):
+            yield from walk(part.rule)
+
+
+def leaf_valuesets(spec: TrialFile, rule) -> list[tuple[str, str]]:
+    """(resource type, value set) pairs one rule reads itself (not its sub-rules)."""
+    found: list[tuple[str, str]] = []
+    if isinstance(rule, ConditionRule):
+        found.append(("Condition", rule.condition))
+    elif isinstance(rule, ProcedureRule):
+        found.append(("Procedure", rule.procedure))
+    elif isinstance(rule, FamilyHistoryRule):
+        found.append(("FamilyMemberHistory", rule.family_history))
+    labs = []
+    if isinstance(rule, LabRule):
+        labs.append(rule.lab)
+    if isinstance(rule, MeasureRule):
+        labs += measure_labs(spec, rule.measure)
+    if isinstance(rule, (ConditionRule, LabRule)) and rule.unless_followed_by:
+        labs.append(rule.unless_followed_by)
+    found += [("Observation", spec.labs[lab].valueset) for lab in labs]
+    return found
+
+
+def measure_labs(spec: TrialFile, name: str) -> list[str]:
+    measure = spec.measures[name]
+    labs = [measure.lab] if measure.lab else []
+    if measure.ratio:
+        labs += [measure.ratio.numerator, measure.ratio.denominator]
+    return labs
+
+
+def resource_types(spec: TrialFile) -> tuple[str, ...]:
+    """Every resource type the trial reads (Patient always), in a stable order."""
+    found = {"Patient"}
+    for rule in rules_of(spec):
+        found.update(kind for kind, _ in leaf_valuesets(spec, rule))
+        if isinstance(rule, ExposureRule):
+            found.update({*MEDICATION_TYPES, "Medication"})
+    if any(isinstance(e, WashoutExclusion) for e in spec.exclusions.values()):
+        found.update({*MEDICATION_TYPES, "Medication"})
+    order = ("Patient", *sorted(CODED), *MEDICATION_TYPES, "Medication")
+    return tuple(kind for kind in order if kind in found)
+
+
+def codes(spec: TrialFile, valuesets: dict[str, ValueSet]) -> dict[str, list[str]]:
+    """Per resource type, every ``system|code`` (and ``system|prefix*``) the trial reads."""
+    wanted: dict[str, set[str]] = {}
+    pairs = [pair for rule in rules_of(spec) for pair in leaf_valuesets(spec, rule)]
+    pairs += [("Observation", lab.valueset) for lab in spec.labs.values()]
+    for drug in spec.medications.values():
+        pairs += [(kind, drug.valueset) for kind in (*MEDICATION_TYPES, "Medication")]
+    for kind, name in pairs:
+        valueset = valuesets[name]
+        keys = wanted.setdefault(kind, set())
+        keys.update(valueset.codes)
+        keys.update(f"{system}|{prefix}*" for system, prefix in valueset.prefixes)
+    return {kind: sorted(keys) for kind, keys in sorted(wanted.items())}
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+def covered(spec: TrialFile, rule, searched: set[str]) -> bool:
+    """Would the candidate searches find every patient for whom ``rule`` is met?
+
+    A leaf is covered when all its value sets are searched; ``any`` when every
+    sub-rule is; ``all`` when some sub-rule is; ``at_least N`` when fewer than N
+    sub-rules are not; a score when the weights of the uncovered items add up to
+    less than N; ``not`` and patient attributes never.
+    """
+    if isinstance(rule, CriterionRule):
+        return covered(spec, spec.inclusions[rule.criterion].rule, searched)
+    if isinstance(rule, (AgeRule, GenderRule, DeceasedRule, ExposureRule, NotRule)):
+        return False
+    parts = [child for _, child in children(rule)]
+    if isinstance(rule, AnyRule):
+        return all(covered(spec, child, searched) for child in parts)
+    if isinstance(rule, AllRule):
+        return any(covered(spec, child, searched) for child in parts)
+    if isinstance(rule, AtLeastRule):
+        return sum(not covered(spec, child, searched) for child in parts) < rule.at_least
+    if isinstance(rule, ScoreRule):
+        short = sum(
+            item.weight
+            for item in rule.score.items.values()
+            if not covered(spec, item.rule, searched)
+        )
+        return short < rule.score.at_least
+    if isinstance(rule, IfRule):
+        return rule.else_ not in ("met", "unknown") and covered(spec, rule.then, searched)
+    own = leaf_valuesets(spec, rule)
+    if isinstance(rule, (ConditionRule, LabRule)) and rule.unless_followed_by:
+        own = own[:-1]  # the follow-up lab only takes hits away
+    return bool(own) and all(name in searched for _, name in own)
+
+
+def _searched(spec: TrialFile) -> set[str]:
+    assert spec.server is not None
+    names: set[str] = set()
+    for search in spec.server.candidate_searches:
+        names.update(search.valuesets)
+        names.update(spec.labs[lab].valueset for lab in search.labs)
+    return names
+
+
+def completeness_problem(spec: TrialFile, valuesets: dict[str, ValueSet]) -> str | None:
+    """Why the candidate searches could miss a pool patient, or None when they cannot."""
+    if covered(spec, spec.candidate_pool, _searched(spec)):
+        return None
+    return (
+        "the candidate searches do not cover the candidate pool: a patient it takes could "
+        "be missed (search the value sets of an `any` rule's every part, of one part of an "
+        "`all`, of all but N − 1 parts of an `at_least N`)"
+    )
+
+
+def server_plan(spec: TrialFile, valuesets: dict[str, ValueSet]) -> ServerPlan:
+    """Candidate searches from the file; the fetch plan derived from what the trial reads."""
+    assert spec.server is not None
+
+    def search(kind: str, names, include: str | None = None) -> ServerSearch:
+        return ServerSearch(kind, tuple(valuesets[n] for n in dict.fromkeys(names)), include)
+
+    candidates = tuple(
+        search(s.resource, [*s.valuesets, *(spec.labs[lab].valueset for lab in s.labs)])
+        for s in spec.server.candidate_searches
+    )
+    procedures = [
+        name
+        for rule in rules_of(spec)
+        for kind, name in leaf_valuesets(spec, rule)
+        if kind == "Procedure"
+    ]
+    fetch = []
+    for kind in resource_types(spec):
+        if kind == "Observation":
+            fetch.append(search(kind, [lab.valueset for lab in spec.labs.values()]))
+        elif kind == "Procedure":
+            fetch.append(search(kind, procedures))
+        elif kind in MEDICATION_TYPES:
+            fetch.append(search(kind, (), "medication"))
+        elif kind != "Medication":
+            fetch.append(search(kind, ()))
+    return ServerPlan(candidates, tuple(fetch), spec.server.patients_per_request)
+
+
+# --------------------------------------------------------------------------- the pool gate
+
+
+class PoolGate:
+    """Which resources could put a patient in the candidate pool, as bits set at ingest.
+
+    ``classify`` gives 0 for a resource the trial never reads, else ``KEPT`` plus
+    one bit per value set of the pool's leaves that holds its code. OR-ing a
+    patient's bits, ``may_be_candidate`` tells without reading a value whether
+    the pool rule could be met (or unknown) at all. Errs towards True.
+    """
+
+    def __init__(self, spec: TrialFile, valuesets: dict[str, ValueSet]):
+        self.spec = spec
+        pool_sets = [
+            name
+            for rule in _expanded(spec, spec.candidate_pool)
+            for _, name in leaf_valuesets(spec, rule)
+        ]
+        self.bit = {name: 1 << (i + 1) for i, name in enumerate(dict.fromkeys(pool_sets))}
+        read = {name for names in _trial_valuesets(spec) for name in names}
+        self._sets = [(KEPT, [valuesets[n] for n in sorted(read)])]
+        self._sets += [(bit, [valuesets[name]]) for name, bit in self.bit.items()]
+        self._memo: dict[tuple[object, object], int] = {}
+
+    def _bits(self, system: object, code: object) -> int:
+        if not isinstance(system, str) or not isinstance(code, str):
+            return 0
+        system = canonical_system(system)
+        code = canonical_code(system, code)
+        key = f"{system}|{code}"
+        bits = 0
+        for bit, sets in self._sets:
+            if any(
+                key in vs.codes or any(system == s and code.startswith(p) for s, p in vs.prefixes)
+                for vs in sets
+            ):
+                bits |= bit
+        return bits
+
+    def classify(self, resource: dict) -> int:
+        kind = resource.get("resourceType")
+        if kind in ALWAYS_KEPT:
+            return KEPT
+        if kind not in CODED:
+            return 0
+        if kind == "FamilyMemberHistory":
+            concepts = [c.get("code") for c in resource.get("condition") or () if type(c) is dict]
+        else:
+            concepts = [resource.get("code")]
+        bits = 0
+        for concept in concepts:
+            if type(concept) is not dict:
+                continue
+            for coding in concept.get("coding") or ():
+                if type(coding) is not dict:
+                    continue
+                pair = (coding.get("system"), coding.get("code"))
+                found = self._memo.get(pair)
+                if found is None:
+                    if len(self._memo) > 100_000:
+                        self._memo.clear()
+                    found = self._memo[pair] = self._bits(*pair)
+                bits |= found
+        return bits
+
+    def may_be_candidate(self, touches: int) -> bool:
+        return self._may(self.spec.candidate_pool, touches)
+
+    def _may(self, rule, touches: int) -> bool:
+        if isinstance(rule, CriterionRule):
+            return self._may(self.spec.inclusions[rule.criterion].rule, touches)
+        own = leaf_valuesets(self.spec, rule)
+        if isinstance(rule, (ConditionRule, LabRule)) and rule.unless_followed_by:
+            own = own[:-1]
+        if own:
+            return any(touches & self.bit[name] for _, name in own)
+        parts = [child for _, child in children(rule)]
+        if isinstance(rule, AnyRule):
+            return any(self._may(child, touches) for child in parts)
+        if isinstance(rule, AllRule):
+            return all(self._may(child, touches) for child in parts)
+        if isinstance(rule, AtLeastRule):
+            return sum(self._may(child, touches) for child in parts) >= rule.at_least
+        if isinstance(rule, IfRule):
+            return rule.else_ in ("met", "unknown") or self._may(rule.then, touches)
+        return True  # patient attributes, exposures, not, scores: cannot tell from codes
+
+
+def _expanded(spec: TrialFile, rule) -> Iterator:
+    """The rule's sub-rules, following ``criterion:`` references."""
+    for part in walk(rule):
+        if isinstance(part, CriterionRule):
+            yield from _expanded(spec, spec.inclusions[part.criterion].rule)
+        else:
+            yield part
+
+
+def _trial_valuesets(spec: TrialFile) -> Iterator[list[str]]:
+    for rule in rules_of(spec):
+        yield [name for _, name in leaf_valuesets(spec, rule)]
+    yield [lab.valueset for lab in spec.labs.values()]
