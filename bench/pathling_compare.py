@@ -67,7 +67,6 @@ POOL_VALUESET = "sle-diagnosis"
 LAB_VALUESETS = {"ana": "lab-ana", "anti-dsdna": "lab-anti-dsdna"}
 PATHLING_TYPES = ("Patient", "Condition", "Observation")
 CSV_FIELDS = ("patient", "observation", "lab", "code", "date", "value_string", "value", "unit")
-MEMORY = "8g"  # spark.driver.memory: the heap of the one local-mode JVM
 
 
 # -- value sets and FHIRPath (pure) --------------------------------------------------
@@ -123,7 +122,7 @@ def peak_rss(pid: int) -> int | None:
     return None
 
 
-def spark_session(ivy: Path):
+def spark_session(ivy: Path, memory: str):
     from pathling.etc import find_jar
     from pyspark.sql import SparkSession
 
@@ -132,7 +131,7 @@ def spark_session(ivy: Path):
         .appName("pathling-compare")
         .config("spark.jars", find_jar())  # the jar inside the wheel; no spark.jars.packages
         .config("spark.jars.ivy", str(ivy))  # must stay empty: nothing resolved from Maven
-        .config("spark.driver.memory", MEMORY)
+        .config("spark.driver.memory", memory)  # the heap of the one local-mode JVM
         .config("spark.sql.shuffle.partitions", "4")  # 200 by default; the join is tiny
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -234,7 +233,7 @@ def worker(args: argparse.Namespace) -> int:
 
     phases: dict[str, float] = {}
     started = time.perf_counter()
-    spark = spark_session(args.ivy)
+    spark = spark_session(args.ivy, args.driver_memory)
     spark.sparkContext.setLogLevel("ERROR")
     pc = PathlingContext.create(spark, enable_terminology=False)  # no terminology server
     phases["spark_and_context_s"] = time.perf_counter() - started
@@ -331,7 +330,7 @@ def run_pathling(args: argparse.Namespace, mode: str, work: Path, run: int) -> d
     result.unlink(missing_ok=True)
     command = [str(args.pathling_python), __file__, "--worker", mode, "--data", str(args.data)]
     command += ["--parquet", str(work / "parquet"), "--csv", str(work / "pathling.csv")]
-    command += ["--ivy", str(ivy), "--result", str(result)]
+    command += ["--ivy", str(ivy), "--result", str(result), "--driver-memory", args.driver_memory]
     command += ["--query-repeat", str(args.query_repeat if mode == "import" else 0)]
     if args.no_network:
         command = isolated(command)
@@ -346,6 +345,7 @@ def run_pathling(args: argparse.Namespace, mode: str, work: Path, run: int) -> d
     report["process_s"] = seconds
     report["cold_to_csv_s"] = report["csv_written_at"] - launched
     report["ivy_files"] = sorted(str(p) for p in ivy.rglob("*")) if ivy.exists() else []
+    result.write_text(json.dumps(report))  # complete, for --parquet-exists
     return report
 
 
@@ -536,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="default bench/data/pathling/<data name>")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--pathling-python", type=Path, default=PATHLING_PYTHON)
+    parser.add_argument("--driver-memory", default="8g", help="spark.driver.memory (JVM heap)")
     parser.add_argument(
         "--no-network", action="store_true", help="Pathling in a loopback-only network namespace"
     )
