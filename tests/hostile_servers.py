@@ -165,6 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         return None
 
+    def date_time_string(self, timestamp=None) -> str:
+        """The Date header: the server's own clock, unless the scenario sets another."""
+        return self.server.hostile.date or super().date_time_string(timestamp)  # type: ignore[attr-defined]
+
     def _serve(self) -> None:
         hostile: HostileServer = self.server.hostile  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
@@ -197,6 +201,7 @@ class HostileServer:
     scenario: Callable[[Call], None]
     max_requests: int = 400
     tls: ssl.SSLContext | None = None
+    date: str | None = None  # the Date header every answer carries (None: the clock's)
     seen: list[Seen] = field(default_factory=list)
     overflow: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timezone
 
 import pytest
 from hostile_servers import (
@@ -25,6 +26,8 @@ from hostile_servers import (
     screen,
     serve,
 )
+
+from fhir_cohort.state import State
 
 TOKEN = "hostile-test-T0KEN-9f8e7d"
 BEARER = ("--auth", "bearer")
@@ -214,3 +217,15 @@ def test_the_servers_own_absolute_reference_is_its_patient(tmp_path, mode):
     assert run.code == 0, run.stderr
     assert run.statuses() == {P01: "excluded"}
     assert "foreign-reference" not in run.quality()
+
+
+def test_a_date_header_in_the_future_does_not_poison_the_next_incremental_run(tmp_path):
+    """Before: a server dated 2099 set the checkpoint to 2099, so the next run asked only
+    for changes after 2099 and saw none."""
+    with serve(MiniFhir([P01]), date="Thu, 25 Nov 2099 16:00:00 GMT") as server:
+        run = screen(tmp_path, server.base, *BEARER)
+    assert run.code == 0, run.stderr
+    with State(tmp_path / "state") as state:
+        recorded = state.previous_run("misle", f"rest:{server.base}")
+    assert recorded is not None and recorded.checkpoint is not None
+    assert recorded.checkpoint < datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -53,17 +53,24 @@ CHECKPOINT_MARGIN = timedelta(minutes=5)  # writes in flight at the start, clock
 
 
 def checkpoint(server_date: str | None, now: datetime | None = None) -> str:
-    """The next run's ``since``: the server's clock (its Date header) less a margin.
+    """The next run's ``since``: the server's clock (its Date header) less a margin, never
+    later than this machine's clock (a Date in the future, by mistake or on purpose, would
+    make the next incremental run miss every change until then).
 
-    >>> checkpoint("Wed, 25 Nov 2026 16:00:00 GMT")
+    >>> late = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    >>> checkpoint("Wed, 25 Nov 2026 16:00:00 GMT", late)
     '2026-11-25T15:55:00Z'
     >>> checkpoint(None, datetime(2026, 11, 25, 16, 0, tzinfo=timezone.utc))
     '2026-11-25T15:55:00Z'
+    >>> checkpoint("Thu, 25 Nov 2099 16:00:00 GMT", late), checkpoint("soon", late)
+    ('2026-11-25T23:55:00Z', '2026-11-25T23:55:00Z')
     """
-    moment = now or datetime.now(timezone.utc)
+    clock = now or datetime.now(timezone.utc)
+    moment = clock
     if server_date:
-        with contextlib.suppress(TypeError, ValueError):
-            moment = parsedate_to_datetime(server_date)
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            told = parsedate_to_datetime(server_date)
+            moment = min(clock, told if told.tzinfo else told.replace(tzinfo=timezone.utc))
     moment = moment.astimezone(timezone.utc) - CHECKPOINT_MARGIN
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
