@@ -144,6 +144,27 @@ def test_bulk_file_needing_no_token_goes_to_storage_without_credentials(tmp_path
     assert_no_secrets(storage, TOKEN)
 
 
+def test_bulk_file_handed_over_to_storage_leaves_the_token_behind(tmp_path):
+    """A file that needs the token is asked of the server with it; the server's redirect
+    to storage is followed without it."""
+    fhir = MiniFhir([P01])
+
+    def stored(call):
+        call.send(body=fhir.ndjson("Condition"), content_type="application/fhir+ndjson")
+
+    scenario = fhir.but(
+        path_ends("/files/Condition"), lambda call: call.redirect(f"{storage.origin}/c.ndjson")
+    )
+    with serve(scenario) as server, serve(stored) as storage:
+        run = screen(tmp_path, server.base, *BEARER, "--bulk")
+    assert run.code == 0, run.stderr
+    assert run.statuses() == {P01: "eligible"}
+    assert storage.paths() == ["/c.ndjson"]
+    assert_no_secrets(storage, TOKEN)
+    (asked,) = [s for s in server.seen if s.path.endswith("/files/Condition")]
+    assert asked.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
 # -- finding 2: poisoned answers -----------------------------------------------------
 def test_redirect_to_another_origin_is_refused_not_used(tmp_path, other):
     """Before: the 302 was followed (without the token) and the other server's empty

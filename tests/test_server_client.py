@@ -274,6 +274,26 @@ def test_same_origin_redirect_is_followed_with_the_token(rsps):
     assert [auth_header(c) for c in rsps.calls] == [f"Bearer {TOKEN}"] * 2
 
 
+def test_redirect_to_storage_is_followed_without_the_token_only_where_allowed(rsps):
+    rsps.get(f"{BASE}/files/1", status=302, headers={"Location": "https://storage.test/x"})
+    rsps.get("https://storage.test/x", body=b"data")
+    client = make_client([], BearerAuth(TOKEN))
+    answer = client.request("GET", "files/1", redirect_to=Reach.STORAGE)
+    assert answer.content == b"data"
+    assert [auth_header(c) for c in rsps.calls] == [f"Bearer {TOKEN}", None]
+    rsps.replace(responses.GET, f"{BASE}/files/1", status=302, headers={"Location": "http://s/x"})
+    with pytest.raises(ServerError, match=r"another origin \(http://s:80\)"):
+        client.request("GET", "files/1", redirect_to=Reach.STORAGE)  # storage is https only
+
+
+def test_a_redirected_post_is_not_followed(rsps):
+    rsps.post(f"{BASE}/Condition/_search", status=307, headers={"Location": f"{BASE}/x"})
+    client = make_client([], BearerAuth(TOKEN))
+    with pytest.raises(ServerError, match=r"answered 307 \(a redirect\); not followed"):
+        client.request("POST", "Condition/_search", data={"code": "a"})
+    assert len(rsps.calls) == 1
+
+
 def test_absolute_url_on_another_origin_is_refused_or_sent_without_credentials(rsps):
     rsps.get(f"{EVIL}/x", json={})
     client = make_client([], BearerAuth(TOKEN))

@@ -10,7 +10,8 @@ file, inflation ratio), sending the access token only when the manifest says
 ``requiresAccessToken`` and only to the server's own origin. A file that needs
 no token may live on a storage host, fetched without credentials and only
 over https (plain http only on the host of a plain-http server: a local test
-server); ``file:`` and other schemes never. Progress is kept in
+server); ``file:`` and other schemes never. A file the server redirects to
+storage is fetched there by the same rule, the token left behind. Progress is kept in
 ``.bulk-state.json`` in the download folder (owner-only), so a run that dies
 mid-download resumes without exporting again. Medications referenced by the
 export but not in it (Patient- and Group-level exports often leave them out)
@@ -365,6 +366,7 @@ class BulkSource:
                 url,
                 kind="bulk-file",
                 reach=manifest.reach,
+                redirect_to=Reach.STORAGE,  # handed over to storage: without credentials
                 into=partial,
                 headers={"Accept": "application/fhir+ndjson"},
             )

@@ -259,6 +259,7 @@ class FhirClient:
         *,
         kind: str = "other",
         reach: Reach = Reach.SERVER,
+        redirect_to: Reach | None = None,
         into: Path | None = None,
         headers: dict[str, str] | None = None,
         data: object = None,
@@ -267,8 +268,10 @@ class FhirClient:
         """One request with retries; raises ServerError when it cannot succeed.
 
         ``reach`` says where the URL (and any redirect) may go; credentials go
-        only with :attr:`Reach.SERVER`. With ``into``, a 2xx body is streamed to
-        that file instead of memory.
+        only with :attr:`Reach.SERVER`. ``redirect_to`` also lets a redirect lead
+        there (a Bulk file the server hands over to storage), credentials
+        dropped from then on. With ``into``, a 2xx body is streamed to that file
+        instead of memory.
         """
         url = self.url(path)
         refreshed = False
@@ -293,7 +296,7 @@ class FhirClient:
             self.counter.count(kind, retry=attempt > 0)
             status = answer.status_code
             if status in REDIRECTS:
-                url = self._redirect(answer, reach, hops)
+                url, reach = self._redirect(answer, (reach, redirect_to), hops)
                 hops += 1
                 continue
             if status == 401 and reach is Reach.SERVER and not refreshed and self.auth.refresh():
@@ -316,8 +319,11 @@ class FhirClient:
             self.server_date = answer.headers.get("Date") or self.server_date
             return answer
 
-    def _redirect(self, answer: Answer, reach: Reach, hops: int) -> str:
-        """Where a redirect leads, if it may be followed; ServerError otherwise."""
+    def _redirect(
+        self, answer: Answer, reaches: tuple[Reach, Reach | None], hops: int
+    ) -> tuple[str, Reach]:
+        """Where a redirect leads and with which reach, the first of ``reaches`` it may be
+        followed with; ServerError when it may not be followed."""
         at = answer.where
         location = answer.headers.get("Location")
         if answer.method != "GET" or not location:
@@ -328,13 +334,15 @@ class FhirClient:
         if hops >= MAX_REDIRECTS:
             raise ServerError(f"{at}: more than {MAX_REDIRECTS} redirects; stopped")
         target = urljoin(answer.url, location)
-        refused = self.transport.check(target, reach)
-        if refused:
-            raise ServerError(
-                f"{at}: the server redirects elsewhere: {refused}; not followed "
-                f"(only {reach.value} may answer)"
-            )
-        return target
+        allowed = [r for r in reaches if r is not None]
+        for reach in allowed:
+            if self.transport.check(target, reach) is None:
+                return target, reach
+        refused = self.transport.check(target, allowed[-1])
+        raise ServerError(
+            f"{at}: the server redirects elsewhere: {refused}; not followed "
+            f"(only {' or '.join(r.value for r in allowed)} may answer)"
+        )
 
     def json(self, method: str, path: str, **kwargs) -> dict:
         """A request whose answer must be a JSON object."""
