@@ -162,3 +162,20 @@ def test_an_export_still_running_at_max_wait_stops_and_is_resumed(tmp_path):
     assert resumed.code == 0, resumed.stderr
     assert resumed.statuses() == {P01: "eligible"}
     assert server.paths().count("/fhir/$export") == 1  # the second run did not export again
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--timeout", "inf"),
+        ("--max-run-time", "0"),
+        ("--max-body-mb", "nan"),
+        ("--max-pages", "-1"),
+    ],
+)
+def test_a_limit_must_be_a_finite_number_above_zero(tmp_path, option, value):
+    with serve(MiniFhir([P01])) as server:
+        run = screen(tmp_path, server.base, option, value)
+    assert run.code == 2
+    assert f"{option} must be a number more than 0" in run.stderr
+    assert server.seen == []

@@ -289,7 +289,7 @@ def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
         "announced needs (default: 10000)",
     )
     limits.add_argument(
-        "--max-retries", type=int, default=5, help="retries per request (default: 5)"
+        "--max-retries", type=int, default=5, metavar="N", help="retries per request (default: 5)"
     )
     group.add_argument(
         "--concurrency",

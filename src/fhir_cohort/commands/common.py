@@ -10,6 +10,7 @@ still works, but the file should be fixed).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,8 +128,8 @@ def limits(args: argparse.Namespace) -> Limits:
         "--max-wait": max_wait(args),
     }
     for option, value in values.items():
-        if not value > 0:
-            raise UsageError(f"{option} must be more than 0")
+        if not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"{option} must be a number more than 0")
     if args.max_retries < 0:
         raise UsageError("--max-retries must be 0 or more")
     return Limits(
