@@ -287,8 +287,9 @@ class FhirClient:
             except Unanswered as error:
                 self.counter.count(kind, retry=attempt > 0)
                 if attempt >= self.max_retries:
+                    tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
                     raise ServerError(
-                        f"{error.where}: no answer after {attempt + 1} tries ({error.reason})"
+                        f"{error.where}: no answer after {tries} ({error.reason})"
                     ) from None
                 self.pause(self._backoff(attempt), f"{error.where}: {error.reason}")
                 attempt += 1
