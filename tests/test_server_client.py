@@ -34,7 +34,8 @@ from fhir_cohort.transport.auth import (
     SmartBackendAuth,
     read_secret,
 )
-from fhir_cohort.transport.client import MAX_URL, FhirClient, ServerError, origin
+from fhir_cohort.transport.client import MAX_URL, FhirClient, Limits, ServerError
+from fhir_cohort.transport.urls import BadServerURL, Reach, origin
 
 BASE = "https://fhir.example.test/fhir"
 TOKEN = "s3cr3t-T0KEN-never-shown"
@@ -107,11 +108,17 @@ def test_origin_makes_default_ports_explicit_and_ignores_host_case():
     assert origin("http://h:8080/") != origin("https://h:8080/")
     assert origin("http://h/") != origin("https://h/")
     client = FhirClient(BASE, sleep=lambda s: None)
-    assert client.same_origin("https://FHIR.EXAMPLE.TEST:443/fhir/Condition?page=2")
-    assert not client.same_origin("https://fhir.example.test:8443/fhir/Condition")
-    assert not client.same_origin("http://fhir.example.test/fhir/Condition")
+
+    def same_origin(url: str) -> bool:
+        return client.transport.check(url, Reach.SERVER) is None
+
+    assert same_origin("https://FHIR.EXAMPLE.TEST:443/fhir/Condition?page=2")
+    assert not same_origin("https://fhir.example.test:8443/fhir/Condition")
+    assert not same_origin("http://fhir.example.test/fhir/Condition")
     # user-info trick: the host is evil.example
-    assert not client.same_origin("https://fhir.example.test@evil.example/fhir/Condition")
+    assert not same_origin("https://fhir.example.test@evil.example/fhir/Condition")
+    # backslash trick: urlsplit reads fhir.example.test, the library connects to evil.example
+    assert not same_origin("https://evil.example\\@fhir.example.test/fhir/Condition")
 
 
 def test_paging_follows_absolute_next_links_in_order_with_bearer_token(rsps):
@@ -245,21 +252,55 @@ def test_next_link_with_invalid_port_is_a_note_not_a_crash(rsps):
     assert [n.code for n in client.notes] == ["incomplete-search"]
 
 
-def test_redirect_to_another_host_does_not_carry_the_token(rsps):
+def test_redirect_to_another_host_is_refused_not_followed(rsps):
+    """Before: followed without the token, and the other server's answer was used."""
     rsps.get(f"{BASE}/Binary/1", status=302, headers={"Location": f"{EVIL}/Binary/1"})
     rsps.get(f"{EVIL}/Binary/1", body=b"data")
     client = make_client([], BearerAuth(TOKEN))
-    response = client.request("GET", "Binary/1")
-    assert response.content == b"data"
-    assert hosts(rsps) == ["fhir.example.test", "evil.example"]
-    assert auth_header(rsps.calls[0]) == f"Bearer {TOKEN}"
-    assert auth_header(rsps.calls[1]) is None
+    with pytest.raises(ServerError) as caught:
+        client.request("GET", "Binary/1")
+    assert str(caught.value) == (
+        "GET /fhir/Binary/1: the server redirects elsewhere: the URL points to another origin "
+        "(https://evil.example:443); not followed (only the FHIR server's own origin may answer)"
+    )
+    assert hosts(rsps) == ["fhir.example.test"]
 
 
-def test_absolute_url_on_another_origin_gets_no_credentials(rsps):
+def test_same_origin_redirect_is_followed_with_the_token(rsps):
+    rsps.get(f"{BASE}/Binary/1", status=301, headers={"Location": "/fhir/Binary/2"})
+    rsps.get(f"{BASE}/Binary/2", body=b"data")
+    client = make_client([], BearerAuth(TOKEN))
+    assert client.request("GET", "Binary/1").content == b"data"
+    assert [auth_header(c) for c in rsps.calls] == [f"Bearer {TOKEN}"] * 2
+
+
+def test_redirect_to_storage_is_followed_without_the_token_only_where_allowed(rsps):
+    rsps.get(f"{BASE}/files/1", status=302, headers={"Location": "https://storage.test/x"})
+    rsps.get("https://storage.test/x", body=b"data")
+    client = make_client([], BearerAuth(TOKEN))
+    answer = client.request("GET", "files/1", redirect_to=Reach.STORAGE)
+    assert answer.content == b"data"
+    assert [auth_header(c) for c in rsps.calls] == [f"Bearer {TOKEN}", None]
+    rsps.replace(responses.GET, f"{BASE}/files/1", status=302, headers={"Location": "http://s/x"})
+    with pytest.raises(ServerError, match=r"another origin \(http://s:80\)"):
+        client.request("GET", "files/1", redirect_to=Reach.STORAGE)  # storage is https only
+
+
+def test_a_redirected_post_is_not_followed(rsps):
+    rsps.post(f"{BASE}/Condition/_search", status=307, headers={"Location": f"{BASE}/x"})
+    client = make_client([], BearerAuth(TOKEN))
+    with pytest.raises(ServerError, match=r"answered 307 \(a redirect\); not followed"):
+        client.request("POST", "Condition/_search", data={"code": "a"})
+    assert len(rsps.calls) == 1
+
+
+def test_absolute_url_on_another_origin_is_refused_or_sent_without_credentials(rsps):
     rsps.get(f"{EVIL}/x", json={})
     client = make_client([], BearerAuth(TOKEN))
-    client.request("GET", f"{EVIL}/x")
+    with pytest.raises(ServerError, match="another origin"):
+        client.request("GET", f"{EVIL}/x")
+    assert len(rsps.calls) == 0
+    client.request("GET", f"{EVIL}/x", reach=Reach.STORAGE)
     assert auth_header(rsps.calls[0]) is None
 
 
@@ -388,11 +429,12 @@ def test_connection_errors_exhausted_name_the_tries(rsps):
     assert client.counter.total == 4 and client.counter.retries == 3
 
 
-def test_timeout_is_passed_on_every_request(rsps):
+def test_timeout_is_passed_on_every_request_within_the_total(rsps):
     rsps.get(f"{BASE}/metadata", json={"resourceType": "CapabilityStatement"})
-    client = make_client([], timeout=(3.0, 7.0))
+    client = make_client([], limits=Limits(timeout=7.0))
     client.capabilities()
-    assert rsps.calls[0].request.req_kwargs["timeout"] == (3.0, 7.0)
+    connect, read = rsps.calls[0].request.req_kwargs["timeout"]
+    assert 6.0 < connect <= 7.0 and 6.0 < read <= 7.0
 
 
 # -- 4. errors -----------------------------------------------------------------
@@ -456,7 +498,7 @@ def test_search_answered_with_non_bundle_is_a_server_error(rsps):
 
 
 def test_bad_base_url_is_refused():
-    with pytest.raises(ServerError, match="http:// or https://"):
+    with pytest.raises(BadServerURL, match="http:// or https://"):
         FhirClient("ftp://fhir.example.test/", sleep=lambda s: None)
 
 
@@ -1058,7 +1100,8 @@ def test_bulk_file_on_another_host_with_token_is_refused(rsps, trial, tmp_path):
     client = make_client([], BearerAuth(TOKEN))
     with pytest.raises(ServerError) as caught:
         list(BulkSource(client, trial.server, tmp_path / "x").read(lambda n: None, lambda n: None))
-    assert "another host" in str(caught.value)
+    assert "another origin (https://evil.example:443)" in str(caught.value)
+    assert "needs the access token" in str(caught.value)
     assert TOKEN not in str(caught.value)
     assert "evil.example" not in hosts(rsps)
 

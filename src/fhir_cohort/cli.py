@@ -12,7 +12,9 @@ with partial data (a file could not be read, an export listed errors, a
 server search was cut short: the outputs are written and say what is
 missing); 5 another run holds the state's lock; 1 an unexpected failure (a
 bug: please report it). Secrets come from environment variables or files
-only.
+only, a ``--server`` URL holding credentials is refused before anything can
+store or echo it, and every error printed has each known secret masked
+(:mod:`fhir_cohort.transport.redact`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .transport.redact import shown
 
 
 def _as_of(text: str) -> date:
@@ -240,22 +243,64 @@ def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument(
         "--ca-bundle", metavar="PEM", help="trust this CA bundle (TLS is always verified)"
     )
-    group.add_argument(
+    limits = command.add_argument_group(
+        "server limits", "bounds on what a server may cost a run (see the README)"
+    )
+    limits.add_argument(
         "--timeout",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="read timeout per request (default: 60)",
+        help="total time per request: connecting, the headers and the whole answer (default: 60)",
     )
-    group.add_argument(
+    limits.add_argument(
+        "--max-run-time",
+        type=float,
+        default=21600.0,
+        metavar="SECONDS",
+        help="no request or wait goes past this long after the start (default: 21600, 6 h)",
+    )
+    limits.add_argument(
         "--max-wait",
         type=float,
-        default=120.0,
+        default=None,
         metavar="SECONDS",
-        help="longest Retry-After honoured before giving up (default: 120)",
+        help="the longest the server may make the run wait: a longer Retry-After stops the "
+        "run, and so does a Bulk export still running after this long (the next run resumes "
+        "it) (default: 120; 3600 with --bulk)",
     )
-    group.add_argument(
-        "--max-retries", type=int, default=5, help="retries per request (default: 5)"
+    limits.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="largest JSON answer, after decompression (default: 64)",
+    )
+    limits.add_argument(
+        "--max-file-gb",
+        type=float,
+        default=16.0,
+        metavar="GB",
+        help="largest Bulk export file written to disk (default: 16)",
+    )
+    limits.add_argument(
+        "--max-inflate-ratio",
+        type=int,
+        default=200,
+        metavar="N",
+        help="a compressed Bulk file may inflate at most N times (past 16 MB; "
+        "real NDJSON: about 10) (default: 200)",
+    )
+    limits.add_argument(
+        "--max-pages",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="pages followed per search, and never more than the total the server "
+        "announced needs (default: 10000)",
+    )
+    limits.add_argument(
+        "--max-retries", type=int, default=5, metavar="N", help="retries per request (default: 5)"
     )
     group.add_argument(
         "--concurrency",
@@ -266,31 +311,37 @@ def _server_options(command: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _say(text: str) -> None:
+    """Print one line on stderr, with every known secret masked and no control characters."""
+    print(shown(text), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "server", None) is not None:  # before anything could store or echo it
+            importlib.import_module("fhir_cohort.transport.urls").check_base(args.server)
         module = args.command.replace("-", "_")
         command = importlib.import_module(f"fhir_cohort.commands.{module}")
         return int(command.run(args))
     except Locked as error:
-        print(f"fhir-cohort: error: {error}", file=sys.stderr)
+        _say(f"fhir-cohort: error: {error}")
         return Exit.LOCKED
     except UsageError as error:
-        print(f"fhir-cohort: error: {error}", file=sys.stderr)
+        _say(f"fhir-cohort: error: {error}")
         return Exit.USAGE
     except ServerFailure as error:
-        print(f"fhir-cohort: server error: {error}", file=sys.stderr)
+        _say(f"fhir-cohort: server error: {error}")
         return Exit.SERVER
     except KeyboardInterrupt:
-        print("fhir-cohort: interrupted", file=sys.stderr)
+        _say("fhir-cohort: interrupted")
         return 130
     except Exception as error:  # a bug: say so in one line; the traceback on request
         if os.environ.get("FHIR_COHORT_DEBUG"):
             raise
-        print(
+        _say(
             f"fhir-cohort: unexpected error ({type(error).__name__}: {error}); "
-            "set FHIR_COHORT_DEBUG=1 for details and please report it",
-            file=sys.stderr,
+            "set FHIR_COHORT_DEBUG=1 for details and please report it"
         )
         return Exit.BUG
 

@@ -31,6 +31,7 @@ from ..sources.files import FileSource
 from ..sources.plan import ServerPlan
 from ..sources.rest import RestSource
 from ..state import RunRecord, State, default_state_dir, utc_now
+from ..transport.redact import shown
 from .common import bundled_fixtures, progress_bars, server_client
 
 
@@ -64,7 +65,7 @@ def _sources(
 
         def status(text: str) -> None:
             if not args.quiet:
-                print(f"fhir-cohort: {text}", file=sys.stderr)
+                print(f"fhir-cohort: {shown(text)}", file=sys.stderr)
 
         return [
             BulkSource(
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             headers={"Content-Type": "application/fhir+json"},
         )
     for line in problems(result, pull):
-        print(f"fhir-cohort: warning: {line}", file=sys.stderr)
+        print(f"fhir-cohort: warning: {shown(line)}", file=sys.stderr)
     if not args.quiet:
         print(summary(result, str(args.out), changes, pull))
         if args.publish_group:

@@ -799,6 +799,9 @@ def _message(error: dict) -> str:
 # --------------------------------------------------------------------------- resolving names
 
 
+_VALUESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
 class _Checker:
     """The second pass: every name the file uses exists; labels, paths and plans hold."""
 
@@ -822,8 +825,10 @@ class _Checker:
     def valueset(self, name: str, loc: tuple) -> None:
         if name in self.valuesets:
             return
-        if "/" in name or "\\" in name or name.startswith("."):
-            self.fail(loc, f"value set name {name!r} must be a plain file name")
+        if not _VALUESET_NAME.fullmatch(name):
+            self.fail(
+                loc, f"value set name {name!r} must be a plain file name (letters, digits, . _ -)"
+            )
             return
         try:
             self.valuesets[name] = load_valueset(self.valueset_dir / f"{name}.json")

@@ -3,13 +3,27 @@
 Kick-off (system, ``Patient`` or ``Group/<id>`` level) with ``_type`` set to
 the types the trial reads, ``_typeFilter`` only when asked (servers differ in
 how they read it), and ``_since`` for incremental runs; poll the status URL
-honouring ``Retry-After`` and showing ``X-Progress``; download each output
-file as it is listed, sending the access token only when the manifest says
-``requiresAccessToken`` and only to the server's own origin. Progress is kept
-in ``.bulk-state.json`` in the download folder (owner-only), so a run that dies
+(which must be on the server's own origin) honouring ``Retry-After`` and
+showing ``X-Progress`` (control characters removed); download each output
+file as it is listed, streamed to disk within the transport's caps (bytes per
+file, inflation ratio), sending the access token only when the manifest says
+``requiresAccessToken`` and only to the server's own origin. A file that needs
+no token may live on a storage host, fetched without credentials and only
+over https (plain http only on the host of a plain-http server: a local test
+server); ``file:`` and other schemes never. A file the server redirects to
+storage is fetched there by the same rule, the token left behind. Progress is kept in
+``.bulk-state.json`` in the download folder (owner-only), so a run that dies
 mid-download resumes without exporting again. Medications referenced by the
 export but not in it (Patient- and Group-level exports often leave them out)
 are fetched by id.
+
+Polling is bounded by the client's ``max_wait`` (``--max-wait``): an export
+still running after that long stops the run (exit 3) and the job stays in
+``.bulk-state.json``, so the next run resumes it instead of exporting again; a
+status URL that answers with an error drops the job (the next run starts a
+new export). A manifest of the wrong shape is one line of explanation, never a
+crash. Patient references are read with the server's base, so the server's
+own absolute URLs are local and another server's are foreign.
 
 Every run exports. The folder keeps a *baseline*, the whole export as of its
 ``transactionTime``; the next run asks only for what changed since
@@ -22,6 +36,7 @@ is then screened by :class:`FileSource`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +44,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode
@@ -37,13 +53,72 @@ import orjson
 
 from ..private_files import write_private
 from ..quality import Note
-from ..transport.client import FhirClient, ServerError
-from . import NoteSink, Progress, RawResource, SourceError
+from ..transport.client import FhirClient, ServerError, retry_after
+from ..transport.redact import shown
+from ..transport.urls import Reach
+from . import NoteSink, Progress, RawResource, SourceError, patient_of
 from .files import FileSource
 from .plan import ServerPlan
 
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
+
+
+class BadManifest(ServerError):
+    """The export finished with a manifest the tool cannot read."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the tool reads of a Bulk export's manifest, checked for shape."""
+
+    transaction_time: str | None
+    requires_token: bool
+    output: tuple[tuple[str, str], ...]  # (type, url) of each file
+    errors: tuple[str, ...]  # the url of each error file
+
+    @property
+    def reach(self) -> Reach:
+        """Where the files may be: the server itself when they need its token."""
+        return Reach.SERVER if self.requires_token else Reach.STORAGE
+
+
+def read_manifest(body: object) -> Manifest:
+    """A manifest's parts; ServerError (one line) when its shape is not a manifest's.
+
+    >>> read_manifest({"transactionTime": "2026-01-01T00:00:00Z", "requiresAccessToken": True,
+    ...                "output": [{"type": "Patient", "url": "https://h/f/1"}]}).output
+    (('Patient', 'https://h/f/1'),)
+    >>> read_manifest({"output": "https://h/f/1"})
+    Traceback (most recent call last):
+    fhir_cohort.sources.bulk.BadManifest: the export's manifest is malformed: output is not a list
+    """
+
+    def malformed(what: str) -> BadManifest:
+        return BadManifest(f"the export's manifest is malformed: {what}")
+
+    if not isinstance(body, dict):
+        raise malformed("it is not a JSON object")
+    moment = body.get("transactionTime")
+    if moment is not None and not isinstance(moment, str):
+        raise malformed("transactionTime is not a string")
+    requires = body.get("requiresAccessToken", False)
+    if not isinstance(requires, bool):
+        raise malformed("requiresAccessToken is not true or false")
+    parts: dict[str, list] = {}
+    for key in ("output", "error"):
+        items = body.get(key) or []
+        if not isinstance(items, list):
+            raise malformed(f"{key} is not a list")
+        if not all(isinstance(i, dict) and isinstance(i.get("url"), str) for i in items):
+            raise malformed(f"an {key} item has no url string")
+        parts[key] = items
+    return Manifest(
+        moment,
+        requires,
+        tuple((str(i.get("type", "")), i["url"]) for i in parts["output"]),
+        tuple(i["url"] for i in parts["error"]),
+    )
 
 
 def kickoff_path(level: str) -> str:
@@ -61,14 +136,20 @@ def kickoff_path(level: str) -> str:
     raise ServerError(f"--bulk must be system, patient or group:<id>, not {level!r}")
 
 
-def _type_and_id(line: bytes) -> tuple[str, str] | None:
+def _load_line(line: bytes) -> dict | None:
+    """One NDJSON line as a JSON object (None: not one)."""
     try:
-        resource = orjson.loads(line)
+        value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(resource, dict):
-        return None
-    return str(resource.get("resourceType")), str(resource.get("id"))
+    return value if isinstance(value, dict) else None
+
+
+def _type_and_id(line: bytes) -> tuple[str, str] | None:
+    resource = _load_line(line)
+    return (
+        None if resource is None else (str(resource.get("resourceType")), str(resource.get("id")))
+    )
 
 
 def merge_export(baseline: Path, incoming: Path) -> int:
@@ -148,7 +229,6 @@ class BulkSource:
         level: str = "system",
         incremental: bool = True,
         type_filter: bool = False,
-        max_poll: float = 3600,
         on_status: Callable[[str], None] = lambda _: None,
     ):
         self.client = client
@@ -157,7 +237,6 @@ class BulkSource:
         self.level = level
         self.incremental = incremental
         self.type_filter = type_filter
-        self.max_poll = max_poll
         self.on_status = on_status  # told the server's X-Progress while the export runs
         self.transaction_time: str | None = None
         self.pull = "full"  # or how the incremental pull went, in words
@@ -179,9 +258,10 @@ class BulkSource:
 
     def _load(self) -> dict:
         try:
-            return json.loads(self._state_path().read_text())
+            state = json.loads(self._state_path().read_text())
         except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def _save(self, state: dict) -> None:
         write_private(self._state_path(), orjson.dumps(state, option=orjson.OPT_INDENT_2))
@@ -224,10 +304,18 @@ class BulkSource:
                 f"$export kick-off answered {response.status_code} without a "
                 "Content-Location: the server did not start an export"
             )
+        refused = self.client.transport.check(self.client.url(location), Reach.SERVER)
+        if refused:
+            raise ServerError(
+                f"$export kick-off: the export's status URL (Content-Location) cannot be "
+                f"used: {refused}; credentials go only to the server's own origin"
+            )
         return location
 
-    def poll(self, status_url: str) -> dict:
-        started = time.monotonic()
+    def poll(self, status_url: str) -> object:
+        """The manifest (as sent), polling at most ``max_wait`` seconds in this run."""
+        budget = self.client.max_wait
+        started, waited = time.monotonic(), 0.0
         while True:
             response = self.client.request(
                 "GET", status_url, kind="bulk-status", headers={"Accept": "application/json"}
@@ -236,50 +324,52 @@ class BulkSource:
                 try:
                     return response.json()
                 except ValueError:
-                    raise ServerError("the export's manifest is not JSON") from None
+                    raise BadManifest("the export's manifest is not JSON") from None
             if response.headers.get("X-Progress"):
-                self.on_status(f"export {response.headers['X-Progress'][:80]}")
-            if time.monotonic() - started > self.max_poll:
+                self.on_status(f"export {shown(response.headers['X-Progress'], 80)}")
+            elapsed = max(time.monotonic() - started, waited)
+            if elapsed >= budget:
                 raise ServerError(
-                    f"the export did not finish within {self.max_poll:.0f} s; "
-                    "run again later to resume it"
+                    f"the export is still running after {budget:.0f} s (--max-wait); "
+                    "run again later to resume it (the job is kept)"
                 )
-            wait = response.headers.get("Retry-After", "")
-            delay = float(wait) if wait.strip().isdigit() else 2.0
-            self.client.sleep(min(max(delay, 0.5), self.client.max_wait))
+            delay = retry_after(response.headers.get("Retry-After"))
+            delay = min(max(2.0 if delay is None else delay, 0.5), budget - elapsed)
+            self.client.pause(delay, "waiting for the export")
+            waited += delay
 
-    def download(self, manifest: dict, state: dict, progress: Progress) -> None:
+    def download(self, manifest: Manifest, state: dict, progress: Progress) -> None:
         """Download the export's files into ``incoming``, recording each in ``state``."""
         job = state["job"]
-        with_token = bool(manifest.get("requiresAccessToken"))
         done = job.setdefault("downloaded", {})
         self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for index, item in enumerate(manifest.get("output") or ()):
-            url, kind = item.get("url"), str(item.get("type", ""))
-            if not _RESOURCE_TYPE.match(kind):  # the name becomes a file name: no paths
-                kind = "Resource"
+        for index, (listed, url) in enumerate(manifest.output):
+            # the type becomes a file name: no paths
+            kind = listed if _RESOURCE_TYPE.match(listed) else "Resource"
             if not url or url in done:
                 progress(1)
                 continue
-            if with_token and not self.client.same_origin(url):
+            refused = self.client.transport.check(self.client.url(url), manifest.reach)
+            if refused:
                 raise ServerError(
-                    f"the export's file {kind} lives on another host and needs the "
-                    "access token; refusing to send credentials there"
+                    f"the export's {kind} file cannot be fetched: {refused}"
+                    + (
+                        "; it needs the access token, which goes only to the server's own origin"
+                        if manifest.requires_token
+                        else "; files that need no token are fetched only over https"
+                    )
                 )
             target = self.incoming / f"{kind}.{job['stamp']}.{index:03d}.ndjson"
             partial = target.with_suffix(".part")
-            response = self.client.request(
+            self.client.request(
                 "GET",
                 url,
                 kind="bulk-file",
-                stream=True,
-                send_auth=with_token,
+                reach=manifest.reach,
+                redirect_to=Reach.STORAGE,  # handed over to storage: without credentials
+                into=partial,
                 headers={"Accept": "application/fhir+ndjson"},
             )
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "wb") as stream:
-                for block in response.iter_content(chunk_size=1 << 20):
-                    stream.write(block)
             os.replace(partial, target)
             done[url] = target.name
             self._save(state)
@@ -291,25 +381,34 @@ class BulkSource:
         for path in self.baseline.glob("*.ndjson"):
             with path.open("rb") as stream:
                 for line in stream:
-                    if b"Medication" not in line:
-                        continue
-                    try:
-                        resource = orjson.loads(line)
-                    except orjson.JSONDecodeError:
+                    resource = _load_line(line) if b"Medication" in line else None
+                    if resource is None:
                         continue
                     if resource.get("resourceType") == "Medication":
                         have.add(resource.get("id"))
-                    reference = (resource.get("medicationReference") or {}).get("reference", "")
-                    if reference.startswith("Medication/"):
+                    medication = resource.get("medicationReference")
+                    reference = medication.get("reference") if isinstance(medication, dict) else ""
+                    if isinstance(reference, str) and reference.startswith("Medication/"):
                         wanted.add(reference[len("Medication/") :])
         missing = sorted(wanted - have)
         if not missing:
             return
         lines = []
         for start in range(0, len(missing), 50):
-            ids = ",".join(missing[start : start + 50])
-            for entry in self.client.search("Medication", {"_id": ids}, kind="medications"):
-                lines.append(orjson.dumps(entry["resource"]))
+            asked = missing[start : start + 50]
+            for entry in self.client.search(
+                "Medication", {"_id": ",".join(asked)}, kind="medications"
+            ):
+                resource = entry["resource"]
+                if resource.get("resourceType") == "Medication" and resource.get("id") in asked:
+                    lines.append(orjson.dumps(resource))
+                else:
+                    self.client.note(
+                        "unrequested-resource",
+                        "the server answered a search for Medications by id with a resource "
+                        "not asked for; set aside, not screened",
+                        "search Medication",
+                    )
         write_private(self.baseline / "Medication.referenced.ndjson", b"\n".join(lines) + b"\n")
 
     def _start(self, state: dict) -> dict:
@@ -337,6 +436,26 @@ class BulkSource:
         self._save(state)
         return job
 
+    def _manifest(self, state: dict) -> Manifest:
+        """The job's manifest, polled for unless already kept. A job whose status URL
+        answers with an error, or whose manifest is malformed, is dropped, so the next
+        run starts a new export instead of polling a dead one for ever."""
+        job = state["job"]
+        try:
+            body = job.get("manifest") or self.poll(job["status_url"])
+            manifest = read_manifest(body)
+        except ServerError as error:
+            if error.status is None and not isinstance(error, BadManifest):
+                raise  # no answer, or still running: the next run resumes the job
+            state.pop("job")
+            self._save(state)
+            raise ServerError(
+                f"{error}; the export failed: the next run starts a new one", status=error.status
+            ) from None
+        job["manifest"] = body
+        self._save(state)
+        return manifest
+
     def export(self, note: NoteSink, progress: Progress) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = self._load()
@@ -348,15 +467,13 @@ class BulkSource:
             job = self._start(state)
         if job["since"]:
             self.pull = f"incremental: resources changed since {job['since']} (Bulk _since)"
-        manifest = job.get("manifest") or self.poll(job["status_url"])
-        job["manifest"] = manifest
-        self._save(state)
-        for problem in manifest.get("error") or ():
+        manifest = self._manifest(state)
+        for url in manifest.errors:
             note(
                 Note(
                     "export-error",
                     "the server listed an error file in the export",
-                    str(problem.get("url")),
+                    shown(url, 200),
                 )
             )
         self.download(manifest, state, progress)
@@ -365,7 +482,7 @@ class BulkSource:
         else:
             replace_folder(self.baseline, self.incoming)
         self.missing_medications(note)
-        self.transaction_time = manifest.get("transactionTime")
+        self.transaction_time = manifest.transaction_time
         self._save(
             {
                 "baseline": {
@@ -384,7 +501,11 @@ class BulkSource:
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         self.export(note, progress)
         self._files = FileSource(self.baseline)
-        yield from self._files.read(note, lambda _: None)
+        for raw in self._files.read(note, lambda _: None):
+            if raw.foreign is not None:  # files know no base: the server's own URLs are local
+                patient, foreign = patient_of(raw.resource, self.client.base)
+                raw = dataclasses.replace(raw, patient=patient, foreign=foreign)
+            yield raw
         for server_note in self.client.notes:
             note(Note(server_note.code, server_note.message, server_note.where))
 

@@ -13,6 +13,14 @@ read and not a candidate, so the funnel matches a screen of the same data
 from files. ``plan`` describes the requests without sending any
 (``--dry-run``).
 
+**Answers are checked against the question.** A resource of a type that was
+not asked for, or of a patient who was not asked for (a Patient with another
+id, a Condition of someone else), is set aside with an
+``unrequested-resource`` note and never screened; a patient reference to
+another server is read with the server's own base, so it stays *foreign*
+(noted, attached to nobody). A candidate search hit whose subject names no
+readable patient is an ``incomplete-search`` (the pool may miss someone).
+
 **Incremental runs** (``since`` and the previous run's pool): the candidate
 searches ask only for resources changed since (``_lastUpdated=gt...``), and
 the records fetched are those of the patients found plus every patient of
@@ -45,17 +53,24 @@ CHECKPOINT_MARGIN = timedelta(minutes=5)  # writes in flight at the start, clock
 
 
 def checkpoint(server_date: str | None, now: datetime | None = None) -> str:
-    """The next run's ``since``: the server's clock (its Date header) less a margin.
+    """The next run's ``since``: the server's clock (its Date header) less a margin, never
+    later than this machine's clock (a Date in the future, by mistake or on purpose, would
+    make the next incremental run miss every change until then).
 
-    >>> checkpoint("Wed, 25 Nov 2026 16:00:00 GMT")
+    >>> late = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    >>> checkpoint("Wed, 25 Nov 2026 16:00:00 GMT", late)
     '2026-11-25T15:55:00Z'
     >>> checkpoint(None, datetime(2026, 11, 25, 16, 0, tzinfo=timezone.utc))
     '2026-11-25T15:55:00Z'
+    >>> checkpoint("Thu, 25 Nov 2099 16:00:00 GMT", late), checkpoint("soon", late)
+    ('2026-11-25T23:55:00Z', '2026-11-25T23:55:00Z')
     """
-    moment = now or datetime.now(timezone.utc)
+    clock = now or datetime.now(timezone.utc)
+    moment = clock
     if server_date:
-        with contextlib.suppress(TypeError, ValueError):
-            moment = parsedate_to_datetime(server_date)
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            told = parsedate_to_datetime(server_date)
+            moment = min(clock, told if told.tzinfo else told.replace(tzinfo=timezone.utc))
     moment = moment.astimezone(timezone.utc) - CHECKPOINT_MARGIN
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -127,6 +142,25 @@ def fetch_requests(plan: ServerPlan, patients: list[str]) -> list[Request]:
             params = {**base, "code": chunk} if chunk else dict(base)
             requests.append(Request(search.resource, params, "fetch records"))
     return requests
+
+
+def _requested(resource: dict, patient: str | None, request: Request, asked: frozenset) -> bool:
+    """Is this resource an answer to the fetch ``request`` for the patients ``asked``?
+
+    The searched type of one of those patients; or, where the search
+    ``_include``-s references, another resource that names no patient (a
+    Medication) or one of those patients.
+
+    >>> ask = Request("Condition", {"patient": "a,b", "_count": "500"}, "fetch records")
+    >>> c = {"resourceType": "Condition", "id": "1"}
+    >>> _requested(c, "a", ask, frozenset("ab")), _requested(c, "z", ask, frozenset("ab"))
+    (True, False)
+    >>> _requested({"resourceType": "Medication", "id": "m"}, None, ask, frozenset("ab"))
+    False
+    """
+    if resource.get("resourceType") == request.resource:
+        return patient in asked
+    return "_include" in request.params and (patient is None or patient in asked)
 
 
 class RestSource:
@@ -211,7 +245,7 @@ class RestSource:
         except ServerError:
             return None
         total = bundle.get("total")
-        return total if isinstance(total, int) else None
+        return total if type(total) is int and total >= 0 else None
 
     def find_candidates(self, note: NoteSink = lambda _: None) -> list[str]:
         """The candidate pool: all of it, or what changed since plus the previous pool."""
@@ -234,19 +268,56 @@ class RestSource:
     def _search_candidates(self, since: str | None) -> set[str]:
         found: set[str] = set()
         for request in candidate_requests(self.plan_, since):
+            what = f"search {request.resource}"
             for entry in self.client.search(request.resource, request.params, kind="candidates"):
-                subject = (entry["resource"].get("subject") or {}).get("reference")
-                patient, _ = patient_reference(subject, self.client.base)
+                resource = entry["resource"]
+                if resource.get("resourceType") != request.resource:
+                    self._set_aside(resource, what, None)
+                    continue
+                subject = resource.get("subject")
+                reference = subject.get("reference") if isinstance(subject, dict) else None
+                patient, foreign = patient_reference(reference, self.client.base)
                 if patient:
                     found.add(patient)
+                elif foreign:
+                    self.client.note(
+                        "foreign-reference",
+                        f"a candidate search found a resource of a patient on another server "
+                        f"({foreign}); not a candidate here",
+                        what,
+                    )
+                else:
+                    self.client.note(
+                        "incomplete-search",
+                        "a candidate search found a resource whose subject names no readable "
+                        "patient; a candidate may be missing",
+                        what,
+                    )
         return found
 
     def _fetch(self, patients: list[str]) -> list[tuple[dict, str]]:
+        asked = frozenset(patients)
         entries = []
         for request in fetch_requests(self.plan_, patients):
             for entry in self.client.search(request.resource, request.params, kind="fetch"):
-                entries.append((entry["resource"], request.resource))
+                resource = entry["resource"]
+                patient, foreign = patient_of(resource, self.client.base)
+                if foreign is None and not _requested(resource, patient, request, asked):
+                    self._set_aside(resource, f"search {request.resource}", patient)
+                    continue
+                entries.append((resource, request.resource))
         return entries
+
+    def _set_aside(self, resource: dict, what: str, patient: str | None) -> None:
+        kind, rid = resource.get("resourceType"), resource.get("id")
+        named = f"{kind}/{rid}" if isinstance(kind, str) and isinstance(rid, str) else "a resource"
+        whose = f" of patient {patient}" if patient else ""
+        self.client.note(
+            "unrequested-resource",
+            f"the server answered with {named}{whose}, which was not asked for; "
+            "set aside, not screened",
+            what,
+        )
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         self._total = self._count_patients()
@@ -289,6 +360,7 @@ class RestSource:
     def _raw(self, resource: dict, origin: str) -> Iterator[RawResource]:
         kind, rid = resource.get("resourceType"), resource.get("id")
         if not isinstance(kind, str) or not isinstance(rid, str):
+            self.client.note("missing-id", "a resource without a type or id; skipped", origin)
             return
         if kind == "Medication":  # _include brings the same one with every batch
             if rid in self._medications_seen:

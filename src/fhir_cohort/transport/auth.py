@@ -1,41 +1,58 @@
 """Authentication: none, bearer token, HTTP basic, SMART Backend Services.
 
 Rule: a secret is read from an environment variable or a file, never from the
-command line (where ``ps`` shows it), kept in memory only, and never put into
-a message, a log line or an exception. Each provider gives the headers for a
-request and can be asked to refresh after a 401.
+command line (where ``ps`` shows it), kept in memory only, registered with
+:mod:`.redact` the moment it is read or made (so no message can repeat it, in
+any form), and never put into a message, a log line or an exception. A secret
+holding a control character (a line break would split an HTTP header) is
+refused before use, without being repeated. Each provider gives the headers
+for a request and can be asked to refresh after a 401.
 
 SMART Backend Services (client credentials with a signed JWT assertion,
-RS384 or ES384) discovers its token endpoint from
-``.well-known/smart-configuration``, refreshes the access token a minute
-before it expires, and once more when the server says 401. JWTs and keys are
-handled by PyJWT and cryptography, not by hand.
+RS384, or ES384 on P-384) discovers its token endpoint from
+``.well-known/smart-configuration`` on the server's own origin, and sends the
+signed assertion only to an https token endpoint or to the server's own
+origin (never in clear text elsewhere). Every exchange goes through the
+server's :class:`~.http.Transport`, so it has the same deadlines, size caps
+and single notion of origin as the FHIR requests. The access token is renewed
+a minute before it expires, and once more when the server says 401. JWTs and
+keys are handled by PyJWT and cryptography, not by hand.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import os
+import stat
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urljoin
 
 import jwt
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import UsageError
+from ..text import printable
+from .http import Answer, Limits, ServerError, Transport
+from .redact import register, shown
+from .urls import Reach
 
 REFRESH_MARGIN = 60  # seconds before expiry when a token is renewed
 ASSERTION_LIFETIME = 240  # seconds; servers accept at most 5 minutes
+SMART_CURVE = "secp384r1"  # ES384 is ECDSA on P-384
 
 
 class AuthError(UsageError):
     """Authentication cannot be set up or was refused; the message holds no secret."""
+
+    def __init__(self, message: str):
+        super().__init__(shown(message))
 
 
 class Auth(Protocol):
@@ -52,8 +69,9 @@ def read_secret(
         path = Path(file)
         try:
             text = path.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise AuthError(f"cannot read the {what} file {path}: {error.strerror}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise AuthError(f"cannot read the {what} file {path}: {reason}") from None
         if not text:
             raise AuthError(f"the {what} file {path} is empty")
         return text.splitlines()[0].strip()
@@ -63,6 +81,41 @@ def read_secret(
             raise AuthError(f"the environment variable {env} holding the {what} is not set")
         return value
     raise AuthError(f"no {what} given: name an environment variable or a file")
+
+
+def exposed(path: str | Path) -> int | None:
+    """The mode of a secret file that group or others may read or write (None: private)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None  # reading it will say why
+    return mode if mode & 0o077 else None
+
+
+def check_secret(value: str, what: str, header: bool = False) -> str:
+    """A secret, refused (without repeating it) when it cannot be sent safely.
+
+    Control characters (a CR/LF would split the HTTP header) are never allowed;
+    a value that goes into a header as it is (a bearer token) must be visible
+    ASCII.
+
+    >>> check_secret("abc.DEF-123_~+/=", "bearer token", header=True)
+    'abc.DEF-123_~+/='
+    >>> check_secret("ab\\r\\nX-Evil: 1", "bearer token")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fhir_cohort.transport.auth.AuthError: the bearer token holds a control character ...
+    """
+    if printable(value) != value:
+        raise AuthError(
+            f"the {what} holds a control character (a line break?); refusing to use it: "
+            "check where it comes from"
+        )
+    if header and not all("!" <= c <= "~" for c in value):
+        raise AuthError(
+            f"the {what} holds a character an HTTP header cannot carry (a space or a letter "
+            "outside ASCII); refusing to use it: check where it comes from"
+        )
+    return value
 
 
 class NoAuth:
@@ -80,7 +133,8 @@ class BearerAuth:
     """A static bearer token (from ``read_secret``)."""
 
     def __init__(self, token: str):
-        self._token = token
+        self._token = check_secret(token, "bearer token", header=True)
+        register(token)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
@@ -96,8 +150,13 @@ class BasicAuth:
     """HTTP basic: a user name and a password (from ``read_secret``)."""
 
     def __init__(self, user: str, password: str):
-        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._header = f"Basic {pair}"
+        check_secret(password, "password")
+        if printable(user) != user or ":" in user:
+            raise AuthError("--user must not hold a colon or a control character")
+        pair = f"{user}:{password}"
+        encoded = base64.b64encode(pair.encode()).decode()
+        register(password, pair, encoded)
+        self._header = f"Basic {encoded}"
         self.user = user
 
     def headers(self) -> dict[str, str]:
@@ -110,13 +169,6 @@ class BasicAuth:
         return f"BasicAuth(user={self.user!r}, password=***)"
 
 
-def _session() -> requests.Session:
-    """A session that picks up no proxy or .netrc credentials from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
 def load_private_key(path: str | Path):
     """A PEM private key (RSA or EC P-384) from a file; its password, if any, from
     FHIR_COHORT_KEY_PASSWORD."""
@@ -125,6 +177,8 @@ def load_private_key(path: str | Path):
     except OSError as error:
         raise AuthError(f"cannot read the private key {path}: {error.strerror}") from None
     password = os.environ.get("FHIR_COHORT_KEY_PASSWORD")
+    if password:
+        register(password)
     try:
         return serialization.load_pem_private_key(data, password.encode() if password else None)
     except (ValueError, TypeError) as error:
@@ -132,11 +186,31 @@ def load_private_key(path: str | Path):
 
 
 def algorithm_for(key) -> str:
+    """The SMART signing algorithm for a key: RS384 for RSA, ES384 for EC on P-384."""
     if isinstance(key, rsa.RSAPrivateKey):
         return "RS384"
     if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name != SMART_CURVE:
+            raise AuthError(
+                f"the private key is an EC key on curve {key.curve.name}; SMART Backend "
+                f"Services signs ES384, which needs P-384 ({SMART_CURVE}): make a P-384 key, "
+                "or use RSA"
+            )
         return "ES384"
     raise AuthError("SMART Backend Services needs an RSA or EC private key")
+
+
+def _error_detail(answer: Answer) -> str:
+    """What a refusing token endpoint says (its OAuth error), or the HTTP reason."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error_description", "error"):
+            if isinstance(body.get(key), str) and body[key]:
+                return shown(body[key], 300)
+    return answer.reason
 
 
 @dataclass
@@ -152,29 +226,53 @@ class SmartBackendAuth:
     token_url: str | None = None
     timeout: float = 30.0
     verify: bool | str = True
+    transport: Transport | None = field(default=None, repr=False)
     _token: str | None = field(default=None, repr=False)
     _expires: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def discover(self) -> str:
-        """The token endpoint, from the server's .well-known/smart-configuration."""
-        if self.token_url:
-            return self.token_url
-        url = self.fhir_base.rstrip("/") + "/.well-known/smart-configuration"
-        try:
-            answer = _session().get(
-                url,
-                timeout=self.timeout,
-                verify=self.verify,
-                headers={"Accept": "application/json"},
+    def __post_init__(self) -> None:
+        self.algorithm = self.algorithm or algorithm_for(self.private_key)
+        if self.transport is None:
+            self.transport = Transport(
+                self.fhir_base, Limits(timeout=self.timeout), verify=self.verify
             )
-            answer.raise_for_status()
-            self.token_url = str(answer.json()["token_endpoint"])
-        except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+
+    def _exchange(self, method: str, url: str, reach: Reach, **kwargs) -> Answer:
+        assert self.transport is not None
+        prepared = self.transport.prepare(
+            method, url, reach, headers={"Accept": "application/json"}, **kwargs
+        )
+        return self.transport.send(prepared)
+
+    def discover(self) -> str:
+        """The token endpoint (from .well-known/smart-configuration unless configured),
+        refused unless it is https or on the FHIR server's own origin."""
+        assert self.transport is not None
+        if not self.token_url:
+            url = urljoin(self.transport.base, ".well-known/smart-configuration")
+            try:
+                answer = self._exchange("GET", url, Reach.SERVER)
+                body = answer.json() if answer.status_code == 200 else None
+            except (ServerError, ValueError) as error:
+                reason = str(error) if isinstance(error, ServerError) else "not JSON"
+                raise AuthError(f"cannot discover the token endpoint: {reason}") from None
+            endpoint = body.get("token_endpoint") if isinstance(body, dict) else None
+            if not isinstance(endpoint, str) or not endpoint:
+                raise AuthError(
+                    f"cannot discover the token endpoint from {answer.where}: "
+                    f"HTTP {answer.status_code}, no token_endpoint"
+                )
+            self.token_url = urljoin(self.transport.base, endpoint)
+        refused = self.transport.check(self.token_url, Reach.TOKEN)
+        if refused:
+            self.token_url, token_url = None, self.token_url
             raise AuthError(
-                f"cannot discover the token endpoint from {url}: {type(error).__name__}"
-            ) from None
-        return self.token_url  # type: ignore[return-value]
+                f"refusing the token endpoint: {refused}; the signed client assertion goes "
+                "only to an https token endpoint or to the FHIR server's own origin"
+                + (" (--token-url)" if token_url else "")
+            )
+        return self.token_url
 
     def _assertion(self, audience: str) -> str:
         now = int(time.time())
@@ -187,8 +285,14 @@ class SmartBackendAuth:
             "jti": str(uuid.uuid4()),
         }
         headers = {"typ": "JWT", **({"kid": self.key_id} if self.key_id else {})}
-        algorithm = self.algorithm or algorithm_for(self.private_key)
-        return jwt.encode(claims, self.private_key, algorithm=algorithm, headers=headers)
+        try:
+            assertion = jwt.encode(
+                claims, self.private_key, algorithm=self.algorithm, headers=headers
+            )
+        except jwt.PyJWTError as error:
+            raise AuthError(f"cannot sign the client assertion: {error}") from None
+        register(assertion)
+        return assertion
 
     def _fetch(self) -> None:
         token_url = self.discover()
@@ -199,32 +303,30 @@ class SmartBackendAuth:
             "client_assertion": self._assertion(token_url),
         }
         try:
-            answer = _session().post(
-                token_url,
-                data=form,
-                timeout=self.timeout,
-                verify=self.verify,
-                headers={"Accept": "application/json"},
-            )
-        except requests.RequestException as error:
-            raise AuthError(
-                f"token request to {token_url} failed: {type(error).__name__}"
-            ) from None
+            answer = self._exchange("POST", token_url, Reach.TOKEN, data=form)
+        except ServerError as error:
+            raise AuthError(f"token request failed: {error}") from None
         if answer.status_code != 200:
-            try:
-                body = answer.json()
-                detail = body.get("error_description") or body.get("error")
-            except (ValueError, AttributeError):
-                detail = answer.reason
+            detail = _error_detail(answer)
             raise AuthError(f"token request refused ({answer.status_code}): {detail}")
         try:
             body = answer.json()
-            self._token = str(body["access_token"])
-            self._expires = time.monotonic() + float(body.get("expires_in", 300))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError:
+            body = None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
             raise AuthError(
-                f"the token endpoint {token_url} answered 200 without a usable access_token"
-            ) from None
+                f"the token endpoint {answer.where} answered 200 without an access_token"
+            )
+        register(token)
+        check_secret(token, "access token from the token endpoint", header=True)
+        lifetime = body.get("expires_in", 300)  # type: ignore[union-attr]
+        if isinstance(lifetime, str) and lifetime.isdigit():
+            lifetime = int(lifetime)
+        if type(lifetime) not in (int, float) or not math.isfinite(lifetime):
+            lifetime = 0  # unreadable: fetched again for the next request
+        self._token = token
+        self._expires = time.monotonic() + float(lifetime)
 
     def headers(self) -> dict[str, str]:
         with self._lock:

@@ -1,51 +1,52 @@
 """FhirClient: one FHIR server, spoken to politely and safely.
 
-Rules this module enforces for every request:
+Rules this module enforces for every request (on top of :mod:`.http`: one
+notion of origin, a total deadline per request and per run, bodies capped):
 
-* a timeout (connect, read) on every request;
-* retries with exponential backoff and jitter on connection errors and on
-  429, 502, 503 and 504, honouring ``Retry-After`` (seconds or an HTTP date)
-  up to a ceiling (``max_wait``), past which the run stops with a clear message;
-* credentials only for the configured origin (scheme, host and port): a
-  paging link or file URL elsewhere never gets them, and paging stops there;
+* retries with exponential backoff and jitter when no complete answer came
+  and on 429, 502, 503 and 504, honouring ``Retry-After`` (seconds or an HTTP
+  date) up to a ceiling (``max_wait``), past which the run stops with a clear
+  message;
+* credentials only for the configured origin (scheme, host and port, as the
+  HTTP library connects): a paging link elsewhere is not followed (a note
+  says the search is incomplete), a redirect elsewhere is refused (the run
+  stops: the answer came from a server nobody configured), and only a GET is
+  redirected at all, at most ``MAX_REDIRECTS`` times;
 * a 401 in the middle of work refreshes the credentials once and retries;
-* an OperationOutcome or an HTML error page becomes one line of explanation
-  naming the method and path (never the query, which may hold patient ids);
+* a search follows ``next`` links for at most the pages its announced
+  ``total`` needs (and ``max_pages`` in any case), and a Bundle of the wrong
+  shape is one line of explanation, never a crash;
+* an OperationOutcome or an HTML error page becomes one line naming the
+  method and path (never the query, which may hold patient ids); every
+  message and note has its secrets redacted and its control characters removed;
 * every request is counted, so a run can report requests per patient.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlencode, urljoin, urlsplit
+from pathlib import Path
+from urllib.parse import urlencode, urljoin
 
-import requests
-from requests.adapters import HTTPAdapter
-
-from .. import __version__
-from ..errors import ServerFailure
 from .auth import Auth, NoAuth
+from .http import Answer, Limits, ServerError, Transport, Unanswered
+from .redact import redact, shown
+from .urls import Reach
+
+__all__ = ["MAX_URL", "FhirClient", "Limits", "ServerError", "explain"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+NOTE_LENGTH = 400  # characters of a server note kept
 MAX_URL = 1900  # longer GET searches go as POST Type/_search (proxies cut at 2-8 KB)
-FHIR_JSON = "application/fhir+json"
-
-
-class ServerError(ServerFailure):
-    """The server cannot be used for this run; the message is one line, without secrets.
-
-    ``status`` is the HTTP status when the server answered with an error.
-    """
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,36 +56,6 @@ class ServerNote:
     code: str
     message: str
     where: str
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Scheme, host and port of a URL (default ports made explicit).
-
-    >>> origin("https://fhir.example.org/r4") == origin("https://FHIR.example.org:443/r4/x")
-    True
-    >>> origin("http://h:8080/fhir") == origin("https://h:8080/fhir")
-    False
-    """
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    except ValueError:  # a port out of range: no origin anyone is configured for
-        return "invalid", url, None
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
-
-
-_SECRETS = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+|eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
-
-def scrub(text: str) -> str:
-    """Remove anything that looks like a credential from text a server sent back.
-
-    >>> scrub("invalid token Bearer abc.def-1 for user")
-    'invalid token *** for user'
-    >>> scrub("got eyJhbGciOi.eyJzdWIi.sig")
-    'got ***'
-    """
-    return _SECRETS.sub("***", text)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -104,38 +75,68 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, when - (time.time() if now is None else now))
 
 
-def explain(response: requests.Response) -> str:
+def _outcome_text(body: object) -> str:
+    """What an OperationOutcome or an OAuth error says, whatever the shape of its parts.
+
+    >>> _outcome_text({"resourceType": "OperationOutcome", "issue": [{"diagnostics": "x"}, 3]})
+    'x'
+    >>> _outcome_text({"resourceType": "OperationOutcome", "issue": "broken"})
+    ''
+    >>> _outcome_text({"error": "invalid_client"})
+    'invalid_client'
+    """
+    if not isinstance(body, dict):
+        return ""
+    if body.get("resourceType") == "OperationOutcome":
+        return "; ".join(issue_text(i) for i in _list(body.get("issue")) if issue_text(i))
+    return str(body.get("error_description") or body.get("error") or "")
+
+
+def issue_text(issue: object) -> str:
+    """One OperationOutcome issue in words ('' when it says nothing readable).
+
+    >>> issue_text({"details": {"text": "t"}}), issue_text({"details": "t"}), issue_text(7)
+    ('t', '', '')
+    """
+    if not isinstance(issue, dict):
+        return ""
+    details = issue.get("details")
+    for text in (
+        issue.get("diagnostics"),
+        details.get("text") if isinstance(details, dict) else None,
+        issue.get("code"),
+    ):
+        if isinstance(text, str | int | float) and str(text):
+            return str(text)
+    return ""
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def explain(answer: Answer) -> str:
     """One line saying why a request failed."""
-    where = f"{response.request.method} {urlsplit(response.url).path}"
     detail = ""
-    kind = response.headers.get("Content-Type", "")
-    text = response.text[:20000] if response.content else ""
+    kind = answer.headers.get("Content-Type", "")
+    text = redact(answer.text)
     if "json" in kind or text.lstrip().startswith("{"):
         try:
-            body = response.json()
+            detail = _outcome_text(answer.json())
         except ValueError:
-            body = None
-        if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-            issues = [
-                i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
-                for i in body.get("issue") or ()
-                if isinstance(i, dict)
-            ]
-            detail = "; ".join(str(i) for i in issues if i)
-        elif isinstance(body, dict):
-            detail = str(body.get("error_description") or body.get("error") or "")
+            detail = ""
     elif "html" in kind or text.lstrip().lower().startswith("<"):
         title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
         detail = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
     else:
         detail = text
-    detail = scrub(" ".join(detail.split()))[:300] or (response.reason or "")
-    return f"HTTP {response.status_code} from {where}: {detail}".rstrip(": ")
+    detail = shown(" ".join(shown(detail).split()), 300) or answer.reason
+    return f"HTTP {answer.status_code} from {answer.where}: {detail}".rstrip(": ")
 
 
 @dataclass
@@ -154,6 +155,50 @@ class RequestCounter:
             self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
 
+@dataclass(frozen=True)
+class _Page:
+    """A searchset page, checked for shape: its entries, next link and announced total."""
+
+    entries: list
+    next_url: object  # a str to follow; anything else is reported
+    total: int | None
+
+
+def _page(body: dict, what: str) -> _Page:
+    """The parts of a search answer; ServerError when its shape is not a Bundle's."""
+    if body.get("resourceType") != "Bundle":
+        kind = body.get("resourceType")
+        named = shown(kind, 40) if isinstance(kind, str) else "JSON object"
+        raise ServerError(f"{what}: the answer is a {named}, not a Bundle")
+    for key in ("entry", "link"):
+        if body.get(key) is not None and not isinstance(body[key], list):
+            raise ServerError(f"{what}: the answer's Bundle.{key} is not a list")
+    next_url = next(
+        (
+            link.get("url")
+            for link in body.get("link") or ()
+            if isinstance(link, dict) and link.get("relation") == "next"
+        ),
+        None,
+    )
+    total = body.get("total")
+    return _Page(
+        body.get("entry") or [],
+        next_url,
+        total if type(total) is int and total >= 0 else None,
+    )
+
+
+def _matches(entries: list) -> int:
+    """Entries that count toward a search's total (not _include-d, not outcomes)."""
+    return sum(
+        1
+        for e in entries
+        if not (isinstance(e, dict) and isinstance(e.get("search"), dict))
+        or e["search"].get("mode") not in ("include", "outcome")
+    )
+
+
 class FhirClient:
     """HTTP to one FHIR server base URL."""
 
@@ -162,112 +207,154 @@ class FhirClient:
         base_url: str,
         auth: Auth | None = None,
         *,
-        timeout: tuple[float, float] = (10.0, 120.0),
+        limits: Limits | None = None,
         max_retries: int = 5,
         max_wait: float = 120.0,
         verify: bool | str = True,
         concurrency: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        transport: Transport | None = None,
     ):
-        if not base_url.startswith(("http://", "https://")):
-            raise ServerError(f"server URL must start with http:// or https://, not {base_url!r}")
-        self.base = base_url.rstrip("/") + "/"
-        self.origin = origin(self.base)
+        self.transport = transport or Transport(
+            base_url, limits, verify=verify, concurrency=concurrency, sleep=sleep
+        )
+        self.base = self.transport.base
+        self.limits = self.transport.limits
         self.auth = auth or NoAuth()
-        self.timeout = timeout
         self.max_retries = max_retries
         self.max_wait = max_wait
-        self.sleep = sleep
         self.counter = RequestCounter()
         self.notes: list[ServerNote] = []
         self.server_date: str | None = None  # the Date header of the latest answer
         self._notes_lock = threading.Lock()
-        self.session = requests.Session()
-        self.session.verify = verify
-        self.session.trust_env = False  # no proxy or .netrc credentials picked up silently
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(4, concurrency))
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update(
-            {"Accept": FHIR_JSON, "User-Agent": f"fhir-cohort/{__version__}"}
-        )
 
     # -- plumbing ------------------------------------------------------------
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else urljoin(self.base, path)
-
-    def same_origin(self, url: str) -> bool:
-        return origin(url) == self.origin
+        """A path resolved against the base (an absolute URL stays as it is)."""
+        return urljoin(self.base, path)
 
     def note(self, code: str, message: str, where: str) -> None:
+        """Record a server note; its text is redacted (whole, before it is cut to
+        NOTE_LENGTH) and made one printable line."""
         with self._notes_lock:
-            self.notes.append(ServerNote(code, message, where))
+            self.notes.append(
+                ServerNote(
+                    code,
+                    shown(message, NOTE_LENGTH),
+                    shown(where, NOTE_LENGTH),
+                )
+            )
+
+    def pause(self, seconds: float, why: str) -> None:
+        """Wait ``seconds`` (within the run's deadline)."""
+        self.transport.pause(seconds, why)
 
     def _backoff(self, attempt: int) -> float:
         return min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())  # full jitter, halved
 
     def request(
-        self, method: str, path: str, *, kind: str = "other", send_auth: bool = True, **kwargs
-    ) -> requests.Response:
-        """One request with retries; raises ServerError when it cannot succeed."""
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: str = "other",
+        reach: Reach = Reach.SERVER,
+        redirect_to: Reach | None = None,
+        into: Path | None = None,
+        headers: dict[str, str] | None = None,
+        data: object = None,
+        json: object = None,
+    ) -> Answer:
+        """One request with retries; raises ServerError when it cannot succeed.
+
+        ``reach`` says where the URL (and any redirect) may go; credentials go
+        only with :attr:`Reach.SERVER`. ``redirect_to`` also lets a redirect lead
+        there (a Bulk file the server hands over to storage), credentials
+        dropped from then on. With ``into``, a 2xx body is streamed to that file
+        instead of memory.
+        """
         url = self.url(path)
-        with_auth = send_auth and self.same_origin(url)
-        kwargs.setdefault("timeout", self.timeout)
-        fixed_headers = dict(kwargs.pop("headers", None) or {})
         refreshed = False
-        attempt = 0
+        attempt = hops = 0
         while True:
-            headers = {**fixed_headers, **(self.auth.headers() if with_auth else {})}
+            prepared = self.transport.prepare(
+                method, url, reach, headers=headers, data=data, json=json
+            )
+            if reach is Reach.SERVER:
+                prepared.headers.update(self.auth.headers())
             try:
-                response = self.session.request(method, url, headers=headers, **kwargs)
-            except requests.exceptions.InvalidURL as error:
-                raise ServerError(
-                    f"{method}: the URL cannot be requested ({type(error).__name__})"
-                ) from None
-            except (requests.ConnectionError, requests.Timeout) as error:
+                answer = self.transport.send(prepared, into=into)
+            except Unanswered as error:
                 self.counter.count(kind, retry=attempt > 0)
                 if attempt >= self.max_retries:
+                    tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
                     raise ServerError(
-                        f"{method} {urlsplit(url).path}: no answer after {attempt + 1} tries "
-                        f"({type(error).__name__})"
+                        f"{error.where}: no answer after {tries} ({error.reason})"
                     ) from None
-                self.sleep(self._backoff(attempt))
+                self.pause(self._backoff(attempt), f"{error.where}: {error.reason}")
                 attempt += 1
                 continue
             self.counter.count(kind, retry=attempt > 0)
-            if response.status_code == 401 and with_auth and not refreshed and self.auth.refresh():
+            status = answer.status_code
+            if status in REDIRECTS:
+                url, reach = self._redirect(answer, (reach, redirect_to), hops)
+                hops += 1
+                continue
+            if status == 401 and reach is Reach.SERVER and not refreshed and self.auth.refresh():
                 refreshed = True
                 continue
-            if response.status_code in RETRY_STATUSES:
+            if status in RETRY_STATUSES:
                 if attempt >= self.max_retries:
-                    raise ServerError(explain(response) + f" (after {attempt + 1} tries)")
-                wait = retry_after(response.headers.get("Retry-After"))
+                    raise ServerError(explain(answer) + f" (after {attempt + 1} tries)")
+                wait = retry_after(answer.headers.get("Retry-After"))
                 if wait is not None and wait > self.max_wait:
                     raise ServerError(
-                        f"{explain(response)}; the server asks to wait {wait:.0f} s, more than "
+                        f"{explain(answer)}; the server asks to wait {wait:.0f} s, more than "
                         f"the {self.max_wait:.0f} s allowed (--max-wait); try again later"
                     )
-                self.sleep(wait if wait is not None else self._backoff(attempt))
+                self.pause(wait if wait is not None else self._backoff(attempt), explain(answer))
                 attempt += 1
                 continue
-            if response.status_code >= 400:
-                raise ServerError(explain(response), status=response.status_code)
-            self.server_date = response.headers.get("Date") or self.server_date
-            return response
+            if status >= 400 or status < 200:
+                raise ServerError(explain(answer), status=status)
+            self.server_date = answer.headers.get("Date") or self.server_date
+            return answer
+
+    def _redirect(
+        self, answer: Answer, reaches: tuple[Reach, Reach | None], hops: int
+    ) -> tuple[str, Reach]:
+        """Where a redirect leads and with which reach, the first of ``reaches`` it may be
+        followed with; ServerError when it may not be followed."""
+        at = answer.where
+        location = answer.headers.get("Location")
+        if answer.method != "GET" or not location:
+            raise ServerError(
+                f"{at}: the server answered {answer.status_code} (a redirect"
+                f"{'' if location else ' without a Location'}); not followed"
+            )
+        if hops >= MAX_REDIRECTS:
+            raise ServerError(f"{at}: more than {MAX_REDIRECTS} redirects; stopped")
+        target = urljoin(answer.url, location)
+        allowed = [r for r in reaches if r is not None]
+        for reach in allowed:
+            if self.transport.check(target, reach) is None:
+                return target, reach
+        refused = self.transport.check(target, allowed[-1])
+        raise ServerError(
+            f"{at}: the server redirects elsewhere: {refused}; not followed "
+            f"(only {' or '.join(r.value for r in allowed)} may answer)"
+        )
 
     def json(self, method: str, path: str, **kwargs) -> dict:
-        response = self.request(method, path, **kwargs)
+        """A request whose answer must be a JSON object."""
+        answer = self.request(method, path, **kwargs)
         try:
-            body = response.json()
+            body = answer.json()
         except ValueError:
-            raise ServerError(
-                f"{method} {urlsplit(response.url).path}: the answer is not JSON "
-                f"({response.headers.get('Content-Type', 'no content type')})"
-            ) from None
+            kind = shown(answer.headers.get("Content-Type", "no content type"), 60)
+            raise ServerError(f"{answer.where}: the answer is not JSON ({kind})") from None
         if not isinstance(body, dict):
-            raise ServerError(
-                f"{method} {urlsplit(response.url).path}: the answer is not a JSON object"
-            )
+            raise ServerError(f"{answer.where}: the answer is not a JSON object")
         return body
 
     # -- FHIR ----------------------------------------------------------------
@@ -277,74 +364,91 @@ class FhirClient:
     def search(
         self, resource_type: str, params: dict[str, str], *, kind: str = "search"
     ) -> Iterator[dict]:
-        """Every entry of a search, following ``next`` links on the same origin only.
+        """Every entry of a search (a dict holding a ``resource`` dict), following ``next``
+        links on the same origin only.
 
-        Long searches go as ``POST Type/_search``. Paging stops (with a note) at a
-        link to another origin or a link already followed; ``search.mode``
-        outcome entries become notes, not resources.
+        Long searches go as ``POST Type/_search``. Paging stops with an
+        ``incomplete-search`` note at a link to another origin, a link already
+        followed, a link that is not a URL, or past the pages the announced
+        ``total`` needs (``max_pages`` without one). ``search.mode`` outcome
+        entries become notes, not resources; an entry without a resource is a note.
         """
+        what = f"search {resource_type}"
         query = urlencode(params, safe="|,:")
-        if len(self.url(resource_type)) + len(query) + 1 > MAX_URL:
-            page = self.json(
+        first = self.url(f"{resource_type}?{query}")
+        if len(first) > MAX_URL:
+            body = self.json(
                 "POST",
                 f"{resource_type}/_search",
                 data=params,
                 kind=kind,
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
+            followed: set[str] = set()
         else:
-            page = self.json("GET", f"{resource_type}?{query}", kind=kind)
-        followed: set[str] = (
-            set()
-            if len(query) + len(self.url(resource_type)) + 1 > MAX_URL
-            else {self.url(f"{resource_type}?{query}")}
-        )
+            body = self.json("GET", first, kind=kind)
+            followed = {first}
+        pages, allowed = 1, self.limits.max_pages
         while True:
-            if page.get("resourceType") != "Bundle":
-                raise ServerError(
-                    f"search {resource_type}: the answer is a "
-                    f"{page.get('resourceType')}, not a Bundle"
-                )
-            for entry in page.get("entry") or ():
-                if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-                    continue
-                resource = entry["resource"]
-                if (entry.get("search") or {}).get("mode") == "outcome" or resource.get(
-                    "resourceType"
-                ) == "OperationOutcome":
-                    for issue in resource.get("issue") or ():
-                        self.note(
-                            "server-warning",
-                            str(issue.get("diagnostics") or issue.get("code")),
-                            f"search {resource_type}",
-                        )
-                    continue
-                yield entry
-            link = next(
-                (
-                    x.get("url")
-                    for x in page.get("link") or ()
-                    if isinstance(x, dict) and x.get("relation") == "next"
-                ),
-                None,
+            page = _page(body, what)
+            if pages == 1 and page.total is not None:
+                allowed = min(allowed, math.ceil(page.total / max(1, _matches(page.entries))) + 1)
+            yield from self._entries(page.entries, what)
+            link = page.next_url
+            if link is None:
+                return
+            stop = self._stop_paging(link, followed, pages, allowed, page.total)
+            if stop:
+                self.note("incomplete-search", stop, what)
+                return
+            assert isinstance(link, str)
+            followed.add(self.url(link))
+            pages += 1
+            body = self.json("GET", link, kind=kind)
+
+    def _stop_paging(
+        self, link: object, followed: set[str], pages: int, allowed: int, total: int | None
+    ) -> str | None:
+        """Why a next link is not followed (None: follow it)."""
+        if not isinstance(link, str) or not link:
+            return "the server's next link is not a URL; paging stopped, results may be incomplete"
+        url = self.url(link)
+        reason = self.transport.check(url, Reach.SERVER)
+        if reason:
+            return f"the server's next link cannot be followed: {reason}; paging stopped"
+        if url in followed:
+            return "the server repeated a next link; paging stopped"
+        if pages >= allowed:
+            needed = f"the {total} results it announced need" if total is not None else "allowed"
+            return (
+                f"the server gave a next link after {pages} pages, more than {needed} "
+                "(--max-pages); paging stopped, results may be incomplete"
             )
-            if not link:
-                return
-            link = self.url(link)
-            if not self.same_origin(link):
+        return None
+
+    def _entries(self, entries: list, what: str) -> Iterator[dict]:
+        for entry in entries:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
                 self.note(
                     "incomplete-search",
-                    f"the server's next link points to another origin "
-                    f"({origin(link)[1]}); paging stopped, results may be incomplete",
-                    f"search {resource_type}",
+                    "an entry of the answer holds no resource; it is skipped and the results "
+                    "may be incomplete",
+                    what,
                 )
-                return
-            if link in followed:
-                self.note(
-                    "incomplete-search",
-                    "the server repeated a next link; paging stopped",
-                    f"search {resource_type}",
-                )
-                return
-            followed.add(link)
-            page = self.json("GET", link, kind=kind)
+                continue
+            search = entry.get("search")
+            mode = search.get("mode") if isinstance(search, dict) else None
+            if mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
+                texts = [issue_text(i) for i in _list(resource.get("issue"))]
+                for text in filter(None, texts):
+                    self.note("server-warning", text, what)
+                if not any(texts):  # it meant to say something about this search
+                    self.note(
+                        "incomplete-search",
+                        "the server sent an OperationOutcome the tool cannot read; the results "
+                        "may be incomplete",
+                        what,
+                    )
+                continue
+            yield entry
