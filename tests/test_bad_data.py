@@ -45,6 +45,7 @@ TRIAL = load_trial("misle")
 P01, P11, P22 = "p01-eligible-baseline", "p11-deceased-boolean", "p22-entered-in-error-criterion"
 P80, P88, P94 = "p80-dialysis-procedure-30d", "p88-anti-hbc-alone", "p94-belimumab-admin-40d"
 P104, P115 = "p104-medication-reference", "p115-dup-later-copy-second"
+P17 = "p17-no-sle-code-3-acr"
 
 
 def find(files: dict, rid: str, rtype: str | None = None, nth: int = 0) -> dict:

@@ -10,8 +10,9 @@ bad trial definition, bad authentication settings, unusable state folder);
 3 the server failed (no answer, refused, throttled past --max-wait); 4 done
 with partial data (a file could not be read, an export listed errors, a
 server search was cut short: the outputs are written and say what is
-missing); 5 another run holds the state's lock; 1 an unexpected failure (a
-bug: please report it). Secrets come from environment variables or files
+missing; records that are invalid but read leave a run complete: 0); 5
+another run holds the state's or the output folder's lock; 1 an unexpected
+failure (a bug: please report it). Secrets come from environment variables or files
 only.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from . import __version__
 from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .text import printable
 
 
 def _as_of(text: str) -> date:
@@ -36,6 +38,16 @@ def _as_of(text: str) -> date:
         raise argparse.ArgumentTypeError(
             f"--as-of must be a date as YYYY-MM-DD, not {text!r}"
         ) from None
+
+
+def _mebibytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size in MiB must be a whole number >= 1, not {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,8 +90,29 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("out"),
         metavar="DIR",
         help="output folder for candidates.json, candidates.csv, report.html and group.json "
-        "(default: out)",
+        "(default: out; locked while a run writes it)",
     )
+    run.add_argument(
+        "--base",
+        metavar="URL",
+        help="with --source: the base URL of the server the files were exported from, so "
+        "its absolute references (URL/Patient/id) count as this export's own",
+    )
+    limits = run.add_argument_group(
+        "file limits", "what one file may hold before it is not read whole (memory stays bounded)"
+    )
+    for option, default, what in (
+        ("--max-line-mib", 64, "longest NDJSON line read"),
+        ("--max-bundle-mib", 64, "largest Bundle (.json) file read"),
+        ("--max-inflated-mib", 65536, "most a compressed file is read to, inflated"),
+    ):
+        limits.add_argument(
+            option,
+            type=_mebibytes,
+            default=default,
+            metavar="MIB",
+            help=f"{what}, in MiB (default: {default})",
+        )
     _state_option(run)
     run.add_argument(
         "--quiet", action="store_true", help="print only problems (for cron and timers)"
@@ -261,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         command = importlib.import_module(f"fhir_cohort.commands.{args.command}")
         return int(command.run(args))
     except Locked as error:
-        print(f"fhir-cohort: error: {error}", file=sys.stderr)
+        print(f"fhir-cohort: error: {printable(str(error))}", file=sys.stderr)
         return Exit.LOCKED
     except UsageError as error:
-        print(f"fhir-cohort: error: {error}", file=sys.stderr)
+        print(f"fhir-cohort: error: {printable(str(error))}", file=sys.stderr)
         return Exit.USAGE
     except ServerFailure as error:
-        print(f"fhir-cohort: server error: {error}", file=sys.stderr)
+        print(f"fhir-cohort: server error: {printable(str(error))}", file=sys.stderr)
         return Exit.SERVER
     except KeyboardInterrupt:
         print("fhir-cohort: interrupted", file=sys.stderr)
@@ -276,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FHIR_COHORT_DEBUG"):
             raise
         print(
-            f"fhir-cohort: unexpected error ({type(error).__name__}: {error}); "
+            f"fhir-cohort: unexpected error ({type(error).__name__}: {printable(str(error))}); "
             "set FHIR_COHORT_DEBUG=1 for details and please report it",
             file=sys.stderr,
         )
