@@ -75,7 +75,7 @@ class FileLimits:
             raise SourceError("file size limits must be at least 1 byte")
 
 
-def named_patients(data: bytes) -> list[str]:
+def named_patients(data: bytes | memoryview) -> list[str]:
     """The patients the bytes of an unreadable record name, in order.
 
     >>> named_patients(b'{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"v')
@@ -243,7 +243,7 @@ class _Reader:
 
     def _too_long(self, line: bytes, stream, number: int) -> Iterator[RawResource]:
         """Skip the rest of an over-long line in bounded pieces; name whose it was."""
-        prefix = line[: self.limits.line]
+        prefix = memoryview(line)[: self.limits.line]  # no copy: memory stays one line
         while not line.endswith(b"\n"):
             line = stream.readline(_CHUNK)
             if not line or stream.tell() > self.limits.inflated:
@@ -283,7 +283,7 @@ class _Reader:
             yield raw
 
     def _unreadable(
-        self, data: bytes, where: str, number: int | None, why: str, code: str | None
+        self, data: bytes | memoryview, where: str, number: int | None, why: str, code: str | None
     ) -> Iterator[RawResource]:
         """A record that cannot be read: noted (``code``), and told to the pipeline once for
         each patient its bytes name, or once for nobody."""
