@@ -379,3 +379,38 @@ def test_a_copy_without_last_updated_is_the_oldest(tmp_path):
     assert changed(output) == {}
     immunologic = listed(output)[P115]["criteria"]["acr"]["criteria"]["immunologic"]
     assert immunologic["result"] == "not-met"
+
+
+# --------------------------------------------------------------------------- the candidate pool
+
+
+def test_a_patient_whose_only_pool_evidence_cannot_be_read_is_listed_for_review(tmp_path):
+    """p15's only pool evidence is an SLE Condition. With its code written as a string
+    instead of a CodeableConcept it was dropped at ingest and p15 silently counted as
+    not-a-candidate; now p15 is listed as needs-review, saying why."""
+    p15 = "p15-synthea-200936003-only"
+    output = screened(cohort(tmp_path, _set(f"{p15}-1", ("code",), "200936003")))
+    assert changed(output) == {}  # needs-review before, needs-review now: but why differs
+    assert listed(output)[p15]["reasons"][0] == (
+        f"may be a candidate: pool evidence cannot be read (Condition/{p15}-1: cannot be "
+        "read: code '200936003' is not a JSON object (a CodeableConcept))"
+    )
+
+
+def test_criteria_that_records_that_cannot_be_read_may_meet_list_the_patient(tmp_path):
+    """p17 (no SLE code, 3 ACR criteria) is not a candidate. An ANA result whose status is
+    not a FHIR code could be the fourth criterion: p17 is listed as needs-review (never
+    eligible), saying which criterion is open and why."""
+
+    def edit(files: dict) -> None:
+        ana = copy.deepcopy(find(files, f"{P01}-4", "Observation"))
+        assert ana["code"]["coding"][0]["code"] == "5048-4"  # p01's ANA 1:160
+        ana.update(id="p17-ana", status="Final", subject={"reference": f"Patient/{P17}"})
+        files["Observation.000.ndjson"].append(ana)
+
+    output = screened(cohort(tmp_path, edit))
+    assert changed(output) == {P17: ("not-a-candidate", "needs-review")}
+    assert listed(output)[P17]["reasons"][0] == (
+        "may be a candidate: 3 criteria met, and ana may be met by records that cannot be "
+        "read (Observation/p17-ana: cannot be read: status 'Final' is not a FHIR code)"
+    )
