@@ -231,6 +231,13 @@ class SqliteStore:
         self._flush()
         with _writing(self._folder):
             self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
+            # Identical copies (the same export read twice) agree whoever wins: one stays.
+            identical = self._db.execute(
+                "DELETE FROM resources WHERE rowid IN (SELECT r.rowid FROM resources r "
+                "JOIN resources o ON o.key = r.key AND o.rowid < r.rowid AND o.body = r.body "
+                "AND o.patient IS r.patient)"
+            )
+            self.duplicates += identical.rowcount
             keys = [
                 key
                 for (key,) in self._db.execute(
