@@ -156,7 +156,7 @@ class Reading:
     def missing(self, path: str) -> None:
         self.problems.append(f"{path} is missing (FHIR requires it)")
 
-    def at(self, path: str, required: bool = False) -> object:
+    def at(self, path: str) -> object:
         """The value at a dotted path through objects (None if absent or unreachable)."""
         value: object = self.resource
         walked = ""
@@ -168,8 +168,6 @@ class Reading:
                 return None
             value = value.get(part)
             walked = f"{walked}.{part}" if walked else part
-        if value is None and required:
-            self.missing(path)
         return value
 
     def string(self, value: object, path: str) -> str | None:
