@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from ..normalise.dates import add_months, age_on, date_bounds
-from ..normalise.facts import ConditionFact, ExposureFact, LabFact, PatientFacts
+from ..normalise.facts import ConditionFact, ExposureFact, LabFact, PatientFacts, ProcedureFact
 from ..quality import Note
 from . import labtests
 from .results import (
@@ -50,6 +50,7 @@ CURRENT_STATUSES = frozenset({"active", "recurrence", "relapse"})
 _SEVERITY = {CLEAR: 0, REVIEW: 1, EXCLUDED: 2}
 
 Window = tuple[date, date]
+Fact = ConditionFact | LabFact | ProcedureFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ def _in(day: date | None, window: Window | None) -> bool:
     return window is None or (day is not None and window[0] <= day <= window[1])
 
 
-def _may_be_in(fact, window: Window | None) -> bool:
+def _may_be_in(fact: Fact, window: Window | None) -> bool:
     """In the window, or unreadable with no readable date (it may be any day)."""
     return _in(fact.date, window) or (bool(fact.unreadable) and fact.date is None)
 
@@ -125,7 +126,7 @@ def _may_be_in(fact, window: Window | None) -> bool:
 UNREADABLE = "cannot be read: "  # how the evidence of an unreadable record begins its note
 
 
-def _why(fact) -> str:
+def _why(fact: Fact | ExposureFact) -> str:
     """Why a fact's record cannot be read, for its evidence."""
     reasons = "; ".join(fact.unreadable)
     return f"{UNREADABLE}{reasons[:300]}"
