@@ -414,3 +414,39 @@ def test_criteria_that_records_that_cannot_be_read_may_meet_list_the_patient(tmp
         "may be a candidate: 3 criteria met, and ana may be met by records that cannot be "
         "read (Observation/p17-ana: cannot be read: status 'Final' is not a FHIR code)"
     )
+
+
+# --------------------------------------------------------------------------- JSON null
+# Found by the long mutation run (docs/mutations.md): FHIR JSON has no nulls, and a null
+# read as "absent" dropped an anti-HBc result (p88 eligible) and a belimumab order (p101).
+
+
+def test_a_null_code_is_a_code_that_cannot_be_read(tmp_path):
+    output = screened(cohort(tmp_path, _set(f"{P88}-7", ("code", "coding", 0, "code"), None)))
+    assert changed(output) == {}
+    hepatitis_b = listed(output)[P88]["exclusions"]["hepatitis_b"]
+    assert hepatitis_b["result"] == "review"
+    assert "code.coding[0].code null is not a string" in hepatitis_b["evidence"][0]["note"]
+
+
+def test_a_null_medication_is_a_drug_that_cannot_be_read(tmp_path):
+    p101 = "p101-belimumab-request-active"
+    output = screened(cohort(tmp_path, _set(f"{p101}-7", ("medicationCodeableConcept",), None)))
+    assert changed(output) == {p101: ("washout", "needs-review")}
+    washout = listed(output)[p101]["exclusions"]["belimumab_washout"]
+    assert washout["result"] == "review"
+    assert "medication null is not a JSON object" in washout["evidence"][0]["note"]
+
+
+def test_a_null_last_updated_is_no_instant_and_decides_no_duplicate(tmp_path):
+    """p115's later (entered-in-error) copy with ``lastUpdated: null``: no instant, so it
+    counts as the oldest, and the choice that rests on it counts in nobody's favour."""
+
+    def edit(files: dict) -> None:
+        find(files, f"{P115}-6", nth=1)["meta"]["lastUpdated"] = None
+
+    output = screened(cohort(tmp_path, edit))
+    assert changed(output) == {}
+    assert notes(output)["bad-last-updated"]["examples"][0]["message"] == (
+        "meta.lastUpdated 'null' is not a FHIR instant; counted as the oldest copy"
+    )

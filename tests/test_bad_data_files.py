@@ -202,12 +202,7 @@ def test_file_limits_are_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "reference",
-    [
-        f"https://elsewhere.example/fhir/Patient/{P01}",
-        f"urn:uuid:{P01}",
-        f"Patient/{P01} ",
-    ],
+    "reference", [f"https://elsewhere.example/fhir/Patient/{P01}", f"urn:uuid:{P01}"]
 )
 def test_a_record_for_a_same_id_patient_elsewhere_puts_the_candidate_to_review(tmp_path, reference):
     """Issue 10: references written as absolute URLs or urn:uuid: were merged into the
@@ -224,6 +219,34 @@ def test_a_record_for_a_same_id_patient_elsewhere_puts_the_candidate_to_review(t
         f"Condition/{P01}-1 refers to {reference}, not to this patient, though the id is "
         "the same: it is not counted here, and this patient's record may be incomplete"
     )
+
+
+@pytest.mark.parametrize("reference", [f"Patient/{P01} ", f"Patient//{P01}", "Patient/"])
+def test_a_broken_patient_reference_counts_for_no_one_and_weighs_on_everyone(tmp_path, reference):
+    """A reference that is no reference at all ("Patient/", an id with a space) belongs to
+    someone here, nobody can say whom: like a record naming no patient, it weighs on every
+    candidate (p01's SLE diagnosis could be p21's, whose own is refuted, or p26's, whose
+    own is dated after D: they are listed for review), and the patient its id loosely
+    names is told their record may be incomplete."""
+
+    def edit(files: dict) -> None:
+        find(files, f"{P01}-1")["subject"]["reference"] = reference
+
+    output = screened(cohort(tmp_path, edit))
+    possible = {
+        p: ("not-a-candidate", "needs-review")
+        for p in ("p21-refuted-sle-code", "p26-sle-code-recorded-after-d")
+    }
+    if reference == "Patient/":  # names nobody: p01 (4 ACR criteria) stays eligible
+        assert changed(output) == possible
+        return
+    assert changed(output) == {**possible, P01: ("eligible", "needs-review")}
+    assert listed(output)[P01]["reasons"] == [
+        f"Condition/{P01}-1 refers to {reference}, a broken reference that may mean this "
+        "patient: it is not counted here, and this patient's record may be incomplete"
+    ]
+    note = notes(output)["no-patient-reference"]["examples"][0]["message"]
+    assert note.startswith(f"its patient reference '{reference}' is not a valid reference;")
 
 
 def test_a_foreign_record_never_makes_a_non_candidate_eligible(tmp_path):

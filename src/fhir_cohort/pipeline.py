@@ -36,6 +36,7 @@ from .sources import (
     PATIENT_REFERENCE_KEYS,
     RawResource,
     ResourceSource,
+    elsewhere,
     same_id_elsewhere,
 )
 from .store import SqliteStore
@@ -252,31 +253,45 @@ class _Unattached:
         """A record the trial can use whose patient is not one of this source's."""
         resource, add = raw.resource, self.quality.add
         where = f"{resource['resourceType']}/{resource['id']}"
+        if resource["resourceType"] not in PATIENT_DATA:
+            return
         if raw.foreign is not None:
-            add(
-                Note(
-                    "foreign-reference",
-                    f"refers to a patient outside this source ({raw.foreign[:120]}); "
-                    "not counted for any patient",
-                    raw.where,
-                )
-            )
-            same = same_id_elsewhere(raw.foreign)
+            same, far = same_id_elsewhere(raw.foreign), elsewhere(raw.foreign)
             if same:
                 self.store.add_marker(
                     same,
                     DOUBT_RECORD,
-                    f"{where} refers to {raw.foreign[:120]}, not to this patient, though the "
-                    "id is the same: it is not counted here, and this patient's record may be "
-                    "incomplete",
+                    f"{where} refers to {raw.foreign[:120]}, "
+                    + (
+                        "not to this patient, though the id is the same"
+                        if far
+                        else "a broken reference that may mean this patient"
+                    )
+                    + ": it is not counted here, and this patient's record may be incomplete",
                 )
-            return
-        if resource["resourceType"] not in PATIENT_DATA:
-            return
-        other = _other_subject(resource)
-        if other:
-            add(Note("no-patient-reference", f"refers to {other}, not a patient; skipped", where))
-            return
+            if far:
+                add(
+                    Note(
+                        "foreign-reference",
+                        f"refers to a patient outside this source ({raw.foreign[:120]}); "
+                        "not counted for any patient",
+                        raw.where,
+                    )
+                )
+                return
+            # A broken reference ("Patient/", an id with a space): the record is someone's
+            # here, and nobody can say whose, so it weighs on everyone, as one naming nobody.
+            why = f"its patient reference {show(raw.foreign)} is not a valid reference"
+        else:
+            other = _other_subject(resource)
+            if other:
+                add(
+                    Note(
+                        "no-patient-reference", f"refers to {other}, not a patient; skipped", where
+                    )
+                )
+                return
+            why = "names no patient it can be attributed to (subject/patient missing or unreadable)"
         if len(self.records) >= MAX_UNATTACHED:
             add(
                 Note(
@@ -290,8 +305,7 @@ class _Unattached:
         add(
             Note(
                 "no-patient-reference",
-                "names no patient it can be attributed to (subject/patient missing or "
-                "unreadable); it weighs on every candidate as a record that could be theirs",
+                f"{why}; it weighs on every candidate as a record that could be theirs",
                 raw.where,
             )
         )

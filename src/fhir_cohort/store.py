@@ -41,6 +41,7 @@ _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
 _NOT_READ = ("meta", "text")  # what copies may differ in without disagreeing
 _OLDEST = float("-inf")
+_ABSENT = object()
 
 
 class StoreError(UsageError):
@@ -66,11 +67,15 @@ class PatientStore(Protocol):
     def medication(self, medication_id: str) -> dict | None: ...
 
 
-def _stamp(meta: object) -> str | None:
+def _stamp(resource: dict, meta: object) -> str | None:
     """The raw ``meta.lastUpdated`` of a copy, as text (JSON text when it is not a string;
-    the whole ``meta`` when that is not an object): parsed only if the copy competes."""
+    the whole ``meta`` when that is not an object; ``null`` for a JSON null, which is no
+    instant either): parsed only if the copy competes. None: absent."""
     stamp = meta.get("lastUpdated") if type(meta) is dict else meta
-    return stamp if stamp is None or type(stamp) is str else orjson.dumps(stamp).decode()
+    if stamp is None:
+        present = "lastUpdated" in meta if type(meta) is dict else "meta" in resource
+        return "null" if present else None
+    return stamp if type(stamp) is str else orjson.dumps(stamp).decode()
 
 
 def instant(stamp: object, now: float) -> tuple[float, str | None]:
@@ -176,19 +181,20 @@ class SqliteStore:
         # different resources share one with odds near 1e-9 even at ten million.
         if keep:
             self.kept += 1
-            meta = resource.pop("meta", None)
-            text = resource.pop("text", None)
+            stamp = _stamp(resource, resource.get("meta"))
+            meta = resource.pop("meta", _ABSENT)
+            text = resource.pop("text", _ABSENT)
             body = orjson.dumps(resource)  # what the trial reads: copies compare by it
-            if meta is not None:
+            if meta is not _ABSENT:
                 resource["meta"] = meta
-            if text is not None:
+            if text is not _ABSENT:
                 resource["text"] = text
             self._rows.append(
                 (
                     rtype,
                     resource["id"],
                     patient,
-                    _stamp(meta),
+                    stamp,
                     self._seen,
                     hash((rtype, resource["id"])),
                     int(keep),
@@ -199,8 +205,8 @@ class SqliteStore:
             # Most resources land here: keep the raw stamp, parse it only if it competes.
             meta = resource.get("meta")
             stamp = meta.get("lastUpdated") if type(meta) is dict else meta
-            if stamp is not None and type(stamp) is not str:
-                stamp = _stamp(meta)
+            if type(stamp) is not str:
+                stamp = _stamp(resource, meta)
             self._unkept.append((hash((rtype, resource["id"])), stamp, self._seen))
         if not self._seen % _BATCH:
             self._flush()

@@ -82,12 +82,12 @@ class Relevance:
             return 0
         concept = resource.get("code")
         if type(concept) is not dict:
-            if concept is None and kind != "Observation":
+            if concept is None and kind != "Observation" and "code" not in resource:
                 return 0  # uncoded: it can never match (Observation.code is required)
-            return self.any_code
+            return self.any_code  # a wrong JSON type (null included) or no required code
         codings = concept.get("coding")
         if type(codings) is not list:
-            return 0 if codings is None else self.any_code
+            return 0 if codings is None and "coding" not in concept else self.any_code
         bits = 0
         memo = self._memo
         for coding in codings:  # the hot loop of ingest, kept inline
@@ -102,6 +102,15 @@ class Relevance:
                 if len(memo) > 100_000:  # bounded, not a copy of every code seen
                     memo.clear()
                 found = memo[pair] = self._bits(*pair)
+            if (
+                not found
+                and None in pair
+                and (
+                    ("code" in coding and pair[1] is None)
+                    or ("system" in coding and pair[0] is None)
+                )
+            ):
+                return self.any_code  # a JSON null where FHIR has a string
             bits |= found
         return bits
 

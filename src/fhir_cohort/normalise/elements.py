@@ -106,6 +106,41 @@ R4_RESOURCE_TYPES = frozenset(
 _SHOWN = 40  # characters of a bad value quoted in a note
 
 
+class _Null:
+    """A JSON null where FHIR has a value (FHIR JSON has no nulls): read as a value of the
+    wrong type, never as an element that is absent."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+NULL = _Null()
+
+
+def _marked(value: object) -> object:
+    if type(value) is dict:
+        return {k: NULL if v is None else _marked(v) for k, v in value.items()}
+    if type(value) is list:
+        return [NULL if v is None else _marked(v) for v in value]
+    return value
+
+
+def nulls_marked(resource: dict) -> dict:
+    """``resource`` with each JSON null replaced by :data:`NULL` (a copy, and only when it
+    holds one), so a getter tells ``"status": null`` from a missing status.
+
+    >>> nulls_marked({"status": None, "code": {"coding": [None]}})
+    {'status': null, 'code': {'coding': [null]}}
+    >>> r = {"status": "final"}; nulls_marked(r) is r
+    True
+    """
+    if b"null" not in orjson.dumps(resource):
+        return resource
+    return _marked(resource)  # type: ignore[return-value]
+
+
 def show(value: object) -> str:
     """A bad value as a note quotes it: strings in single quotes, the rest as JSON, short.
 
@@ -114,7 +149,7 @@ def show(value: object) -> str:
     """
     if isinstance(value, str):
         return f"'{value[:_SHOWN]}{'…' if len(value) > _SHOWN else ''}'"
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=lambda v: None).decode()
     return text[:_SHOWN] + ("…" if len(text) > _SHOWN else "")
 
 

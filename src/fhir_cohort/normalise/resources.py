@@ -36,6 +36,7 @@ from .elements import (
     VERIFICATION_STATUS,
     VERIFICATION_SYSTEM,
     Reading,
+    nulls_marked,
     show,
 )
 from .facts import (
@@ -338,7 +339,7 @@ def _drug(
             medication = lookup(local) if local else None
             path = f"Medication/{local}: "
         if medication is not None:
-            codes, names = _medication_concept(reading, medication, path)
+            codes, names = _medication_concept(reading, nulls_marked(medication), path)
         else:
             if reference is not None:
                 notes.append(
@@ -495,6 +496,7 @@ def patient_facts(
     doubts: list[str] = []
     patient: dict | None = None
     for resource in resources:
+        resource = nulls_marked(resource)
         kind = resource.get("resourceType")
         where = f"{kind}/{resource.get('id')}"
         if kind == DOUBT_RECORD:

@@ -141,22 +141,38 @@ def reference_to(
 
 
 def same_id_elsewhere(foreign: str) -> str | None:
-    """The id a foreign patient reference gives its patient, read loosely (whitespace,
-    ``_history`` and the server or ``urn:uuid:`` prefix dropped), so that a local patient
-    of that id can be told their record may be incomplete.
+    """The id a foreign patient reference gives its patient, read loosely (the server or
+    ``urn:uuid:`` prefix dropped, then the longest id it starts with), so that a local
+    patient of that id can be told their record may be incomplete.
 
     >>> same_id_elsewhere("https://other/fhir/Patient/a-1/_history/2")
     'a-1'
-    >>> same_id_elsewhere("urn:uuid:6cc4fff2"), same_id_elsewhere("Patient/p01 ")
+    >>> same_id_elsewhere("urn:uuid:6cc4fff2"), same_id_elsewhere("Patient/p01 x?y=1")
     ('6cc4fff2', 'p01')
-    >>> same_id_elsewhere("Patient/") is None
-    True
+    >>> same_id_elsewhere("Patient//p01"), same_id_elsewhere("Patient/") is None
+    ('p01', True)
     """
     rest = foreign.rsplit("Patient/", 1)[-1] if "Patient/" in foreign else foreign
     if rest.startswith("urn:uuid:"):
         rest = rest[9:]
-    rest = rest.split("/_history", 1)[0].strip()
-    return rest if _FHIR_ID.fullmatch(rest) else None
+    found = _FHIR_ID.match(rest.strip().lstrip("/").strip())
+    return found.group(0) if found else None
+
+
+def elsewhere(foreign: str) -> bool:
+    """Is a foreign patient reference a well-formed one to a patient of another source
+    (an absolute URL ending in ``/Patient/<id>``, a ``urn:uuid:``)? If not, it is a
+    broken reference: its record belongs here, to a patient it does not say.
+
+    >>> elsewhere("https://other/fhir/Patient/a-1/_history/2"), elsewhere("urn:uuid:6cc4")
+    (True, True)
+    >>> elsewhere("Patient/a b"), elsewhere("Patient/"), elsewhere("https://other/fhir/Patient/")
+    (False, False, False)
+    """
+    if foreign.startswith("urn:uuid:"):
+        return len(foreign) > 9
+    head, _, rest = foreign.rpartition("/Patient/")
+    return "://" in head and _local_id(rest) is not None
 
 
 def _same_base(reference: str, base: str, kind: str = "Patient") -> bool:
