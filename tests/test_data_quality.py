@@ -1,5 +1,8 @@
 """The messy export (fixtures/messy/, from fixtures/generate_messy.py): the run finishes,
 the eligible patient stays eligible, and every problem is reported once, with where it was.
+Records with a value that cannot be read (rules page, "values the tool cannot read") never
+count in the patient's favour: an invalid onset date no longer counts for a criterion, and
+a belimumab administration without its required date makes the washout a review.
 
 Expected counts are worked out from the generator's layout (its docstring lists every
 broken line), not from an engine run.
@@ -51,7 +54,7 @@ EXPECTED_NOTES: dict[str, tuple[int, list[str]]] = {
     "bad-date": (1, ["Condition/c-photo-r"]),
     "exposure-start-only": (1, ["MedicationStatement/ms-pred-e"]),
     "unresolved-medication": (1, ["MedicationRequest/mr-hcq-e"]),
-    "undated-exposure": (1, ["MedicationAdministration/ma-bel-r"]),
+    "invalid-element": (1, ["MedicationAdministration/ma-bel-r"]),
     "duplicate-resource": (1, ["(several files)"]),
 }
 
@@ -84,13 +87,30 @@ def _check_output(output: dict, folder: Path) -> None:
 
     review = listed["messy-review"]
     assert review["status"] == "needs-review"
-    assert review["criteria"]["acr"]["met"] == ["photosensitivity"]
-    photo = review["criteria"]["acr"]["criteria"]["photosensitivity"]["evidence"]
-    assert [(e["resource"], e["date"]) for e in photo] == [("Condition/c-photo-r", None)]
+    # the photosensitivity Condition's onset is not a date: it cannot count for the criterion
+    assert review["criteria"]["acr"]["met"] == []
+    photo = review["criteria"]["acr"]["criteria"]["photosensitivity"]
+    assert photo["result"] == "unknown"
+    assert [(e["resource"], e["date"], e["note"]) for e in photo["evidence"]] == [
+        (
+            "Condition/c-photo-r",
+            None,
+            "cannot be read: onsetDateTime 'last spring' is not a FHIR dateTime",
+        )
+    ]
     assert review["criteria"]["acr"]["criteria"]["hematologic"]["result"] == "unknown"
     assert review["criteria"]["activity"]["result"] == "unknown"
-    # the undated belimumab administration cannot date a washout
-    assert review["exclusions"]["belimumab_washout"] == {"result": "clear", "evidence": []}
+    # the belimumab administration without its (required) date could be any day: review
+    washout = review["exclusions"]["belimumab_washout"]
+    assert washout["result"] == "review"
+    assert [e["resource"] for e in washout["evidence"]] == ["MedicationAdministration/ma-bel-r"]
+    assert washout["evidence"][0]["note"].startswith(
+        "cannot be read: effective[x] is missing (FHIR requires it)"
+    )
+    assert (
+        "belimumab_washout needs review: MedicationAdministration/ma-bel-r: cannot be read: "
+        "effective[x] is missing (FHIR requires it); at worst +2 calendar months = 2026-08-30"
+    ) in review["reasons"]
 
     # The orphan Observation, the id-less Patient and the broken lines made no patients.
     assert output["funnel"]["patients_read"] == 2
@@ -215,18 +235,41 @@ MALFORMED = {
 }
 
 
+# What each malformed record does once read strictly: the element named in its note, and
+# whether it can touch the outcome (a prednisone record cannot; a drug that cannot be read
+# at all may be a biologic, so both washouts need review).
+MALFORMED_OUTCOME = {
+    "referenceRange-object": ("referenceRange {\"low\":{\"value\":90,\"unit\":\"mg/dL\"}} "
+                              "is not a JSON array", "eligible"),
+    "effectivePeriod-string": ("effectivePeriod '2026-01-01/2026-02-01' is not a JSON object",
+                               "eligible"),
+    "medicationReference-string": ("medicationReference 'Medication/m1' is not a JSON object",
+                                   "needs-review"),
+    "dispenseRequest-list": ("dispenseRequest [{\"validityPeriod\":{\"end\":\"2026-02-01\"}}… "
+                             "is not a JSON object", "eligible"),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("shape", sorted(MALFORMED))
 def test_one_malformed_record_does_not_abort_the_screen(tmp_path, trial, shape):
     export = tmp_path / "export.ndjson"
     records = [*eligible_core(), MALFORMED[shape]]
-    export.write_text("".join(json.dumps(r) + "\n" for r in records))
+    export.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     output = screening_dict(screen([FileSource(export)], trial, AS_OF))
-    assert [(c["patient"], c["status"]) for c in output["candidates"]] == [("p1", "eligible")]
-    malformed = [n for n in output["data_quality"] if n["code"] == "malformed-resource"]
-    if shape == "referenceRange-object":  # read leniently as a one-range list
-        assert malformed == []
-        return
-    assert [n["count"] for n in malformed] == [1]
-    assert malformed[0]["examples"][0]["where"] == f"{MALFORMED[shape]['resourceType']}/" + str(
-        MALFORMED[shape]["id"]
-    )
+    message, status = MALFORMED_OUTCOME[shape]
+    assert [(c["patient"], c["status"]) for c in output["candidates"]] == [("p1", status)]
+    notes = {n["code"]: n for n in output["data_quality"]}
+    assert "malformed-resource" not in notes  # every shape is read, none breaks a reader
+    assert notes["invalid-element"]["count"] == 1
+    assert notes["invalid-element"]["examples"] == [
+        {
+            "where": f"{MALFORMED[shape]['resourceType']}/{MALFORMED[shape]['id']}",
+            "message": message,
+        }
+    ]
+    if status == "needs-review":
+        reasons = output["candidates"][0]["reasons"]
+        assert [r.split(":")[0] for r in reasons] == [
+            "belimumab_washout needs review",
+            "biologic_washout needs review",
+        ]

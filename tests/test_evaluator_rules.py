@@ -913,9 +913,21 @@ def test_refuted_condition_without_status_system_does_not_count(trial):
 
 def test_unparseable_onset_falls_back_to_recorded_date(trial):
     """R6 + R32: a dated Condition with no clinicalStatus is current; the date falls back
-    to recordedDate when onset[x] gives none."""
+    to recordedDate when onset[x] gives none. Rules page, "values the tool cannot read":
+    the invalid onset is skipped for recordedDate, and a record that could then exclude
+    the patient makes the exclusion review, never excluded on a value it cannot read."""
     z992 = condition("c-z992", ICD10, "Z99.2", onset="last spring", clinical=None,
                      recordedDate="2025-03-01")  # fmt: skip
+    finding = run(trial, [*base(), z992]).exclusions["dialysis"]
+    assert finding.result == "review"
+    assert [(e.resource, e.date) for e in finding.evidence] == [
+        ("Condition/c-z992", date(2025, 3, 1))
+    ]
+    assert finding.evidence[0].note == (
+        "cannot be read: onsetDateTime 'last spring' is not a FHIR dateTime"
+    )
+    # read without the invalid onset, the same record excludes
+    del z992["onsetDateTime"]
     assert run(trial, [*base(), z992]).exclusions["dialysis"].result == "excluded"
 
 

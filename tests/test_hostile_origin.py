@@ -217,12 +217,17 @@ def test_unrequested_resource_type_in_a_candidate_search_is_set_aside(tmp_path):
 
 @pytest.mark.parametrize("mode", ["rest", "bulk"])
 def test_another_servers_patient_is_never_merged_into_a_local_one(tmp_path, other, mode):
-    """An HIV Condition of ``OTHER/fhir/Patient/P01`` is not P01's: P01 stays eligible."""
+    """An HIV Condition of ``OTHER/fhir/Patient/P01`` is not P01's: it never excludes P01,
+    but P01's record may be incomplete, so P01 goes to review (issue 10's rule), not to
+    eligible and not to excluded."""
     foreign = hiv_condition("foreign-hiv", f"{other.base}/Patient/{P01}")
     with serve(MiniFhir([P01], extra=[foreign])) as server:
         run = screen(tmp_path, server.base, *BEARER, *(["--bulk"] if mode == "bulk" else []))
     assert run.code == 0, run.stderr
-    assert run.statuses() == {P01: "eligible"}
+    assert run.statuses() == {P01: "needs-review"}
+    (p01,) = run.result()["candidates"]
+    assert p01["exclusions"]["hiv"]["result"] == "clear"
+    assert any("foreign-hiv" in reason or "another" in reason for reason in p01["reasons"])
     assert run.quality()["foreign-reference"] == 1
     assert len(other.seen) == 0
 

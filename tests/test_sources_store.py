@@ -147,7 +147,11 @@ def _load(store: SqliteStore, resources: list[dict], keep=lambda r: True) -> Non
 
 
 def _stored(store: SqliteStore) -> dict[str, list[dict]]:
-    return {record.patient_id: record.resources() for record in store.patients()}
+    """Each patient's stored resources (without the store's own notes and doubts)."""
+    return {
+        record.patient_id: [r for r in record.resources() if not r["resourceType"].startswith("_")]
+        for record in store.patients()
+    }
 
 
 def _versioned(value: str, updated: str | None, rid: str = "o1") -> dict:

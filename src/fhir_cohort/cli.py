@@ -10,11 +10,12 @@ bad trial definition, bad authentication settings, unusable state folder);
 3 the server failed (no answer, refused, throttled past --max-wait); 4 done
 with partial data (a file could not be read, an export listed errors, a
 server search was cut short: the outputs are written and say what is
-missing); 5 another run holds the state's lock; 1 an unexpected failure (a
-bug: please report it). Secrets come from environment variables or files
-only, a ``--server`` URL holding credentials is refused before anything can
-store or echo it, and every error printed has each known secret masked
-(:mod:`fhir_cohort.transport.redact`).
+missing; records that are invalid but read leave a run complete: 0); 5
+another run holds the state's or the output folder's lock; 1 an unexpected
+failure (a bug: please report it). Secrets come from environment variables or
+files only, a ``--server`` URL holding credentials is refused before anything
+can store or echo it, and every error printed has each known secret masked and
+its control characters removed (:mod:`fhir_cohort.transport.redact`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def _as_of(text: str) -> date:
         raise argparse.ArgumentTypeError(
             f"--as-of must be a date as YYYY-MM-DD, not {text!r}"
         ) from None
+
+
+def _mebibytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size in MiB must be a whole number >= 1, not {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,8 +92,29 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("out"),
         metavar="DIR",
         help="output folder for candidates.json, candidates.csv, report.html and group.json "
-        "(default: out)",
+        "(default: out; locked while a run writes it)",
     )
+    run.add_argument(
+        "--base",
+        metavar="URL",
+        help="with --source: the base URL of the server the files were exported from, so "
+        "its absolute references (URL/Patient/id) count as this export's own",
+    )
+    limits = run.add_argument_group(
+        "file limits", "what one file may hold before it is not read whole (memory stays bounded)"
+    )
+    for option, default, what in (
+        ("--max-line-mib", 64, "longest NDJSON line read"),
+        ("--max-bundle-mib", 64, "largest Bundle (.json) file read"),
+        ("--max-inflated-mib", 65536, "most a compressed file is read to, inflated"),
+    ):
+        limits.add_argument(
+            option,
+            type=_mebibytes,
+            default=default,
+            metavar="MIB",
+            help=f"{what}, in MiB (default: {default})",
+        )
     _state_option(run)
     run.add_argument(
         "--quiet", action="store_true", help="print only problems (for cron and timers)"

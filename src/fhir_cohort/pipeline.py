@@ -6,6 +6,13 @@ direction and holds no state between runs. The per-patient step
 ``normalise.patient_facts`` and ``criteria.evaluate``) is pure, so an engine
 that groups resources by patient some other way (Spark, a REST funnel) can
 call it and get identical results.
+
+Records that cannot be attached to a patient of this source never count for
+anyone, and never silently: one that refers to a patient elsewhere (a foreign
+reference) puts a local candidate of the same id to review; an in-scope
+record that names no patient at all weighs on every candidate as a record
+that could be theirs; a line or record that cannot be read and names no
+patient means the input was not all read (``unattributed-record``: exit 4).
 """
 
 from __future__ import annotations
@@ -20,13 +27,40 @@ from .criteria.evaluator import evaluate
 from .criteria.relevance import CODED, PATIENT_DATA, Relevance
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
-from .normalise.resources import patient_facts
+from .normalise.elements import R4_RESOURCE_TYPES, show
+from .normalise.resources import patient_facts, unattached_facts, with_unattached
 from .quality import DataQuality, Note
 from .rank import Candidate, rank
-from .sources import ResourceSource
+from .sources import (
+    DOUBT_RECORD,
+    PATIENT_REFERENCE_KEYS,
+    RawResource,
+    ResourceSource,
+    elsewhere,
+    same_id_elsewhere,
+)
 from .store import SqliteStore
 
-PARTIAL_DATA = ("unreadable-file", "export-error", "incomplete-search")  # input not all read
+# Notes saying the input was not all read (the run is then partial: exit 4).
+PARTIAL_DATA = ("unreadable-file", "export-error", "incomplete-search", "unattributed-record")
+# Notes about records that were read but not for certain (they never count in a patient's
+# favour; the run stays complete).
+UNREADABLE_DATA = (
+    "invalid-element",
+    "bad-date",
+    "invalid-utf8",
+    "invalid-json",
+    "not-a-resource",
+    "line-too-long",
+    "unknown-resource-type",
+    "missing-id",
+    "no-patient-reference",
+    "foreign-reference",
+    "bad-last-updated",
+    "malformed-resource",
+)
+MAX_UNATTACHED = 10_000  # records naming no patient weighed on every candidate; more: partial
+_NOTED_BY_STORE = frozenset({"conflicting-duplicate"})  # in data_quality once, from the store
 
 
 @dataclass
@@ -104,6 +138,11 @@ class Screening:
         counts = self.data_quality.counts
         return {code: counts[code] for code in PARTIAL_DATA if counts.get(code)}
 
+    def unreadable_data(self) -> dict[str, int]:
+        """Notes about records read but not for certain (the run stays complete)."""
+        counts = self.data_quality.counts
+        return {code: counts[code] for code in UNREADABLE_DATA if counts.get(code)}
+
 
 def screen(
     sources: Iterable[ResourceSource],
@@ -111,25 +150,30 @@ def screen(
     as_of: date,
     progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
     workdir: Path | None = None,
+    now: float | None = None,
 ) -> Screening:
     """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
 
     ``progress(label, total, unit)`` may return a callback that is told how much
     work was done; it is how the command line draws its progress bars.
     ``workdir`` is where the run's temporary store goes (default: the system's
-    temporary folder).
+    temporary folder). ``now`` is when the run started (default: the clock), after
+    which no ``meta.lastUpdated`` counts.
     """
     sources = list(sources)
     quality = DataQuality()
     funnel = Funnel(trial)
     relevance = Relevance(trial)
     results: list[PatientResult] = []
+    base = next((b for s in sources if (b := getattr(s, "base", None))), None)
 
     def no_progress(_: int) -> None:
         return None
 
     retrieval: Counter = Counter()
-    with SqliteStore(workdir, filtered_types=CODED) as store:
+    with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
+        unattached = _Unattached(quality, store)
+        classify, add = relevance.classify, store.add
         for source in sources:
             advance = (
                 progress("reading", source.total_work(), source.progress_unit)
@@ -137,33 +181,20 @@ def screen(
                 else no_progress
             )
             for raw in source.read(quality.add, advance):
-                wanted = relevance.classify(raw.resource)
-                if wanted and raw.foreign is not None:
-                    quality.add(
-                        Note(
-                            "foreign-reference",
-                            f"refers to a patient outside this source ({raw.foreign[:120]}); "
-                            "not counted for any patient",
-                            raw.where,
-                        )
-                    )
-                elif (
-                    wanted and raw.patient is None and raw.resource["resourceType"] in PATIENT_DATA
-                ):
-                    quality.add(
-                        Note(
-                            "no-patient-reference",
-                            "resource names no Patient (subject/patient); skipped",
-                            raw.where,
-                        )
-                    )
-                store.add(raw, wanted)
+                wanted = classify(raw.resource)
+                if wanted:
+                    if raw.patient is None:
+                        unattached.take(raw)
+                    add(raw, wanted)
+                elif raw.unreadable is None and raw.resource["resourceType"] in R4_RESOURCE_TYPES:
+                    add(raw, 0)
+                else:
+                    unattached.unreadable(raw)
             funnel.not_read += source.patients_not_read()
             retrieval.update(source.stats())
         store.finish()
-        duplicates = store.kept - store.distinct_kept
-        if duplicates:
-            quality.counts["duplicate-resource"] += duplicates
+        if store.duplicates:
+            quality.counts["duplicate-resource"] += store.duplicates
             quality.examples["duplicate-resource"] = [
                 {
                     "where": "(several files)",
@@ -171,6 +202,11 @@ def screen(
                     "(later meta.lastUpdated wins, else the first seen)",
                 }
             ]
+        for note in store.notes:
+            quality.add(note)
+        everyone = unattached_facts(unattached.records, store.medication, base)
+        for note in everyone.notes:
+            quality.add(note)
         funnel.resources_read = store.resources_by_type
         advance = (
             progress("screening", store.patient_count(), "patients") if progress else no_progress
@@ -180,12 +216,122 @@ def screen(
             if not relevance.may_be_candidate(record.touches):
                 funnel.count_outside_pool()
                 continue
-            facts = patient_facts(record.patient_id, record.resources(), store.medication)
-            result = evaluate(facts, trial, as_of)
+            facts = patient_facts(record.patient_id, record.resources(), store.medication, base)
+            result = evaluate(with_unattached(facts, everyone), trial, as_of)
             funnel.count(result)
             for note in result.notes:
-                quality.add(note)
+                if note.code not in _NOTED_BY_STORE:
+                    quality.add(note)
             if result.candidate:
                 results.append(result)
     funnel.finish()
     return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), dict(retrieval))
+
+
+def _other_subject(resource: dict) -> str | None:
+    """The subject reference, when it readably names something that is not a patient
+    (``Group/9``): such a record is certainly nobody's here."""
+    for key in PATIENT_REFERENCE_KEYS:
+        target = resource.get(key)
+        if type(target) is dict and type(target.get("reference")) is str:
+            kind, _, rest = target["reference"].partition("/")
+            if kind in R4_RESOURCE_TYPES and kind != "Patient" and rest and "/" not in rest:
+                return target["reference"]
+        if target is not None:
+            return None
+    return None
+
+
+class _Unattached:
+    """Records a source read but could not attach to a patient of its own, at ingest."""
+
+    def __init__(self, quality: DataQuality, store: SqliteStore):
+        self.quality, self.store = quality, store
+        self.records: list[dict] = []  # in-scope records naming no patient (bounded)
+
+    def take(self, raw: RawResource) -> None:
+        """A record the trial can use whose patient is not one of this source's."""
+        resource, add = raw.resource, self.quality.add
+        where = f"{resource['resourceType']}/{resource['id']}"
+        if resource["resourceType"] not in PATIENT_DATA:
+            return
+        if raw.foreign is not None:
+            same, far = same_id_elsewhere(raw.foreign), elsewhere(raw.foreign)
+            if same:
+                self.store.add_marker(
+                    same,
+                    DOUBT_RECORD,
+                    f"{where} refers to {raw.foreign[:120]}, "
+                    + (
+                        "not to this patient, though the id is the same"
+                        if far
+                        else "a broken reference that may mean this patient"
+                    )
+                    + ": it is not counted here, and this patient's record may be incomplete",
+                )
+            if far:
+                add(
+                    Note(
+                        "foreign-reference",
+                        f"refers to a patient outside this source ({raw.foreign[:120]}); "
+                        "not counted for any patient",
+                        raw.where,
+                    )
+                )
+                return
+            # A broken reference ("Patient/", an id with a space): the record is someone's
+            # here, and nobody can say whose, so it weighs on everyone, as one naming nobody.
+            why = f"its patient reference {show(raw.foreign)} is not a valid reference"
+        else:
+            other = _other_subject(resource)
+            if other:
+                add(
+                    Note(
+                        "no-patient-reference", f"refers to {other}, not a patient; skipped", where
+                    )
+                )
+                return
+            why = "names no patient it can be attributed to (subject/patient missing or unreadable)"
+        if len(self.records) >= MAX_UNATTACHED:
+            add(
+                Note(
+                    "unattributed-record",
+                    f"names no patient, and more than {MAX_UNATTACHED} records do: the "
+                    "evidence it holds is missing for whoever it belongs to",
+                    raw.where,
+                )
+            )
+            return
+        add(
+            Note(
+                "no-patient-reference",
+                f"{why}; it weighs on every candidate as a record that could be theirs",
+                raw.where,
+            )
+        )
+        self.records.append(resource)
+
+    def unreadable(self, raw: RawResource) -> None:
+        """A record that could not be read at all, or of a type FHIR R4 does not have."""
+        why = raw.unreadable
+        if why is None:
+            kind = raw.resource["resourceType"]
+            self.quality.add(
+                Note(
+                    "unknown-resource-type",
+                    f"resourceType {show(kind)} is not a FHIR R4 resource type",
+                    raw.where,
+                )
+            )
+            why = f"{show(kind)[1:-1]}/{raw.resource.get('id')} is of no FHIR R4 resource type"
+        if raw.patient is not None:
+            self.store.add_marker(raw.patient, DOUBT_RECORD, why)
+            return
+        self.quality.add(
+            Note(
+                "unattributed-record",
+                f"{why}; it names no patient: the evidence it holds is missing for whoever "
+                "it belongs to",
+                raw.where,
+            )
+        )

@@ -5,14 +5,46 @@ Rule: a file holding patient data is staged under a temporary name (mode
 crash never leaves half a file and nobody else on the machine can read one.
 Several files are staged first and renamed together
 (:func:`write_private_files`), so a run killed while writing leaves the
-previous set as it was. At the bottom of the package: any stage may use it.
+previous set as it was. A folder a run writes into is locked for the whole
+run (:func:`locked_folder`), so two runs never interleave their files. At the
+bottom of the package: any stage may use it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import Locked, UsageError
+
+
+@contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created owner-only if missing) while a run
+    writes into it; another run holding it raises :class:`Locked` at once (exit 5).
+
+    The lock is ``flock`` on the folder itself (released by the kernel if the process
+    dies), so it leaves no file behind.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise UsageError(f"cannot use the output folder {folder}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Locked(
+                f"another fhir-cohort run is writing to {folder}; try again when it has finished"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _staged(path: Path, data: bytes) -> Path:
@@ -35,12 +67,15 @@ def write_private(path: Path, data: bytes) -> None:
     write_private_files(path.parent, {path.name: data})
 
 
-def write_private_files(folder: Path, files: dict[str, bytes]) -> None:
+def write_private_files(
+    folder: Path, files: dict[str, bytes], then: Callable[[], object] | None = None
+) -> None:
     """Write several files into ``folder`` (owner-only): all staged, then all renamed.
 
     If a rename fails, the files already renamed are put back as they were, so
-    the folder holds either the old set or the new one. Temporary files a
-    killed run left behind for these names are removed first.
+    the folder holds either the old set or the new one. ``then`` runs once all are
+    renamed (recording the run); if it fails, the renames are undone too. Temporary
+    files a killed run left behind for these names are removed first.
     """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in files:
@@ -64,6 +99,8 @@ def write_private_files(folder: Path, files: dict[str, bytes]) -> None:
                     previous.unlink()
                 raise
             kept[name] = previous
+        if then is not None:
+            then()
     except BaseException:
         for name, previous in kept.items():
             if previous is not None:

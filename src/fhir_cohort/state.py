@@ -8,7 +8,9 @@ folder. A run is recorded in one transaction, after its
 outputs are written, so a run killed half way leaves the history as it was.
 Review decisions are an append-only audit trail: triggers refuse any UPDATE
 or DELETE. A lock (``flock`` on ``DIR/lock``, released by the kernel when a
-process dies) keeps two runs off one state at once.
+process dies) keeps two runs off one state at once. A state that cannot be
+written (a full disk) is a one-line :class:`StateError` (exit 2), and the
+transaction that failed leaves the history as it was.
 
 The state is a record, not a cache of clinical data: each run keeps every
 candidate's result as written to ``candidates.json``, the patients a server
@@ -148,7 +150,10 @@ class State:
     def lock(self) -> Iterator[None]:
         """Hold the state's lock for a run; fail at once if another run holds it."""
         path = self.folder / "lock"
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,8 +164,11 @@ class State:
                     + (f" ({holder})" if holder else "")
                     + "; try again when it has finished"
                 ) from None
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, f"pid {os.getpid()}, started {utc_now()}".encode(), 0)
+            try:  # who holds it, for the message of a run that finds it taken
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"pid {os.getpid()}, started {utc_now()}".encode(), 0)
+            except OSError:
+                pass  # a full disk: the lock holds all the same, unsigned
             yield
         finally:
             os.close(descriptor)  # closing releases the lock
@@ -172,18 +180,27 @@ class State:
         """
         folder = self.folder / "work"
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(mode=0o700)
+        try:
+            folder.mkdir(mode=0o700)
+        except OSError as error:
+            raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
         return folder
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One transaction; a database that cannot be written (a full disk) rolls it back
+        and raises StateError."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise StateError(f"cannot write the state in {self.folder}: {error}") from None
 
     # -- runs ----------------------------------------------------------------
     def previous_run(self, trial: str, scope: str) -> RunRecord | None:

@@ -3,17 +3,27 @@
 Rule: memory holds one patient's record at a time, never the data set. The
 :class:`PatientStore` protocol is the seam; :class:`SqliteStore` keeps the
 resources the trial can use in a private temporary SQLite file (mode 0700
-folder), keyed by type and id so a duplicate counts once: the copy with the
-later ``meta.lastUpdated`` wins, otherwise the first seen. Resources the trial
-cannot use are not kept, but a winning copy of one still retires a kept copy.
+folder). The same type and id read more than once is one resource, by the
+rules pages' one rule: the copy with the later ``meta.lastUpdated`` (compared
+as instants) wins; a copy without one, or with one that is not a FHIR instant
+or lies after this run's start, counts as the oldest (noted); on a tie, the
+first seen. Resources the trial cannot use are not kept, but a winning copy
+of one still retires a kept copy. Copies that disagree on anything the trial
+reads (all but ``meta`` and the narrative) are noted on the patient; when the
+choice between them rests on an unreadable ``meta.lastUpdated``, no copy wins
+for certain: every kept copy stays, marked doubtful, so none counts in the
+patient's favour. A full disk is a :class:`StoreError` (exit 2), not a crash.
 """
 
 from __future__ import annotations
 
+import errno
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -22,10 +32,20 @@ from typing import Protocol
 
 import orjson
 
-from .sources import RawResource
+from .errors import UsageError
+from .normalise.elements import fhir_date, show
+from .quality import Note
+from .sources import DOUBT, NOTE_RECORD, RawResource
 
 _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
+_NOT_READ = ("meta", "text")  # what copies may differ in without disagreeing
+_OLDEST = float("-inf")
+_ABSENT = object()
+
+
+class StoreError(UsageError):
+    """The scratch store cannot be written (a full disk, an unwritable folder): exit 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,47 +67,92 @@ class PatientStore(Protocol):
     def medication(self, medication_id: str) -> dict | None: ...
 
 
-def _last_updated(resource: dict) -> str | None:
-    meta = resource.get("meta")
-    stamp = meta.get("lastUpdated") if type(meta) is dict else None
-    return stamp if type(stamp) is str else None
+def _stamp(resource: dict, meta: object) -> str | None:
+    """The raw ``meta.lastUpdated`` of a copy, as text (JSON text when it is not a string;
+    the whole ``meta`` when that is not an object; ``null`` for a JSON null, which is no
+    instant either): parsed only if the copy competes. None: absent."""
+    stamp = meta.get("lastUpdated") if type(meta) is dict else meta
+    if stamp is None:
+        present = "lastUpdated" in meta if type(meta) is dict else "meta" in resource
+        return "null" if present else None
+    return stamp if type(stamp) is str else orjson.dumps(stamp).decode()
 
 
-def _timestamp(stamp: str | None) -> float | None:
-    """``meta.lastUpdated`` as a UTC timestamp (None when absent or unreadable).
+def instant(stamp: object, now: float) -> tuple[float, str | None]:
+    """``meta.lastUpdated`` as a UTC timestamp for ordering copies, and why it does not
+    count when it does not: absent, not a FHIR instant, or after ``now`` (all the oldest).
 
-    >>> _timestamp("2026-01-02T03:04:05Z") > _timestamp("2026-01-02T03:04:05+01:00")
+    >>> now = 1.9e9
+    >>> instant("2026-01-02T03:04:05Z", now) > instant("2026-01-02T03:04:05+01:00", now)
     True
+    >>> instant(None, now), instant("9999-01-01T00:00:00Z", now)[1]
+    ((-inf, None), "meta.lastUpdated '9999-01-01T00:00:00Z' is after this run started")
+    >>> instant("2026-01-02", now)[1]
+    "meta.lastUpdated '2026-01-02' is not a FHIR instant"
     """
     if stamp is None:
-        return None
+        return _OLDEST, None
+    if fhir_date(stamp, "instant") is None:
+        return _OLDEST, f"meta.lastUpdated {show(stamp)} is not a FHIR instant"
+    assert isinstance(stamp, str)
+    text = stamp.replace("Z", "+00:00")
+    if "." in text:  # Python before 3.11 takes at most six digits of a fraction
+        head, tail = text.split(".", 1)
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        text = f"{head}.{tail[:digits][:6].ljust(6, '0')}{tail[digits:]}"
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(text.replace(":60", ":59")).timestamp()
     except ValueError:
-        return None
+        return _OLDEST, f"meta.lastUpdated {show(stamp)} is not a FHIR instant"
+    if moment > now:
+        return _OLDEST, f"meta.lastUpdated {show(stamp)} is after this run started"
+    return moment, None
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Turn a full disk (or an unwritable scratch folder) into one StoreError line."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot write the scratch store in {folder}: {error}") from None
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS):
+            raise StoreError(
+                f"cannot write the scratch store in {folder}: {error.strerror or error}"
+            ) from None
+        raise
 
 
 class SqliteStore:
     """Patient-grouped resources in a temporary SQLite database."""
 
-    def __init__(self, folder: Path | None = None, filtered_types: frozenset[str] | None = None):
+    def __init__(
+        self,
+        folder: Path | None = None,
+        filtered_types: frozenset[str] | None = None,
+        now: float | None = None,
+    ):
         """``filtered_types``: the types whose copies may be kept or not by content
         (None: any type). A copy not kept still competes with a kept copy of the
-        same type and id."""
-        self._folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-", dir=folder))
-        self._db = sqlite3.connect(self._folder / "resources.sqlite3")
-        self._db.executescript(
-            """
-            PRAGMA journal_mode = OFF;
-            PRAGMA synchronous = OFF;
-            PRAGMA temp_store = FILE;
-            CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, updated REAL,
-                                    seen INTEGER, key INTEGER, touches INTEGER, body BLOB,
-                                    PRIMARY KEY (rtype, rid));
-            CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
-            CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER);
-            """
-        )
+        same type and id. ``now``: when the run started (a later lastUpdated does not
+        count)."""
+        with _writing(folder or Path(tempfile.gettempdir())):
+            self._folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-", dir=folder))
+        with _writing(self._folder):
+            self._db = sqlite3.connect(self._folder / "resources.sqlite3")
+            self._db.executescript(
+                """
+                PRAGMA journal_mode = OFF;
+                PRAGMA synchronous = OFF;
+                PRAGMA temp_store = FILE;
+                CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, stamp TEXT,
+                                        seen INTEGER, key INTEGER, touches INTEGER, body BLOB);
+                CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
+                CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER);
+                """
+            )
+        self._now = time.time() if now is None else now
         self._filtered_types = filtered_types
         self._rows: list[tuple] = []
         self._unkept: list[tuple] = []
@@ -95,7 +160,9 @@ class SqliteStore:
         self._recent_patients: set[str] = set()  # bounded: cleared when large
         self._seen = 0
         self.kept = 0
+        self.duplicates = 0
         self.resources_by_type: dict[str, int] = {}
+        self.notes: list[Note] = []  # what finish() found about duplicates
         self.medication = lru_cache(maxsize=4096)(self._medication)
 
     # -- loading -----------------------------------------------------------
@@ -114,36 +181,51 @@ class SqliteStore:
         # different resources share one with odds near 1e-9 even at ten million.
         if keep:
             self.kept += 1
+            stamp = _stamp(resource, resource.get("meta"))
+            meta = resource.pop("meta", _ABSENT)
+            text = resource.pop("text", _ABSENT)
+            body = orjson.dumps(resource)  # what the trial reads: copies compare by it
+            if meta is not _ABSENT:
+                resource["meta"] = meta
+            if text is not _ABSENT:
+                resource["text"] = text
             self._rows.append(
                 (
                     rtype,
                     resource["id"],
                     patient,
-                    _timestamp(_last_updated(resource)),
+                    stamp,
                     self._seen,
                     hash((rtype, resource["id"])),
                     int(keep),
-                    orjson.dumps(resource),
+                    body,
                 )
             )
         elif self._filtered_types is None or rtype in self._filtered_types:
             # Most resources land here: keep the raw stamp, parse it only if it competes.
             meta = resource.get("meta")
-            stamp = meta.get("lastUpdated") if type(meta) is dict else None
+            stamp = meta.get("lastUpdated") if type(meta) is dict else meta
+            if type(stamp) is not str:
+                stamp = _stamp(resource, meta)
             self._unkept.append((hash((rtype, resource["id"])), stamp, self._seen))
         if not self._seen % _BATCH:
             self._flush()
 
+    def add_marker(self, patient: str, kind: str, message: str, code: str = "") -> None:
+        """Keep a doubt (``DOUBT_RECORD``) or a note (``NOTE_RECORD``) for a patient, if
+        that patient exists; it does not make the patient exist."""
+        self._seen += 1
+        rid = f"marker-{self._seen}"
+        body = orjson.dumps({"resourceType": kind, "id": rid, "message": message, "code": code})
+        self._rows.append((kind, rid, patient, None, self._seen, hash((kind, rid)), 1, body))
+
     def _flush(self) -> None:
-        self._db.executemany(
-            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rtype, rid) "
-            "DO UPDATE SET patient = excluded.patient, updated = excluded.updated, "
-            "seen = excluded.seen, touches = excluded.touches, body = excluded.body "
-            "WHERE resources.updated IS NOT NULL AND excluded.updated > resources.updated",
-            self._rows,
-        )
-        self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?)", self._unkept)
-        self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
+        with _writing(self._folder):
+            self._db.executemany(
+                "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._rows
+            )
+            self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?)", self._unkept)
+            self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
         self._rows.clear()
         self._unkept.clear()
         self._new_patients.clear()
@@ -151,33 +233,85 @@ class SqliteStore:
             self._recent_patients.clear()
 
     def finish(self) -> None:
-        """End of input: drop kept copies that an unkept copy beats, index by patient.
-
-        A copy beats another by a later ``meta.lastUpdated`` when both have one,
-        otherwise by being seen first (the same rule the upsert applies).
-        """
+        """End of input: settle every type and id read more than once, index by patient."""
         self._flush()
-        self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
-        competing = self._db.execute(
-            "SELECT r.rowid, r.updated, r.seen, u.stamp, u.seen FROM unkept u "
-            "JOIN resources r ON r.key = u.key"
+        with _writing(self._folder):
+            self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
+            # Identical copies (the same export read twice) agree whoever wins: one stays.
+            identical = self._db.execute(
+                "DELETE FROM resources WHERE rowid IN (SELECT r.rowid FROM resources r "
+                "JOIN resources o ON o.key = r.key AND o.rowid < r.rowid AND o.body = r.body "
+                "AND o.patient IS r.patient)"
+            )
+            self.duplicates += identical.rowcount
+            keys = [
+                key
+                for (key,) in self._db.execute(
+                    "SELECT key FROM resources GROUP BY key HAVING count(*) > 1 "
+                    "UNION SELECT DISTINCT u.key FROM unkept u JOIN resources r ON r.key = u.key"
+                )
+            ]
+            for key in keys:
+                self._settle(key)
+            self._db.execute("CREATE INDEX resources_by_patient ON resources (patient)")
+            self._db.commit()
+
+    def _settle(self, key: int) -> None:
+        """One type and id read several times: keep the winner, note what disagreed."""
+        kept = self._db.execute(
+            "SELECT rowid, rtype, rid, patient, stamp, seen, body FROM resources WHERE key = ?",
+            (key,),
         ).fetchall()
-        beaten = set()
-        for rowid, updated, seen, stamp, unkept_seen in competing:
-            unkept_updated = _timestamp(stamp if isinstance(stamp, str) else None)
-            if unkept_updated is not None and updated is not None:
-                wins = unkept_updated > updated
-            else:
-                wins = unkept_seen < seen
-            if wins:
-                beaten.add(rowid)
-        self._db.executemany("DELETE FROM resources WHERE rowid = ?", ((r,) for r in beaten))
-        self._db.execute("CREATE INDEX resources_by_patient ON resources (patient)")
-        self._db.commit()
+        unkept = self._db.execute("SELECT stamp, seen FROM unkept WHERE key = ?", (key,)).fetchall()
+        copies = []  # (order, rowid or None, why its stamp does not count)
+        for rowid, _, _, _, stamp, seen, _ in kept:
+            moment, why = instant(stamp, self._now)
+            copies.append(((moment, -seen), rowid, why))
+        for stamp, seen in unkept:
+            moment, why = instant(stamp, self._now)
+            copies.append(((moment, -seen), None, why))
+        self.duplicates += len(copies) - 1
+        _, rtype, rid, *_ = kept[0]
+        where = f"{rtype}/{rid}"
+        unreadable = [why for *_, why in copies if why]
+        for why in dict.fromkeys(unreadable):
+            self.notes.append(Note("bad-last-updated", f"{why}; counted as the oldest copy", where))
+        winner = max(copies)[1]
+        bodies = {body for *_, body in kept}
+        agree = not unkept and len(bodies) == 1
+        if agree:
+            self._db.executemany(
+                "DELETE FROM resources WHERE rowid = ?",
+                ((row[0],) for row in kept if row[0] != (winner or kept[0][0])),
+            )
+            return
+        message = f"{len(copies)} copies of {where} differ in what the trial reads; " + (
+            "the choice between them rests on a meta.lastUpdated that cannot be read, "
+            "so every copy counts as one that cannot be read"
+            if unreadable
+            else "the copy with the later meta.lastUpdated (else the first seen) is used"
+        )
+        self.notes.append(Note("conflicting-duplicate", message, where))
+        for owner in {row[3] for row in kept if row[3] is not None}:
+            self.add_marker(owner, NOTE_RECORD, message, "conflicting-duplicate")
+        if unreadable:
+            for rowid, *_, body in kept:
+                resource = orjson.loads(body)
+                resource[DOUBT] = [message]
+                self._db.execute(
+                    "UPDATE resources SET body = ? WHERE rowid = ?",
+                    (orjson.dumps(resource), rowid),
+                )
+        else:
+            self._db.executemany(
+                "DELETE FROM resources WHERE rowid = ?",
+                ((row[0],) for row in kept if row[0] != winner),
+            )
+        self._flush()
 
     @property
     def distinct_kept(self) -> int:
-        return self._db.execute("SELECT count(*) FROM resources").fetchone()[0]
+        return self.kept - self.duplicates
 
     # -- reading -----------------------------------------------------------
     def patients(self) -> Iterator[PatientRecord]:

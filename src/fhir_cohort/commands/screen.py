@@ -1,9 +1,12 @@
 """``fhir-cohort screen``: read, screen, compare with the last run, write, record.
 
-Rule: one run holds the state's lock from start to end; the outputs are
-written (all staged, then renamed together) before the run is recorded, and a
-run with partial input is recorded as partial so it never becomes the
-baseline of the next diff or incremental pull.
+Rule: one run holds the state's lock and the output folder's lock from start
+to end; the outputs are staged, renamed together, and the run recorded, and if
+recording fails the renames are undone, so a failure anywhere (a full disk
+included) leaves the previous outputs and history as they were. A run with
+partial input is recorded as partial so it never becomes the baseline of the
+next diff or incremental pull; records that are invalid but read leave it
+complete.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -24,10 +28,10 @@ from ..outputs.group import build_group, group_json
 from ..outputs.report import render
 from ..outputs.terminal import problems, summary
 from ..pipeline import Screening, screen
-from ..private_files import write_private_files
+from ..private_files import locked_folder, write_private_files
 from ..sources import ResourceSource, SourceError
 from ..sources.bulk import BulkSource
-from ..sources.files import FileSource
+from ..sources.files import MIB, FileLimits, FileSource
 from ..sources.plan import ServerPlan
 from ..sources.rest import RestSource
 from ..state import RunRecord, State, default_state_dir, utc_now
@@ -55,7 +59,12 @@ def _sources(
     args: argparse.Namespace, trial: Trial, state: State | None, previous: RunRecord | None
 ) -> list[ResourceSource]:
     if not args.server:
-        return [FileSource(*(args.source or [bundled_fixtures()]))]
+        limits = FileLimits(
+            line=args.max_line_mib * MIB,
+            bundle=args.max_bundle_mib * MIB,
+            inflated=args.max_inflated_mib * MIB,
+        )
+        return [FileSource(*(args.source or [bundled_fixtures()]), base=args.base, limits=limits)]
     client = server_client(args)
     if args.bulk:
         key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
@@ -99,7 +108,11 @@ def _attribute(sources: list[ResourceSource], name: str) -> str | None:
     return None
 
 
-def _write_outputs(screening: Screening, changes: Changes, group: Group, out: Path) -> None:
+def _write_outputs(
+    screening: Screening, changes: Changes, group: Group, out: Path, record: Callable[[], object]
+) -> None:
+    """Stage the outputs, rename them into place, then ``record`` the run (undone if it
+    fails)."""
     files = {
         "candidates.json": json_bytes(screening, changes),
         "candidates.csv": csv_bytes(screening, changes),
@@ -107,7 +120,7 @@ def _write_outputs(screening: Screening, changes: Changes, group: Group, out: Pa
         "group.json": group_json(group),
     }
     try:
-        write_private_files(out, files)
+        write_private_files(out, files, then=record)
     except OSError as error:
         raise SourceError(f"cannot write to {out}: {error.strerror or error}") from None
 
@@ -131,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     trial = load_trial(args.trial)
     if args.publish_group and not args.server:
         raise SourceError("--publish-group needs --server")
+    if args.base and args.server:
+        raise SourceError(
+            "--base is for files exported from a server; with --server it is that URL"
+        )
     if args.dry_run:
         for source in _sources(args, trial, None, None):
             plan = getattr(source, "plan", None)
@@ -138,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         return Exit.OK
     as_of = args.as_of or date.today()
     scope = _scope(args)
-    with State(args.state or default_state_dir()) as state, state.lock():
+    with (
+        State(args.state or default_state_dir()) as state,
+        state.lock(),
+        locked_folder(args.out),
+    ):
         previous = state.previous_run(trial.id, scope)
         sources = _sources(args, trial, state, previous)
         started = utc_now()
@@ -148,23 +169,26 @@ def run(args: argparse.Namespace) -> int:
         current = {c.result.patient: snapshot(c) for c in result.candidates}
         changes = _changes(state, trial, previous, current, as_of)
         group = build_group(result)
-        _write_outputs(result, changes, group, args.out)
         missing = result.missing_data()
-        state.record_run(
-            trial=trial.id,
-            scope=scope,
-            as_of=as_of.isoformat(),
-            started_at=started,
-            outcome="partial" if missing else "complete",
-            checkpoint=_attribute(sources, "checkpoint"),
-            searches=_attribute(sources, "searches_fingerprint"),
-            funnel=result.funnel.to_dict(),
-            candidates=[
-                (c.result.patient, current[c.result.patient], candidate_dict(c))
-                for c in result.candidates
-            ],
-            pool=[p for s in sources for p in getattr(s, "pool", ())],
-        )
+
+        def record() -> int:
+            return state.record_run(
+                trial=trial.id,
+                scope=scope,
+                as_of=as_of.isoformat(),
+                started_at=started,
+                outcome="partial" if missing else "complete",
+                checkpoint=_attribute(sources, "checkpoint"),
+                searches=_attribute(sources, "searches_fingerprint"),
+                funnel=result.funnel.to_dict(),
+                candidates=[
+                    (c.result.patient, current[c.result.patient], candidate_dict(c))
+                    for c in result.candidates
+                ],
+                pool=[p for s in sources for p in getattr(s, "pool", ())],
+            )
+
+        _write_outputs(result, changes, group, args.out, record)
     pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
     if args.publish_group:
         server_client(args).request(

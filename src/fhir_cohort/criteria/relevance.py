@@ -4,7 +4,10 @@ Most of a hospital's Observations (vital signs, chemistry) can never touch a
 trial's criteria. Keeping only resources whose code is in one of the trial's
 value sets lets the store hold a fraction of the data and keeps screening close
 to the cost of parsing. Medication resources are always kept: a drug can be
-named in text or behind a reference that only resolves later.
+named in text or behind a reference that only resolves later. A record whose
+code cannot be read (a wrong JSON type in it, or an Observation without one)
+may be any code: it is kept with every bit, so the patient is evaluated and
+the record weighs on every rule of its type.
 """
 
 from __future__ import annotations
@@ -49,10 +52,15 @@ class Relevance:
             *((1 << (2 + i), rule_valuesets(c.rule)) for i, c in enumerate(trial.acr)),
         ]
         self._memo: dict[tuple[object, object], int] = {}
+        self.any_code = KEPT | POOL | (((1 << len(trial.acr)) - 1) << 2)
 
     def _bits(self, system: object, code: object) -> int:
+        if (code is not None and type(code) is not str) or (
+            system is not None and type(system) is not str
+        ):
+            return self.any_code  # a number or true where FHIR has a string
         if not isinstance(system, str) or not isinstance(code, str):
-            return 0
+            return 0  # valid, but without a system (or a code) it can never match
         system = canonical_system(system)
         code = canonical_code(system, code)
         key = f"{system}|{code}"
@@ -74,18 +82,35 @@ class Relevance:
             return 0
         concept = resource.get("code")
         if type(concept) is not dict:
-            return 0
+            if concept is None and kind != "Observation" and "code" not in resource:
+                return 0  # uncoded: it can never match (Observation.code is required)
+            return self.any_code  # a wrong JSON type (null included) or no required code
+        codings = concept.get("coding")
+        if type(codings) is not list:
+            return 0 if codings is None and "coding" not in concept else self.any_code
         bits = 0
         memo = self._memo
-        for coding in concept.get("coding") or ():  # the hot loop of ingest, kept inline
+        for coding in codings:  # the hot loop of ingest, kept inline
             if type(coding) is not dict:
-                continue
+                return self.any_code
             pair = (coding.get("system"), coding.get("code"))
-            found = memo.get(pair)
+            try:
+                found = memo.get(pair)
+            except TypeError:  # a list or an object where FHIR has a string
+                return self.any_code
             if found is None:
                 if len(memo) > 100_000:  # bounded, not a copy of every code seen
                     memo.clear()
                 found = memo[pair] = self._bits(*pair)
+            if (
+                not found
+                and None in pair
+                and (
+                    ("code" in coding and pair[1] is None)
+                    or ("system" in coding and pair[0] is None)
+                )
+            ):
+                return self.any_code  # a JSON null where FHIR has a string
             bits |= found
         return bits
 

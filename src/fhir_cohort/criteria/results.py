@@ -1,8 +1,9 @@
 """Results: what the evaluator says about one patient, with its evidence.
 
 Criterion results are ``met`` / ``not-met`` / ``unknown``; exclusion results
-``excluded`` / ``review`` / ``clear``, washouts ``washout`` (with ``until``)
-or ``clear``. Every result carries the evidence it rests on. ``to_dict``
+``excluded`` / ``review`` / ``clear``, washouts ``washout`` (with ``until``),
+``review`` (a record that cannot be read could start or extend one; ``until``
+when a readable one runs) or ``clear``. Every result carries the evidence it rests on. ``to_dict``
 gives the JSON shape of ``candidates.json``.
 """
 
@@ -150,6 +151,8 @@ class PatientResult:
     activity: ActivityResult | None  # None for a patient outside the candidate pool
     exclusions: dict[str, Finding]  # empty outside the candidate pool
     notes: tuple[Note, ...] = field(default=())
+    reasons: tuple[str, ...] = ()  # why a needs-review patient needs review, in plain words
+    doubted: bool = False  # records that cannot be read stopped a better status
 
     def to_dict(self) -> dict:
         return {
@@ -164,4 +167,9 @@ class PatientResult:
                 "activity": self.activity.to_dict() if self.activity else None,
             },
             "exclusions": {k: f.to_dict() for k, f in self.exclusions.items()},
+            "reasons": list(self.reasons),
+            "notes": [
+                {"code": n.code, "where": n.where, "message": n.message}
+                for n in dict.fromkeys(self.notes)
+            ],
         }

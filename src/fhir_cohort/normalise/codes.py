@@ -8,6 +8,7 @@ so that value-set membership is a plain set lookup.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -101,43 +102,11 @@ def _code(system: str, code: str, display: str | None) -> Code:
     return Code(system, canonical_code(system, code), display)
 
 
-def codes_of(concept: object) -> tuple[Code, ...]:
-    """The canonical codings of a CodeableConcept (codings without system or code are skipped).
-
-    >>> codes_of({"coding": [{"system": "SNOMED", "code": "55464009", "display": "SLE"},
-    ...                      {"code": "x"}]})
-    (Code(system='http://snomed.info/sct', code='55464009', display='SLE'),)
-    """
-    if not isinstance(concept, dict):
-        return ()
-    found = []
-    for coding in concept.get("coding") or ():
-        if not isinstance(coding, dict):
-            continue
-        system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
-        if isinstance(system, str) and isinstance(code, str) and code.strip():
-            found.append(_code(system, code, display if isinstance(display, str) else None))
-    return tuple(found)
-
-
-def text_of(concept: object) -> str | None:
-    """A CodeableConcept's human text: its text, else its first display."""
-    if not isinstance(concept, dict):
-        return None
-    text = concept.get("text")
-    if isinstance(text, str) and text.strip():
-        return text.strip()
-    for coding in concept.get("coding") or ():
-        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
-            return coding["display"]
-    return None
-
-
-def has_uncoded_codings(concept: object) -> bool:
-    """True when a concept has codings that lack a system (they can never match)."""
-    if not isinstance(concept, dict):
-        return False
-    return any(
-        isinstance(c, dict) and c.get("code") and not c.get("system")
-        for c in concept.get("coding") or ()
+def codes_from(parts: Iterable[tuple[object, object, object]]) -> tuple[Code, ...]:
+    """Canonical Codes from (system, code, display) triples; a triple without a string
+    system and a non-blank string code can never match and is skipped."""
+    return tuple(
+        _code(system, code, display if isinstance(display, str) else None)
+        for system, code, display in parts
+        if isinstance(system, str) and isinstance(code, str) and code.strip()
     )

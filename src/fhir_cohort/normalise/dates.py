@@ -1,7 +1,8 @@
-"""Dates: FHIR date/dateTime parsing, calendar-month arithmetic and age.
+"""Dates: partial-date ranges, calendar-month arithmetic and age.
 
-Every function is pure. A FHIR dateTime keeps the calendar day it was written
-in (``2026-06-30T23:30:00-05:00`` is 30 June): the clinic's local day is the
+Every function is pure. Dates are read by the FHIR grammar (``elements.fhir_date``);
+a FHIR dateTime keeps the calendar day it was written in
+(``2026-06-30T23:30:00-05:00`` is 30 June): the clinic's local day is the
 day the clinician saw, and converting to UTC would move late-evening results
 to the next day.
 """
@@ -9,42 +10,14 @@ to the next day.
 from __future__ import annotations
 
 import calendar
-import re
 from datetime import date
 
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-
-
-def parse_date(text: object) -> date | None:
-    """Return the calendar day of a FHIR date, dateTime or instant.
-
-    A partial date stands for its first day (the earliest it can be), so that
-    evidence written as "2026" is never wrongly treated as lying after an
-    as-of date in 2026. Anything unparseable gives None.
-
-    >>> parse_date("2026-06-30T23:30:00-05:00")
-    datetime.date(2026, 6, 30)
-    >>> parse_date("1990-05")
-    datetime.date(1990, 5, 1)
-    >>> parse_date("1990")
-    datetime.date(1990, 1, 1)
-    >>> parse_date("30/06/2026") is None, parse_date(None) is None, parse_date("2026-13-01") is None
-    (True, True, True)
-    """
-    if not isinstance(text, str):
-        return None
-    match = _DATE.match(text.strip())
-    if not match:
-        return None
-    year, month, day = match.groups()
-    try:
-        return date(int(year), int(month or 1), int(day or 1))
-    except ValueError:
-        return None
+from .elements import fhir_date
 
 
 def date_bounds(text: object) -> tuple[date, date] | None:
-    """Earliest and latest day a (possibly partial) FHIR date can stand for.
+    """Earliest and latest day a (possibly partial) FHIR ``date`` can stand for; None
+    when it is not a valid FHIR date.
 
     >>> date_bounds("1980")
     (datetime.date(1980, 1, 1), datetime.date(1980, 12, 31))
@@ -52,17 +25,16 @@ def date_bounds(text: object) -> tuple[date, date] | None:
     (datetime.date(2000, 2, 1), datetime.date(2000, 2, 29))
     >>> date_bounds("1975-07-14")
     (datetime.date(1975, 7, 14), datetime.date(1975, 7, 14))
-    >>> date_bounds("unknown") is None
-    True
+    >>> date_bounds("unknown") is None, date_bounds("1975-7-14") is None
+    (True, True)
     """
-    earliest = parse_date(text)
+    earliest = fhir_date(text, "date")
     if earliest is None:
         return None
     assert isinstance(text, str)
-    _, month, day = _DATE.match(text.strip()).groups()  # type: ignore[union-attr]
-    if day:
+    if len(text) == 10:
         return earliest, earliest
-    if month:
+    if len(text) == 7:
         last = calendar.monthrange(earliest.year, earliest.month)[1]
         return earliest, earliest.replace(day=last)
     return earliest, date(earliest.year, 12, 31)

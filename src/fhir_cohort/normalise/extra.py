@@ -22,15 +22,14 @@ from dataclasses import dataclass, fields
 from datetime import date
 
 from ..quality import Note
-from .codes import Code, codes_of, text_of
-from .dates import parse_date
+from .codes import Code
+from .elements import Reading, nulls_marked
 from .facts import LabFact, PatientFacts, Quantity, Source
 from .resources import (
     ORDER_INTENTS,
     MedicationLookup,
     _drug,
     _first_date,
-    _status,
     observation,
     patient_facts,
 )
@@ -108,16 +107,19 @@ def family_history(resource: dict) -> tuple[FamilyHistoryFact, ...]:
     """
     if resource.get("status") not in COUNTING_FAMILY_HISTORY:
         return ()
+    reading = Reading(resource)
     source = Source("FamilyMemberHistory", str(resource.get("id")))
-    when = parse_date(resource.get("date"))
-    relationship = _status(resource, "relationship")
+    when = _first_date(reading, (("date", "dateTime"),))
+    kin = reading.dict_at(resource.get("relationship"), "relationship")
+    codings = reading.array(kin.get("coding"), "relationship.coding")
+    first = codings[0] if codings and type(codings[0]) is dict else {}
+    code = reading.string(first.get("code"), "relationship.coding[0].code")
+    relationship = code.strip().lower() if code else None
     found = []
-    for item in resource.get("condition") or ():
+    for index, item in enumerate(reading.array(resource.get("condition"), "condition")):
         if isinstance(item, dict):
-            concept = item.get("code")
-            found.append(
-                FamilyHistoryFact(source, codes_of(concept), text_of(concept), when, relationship)
-            )
+            codes, text = reading.concept(item.get("code"), f"condition[{index}].code")
+            found.append(FamilyHistoryFact(source, codes, text, when, relationship))
     return tuple(found)
 
 
@@ -148,7 +150,7 @@ def extend_observation(fact: LabFact, resource: dict) -> ObservationFact:
     ...        "code": {"coding": [{"system": "http://loinc.org", "code": "2106-3"}]},
     ...        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
     ...            "code": "260373001", "display": "Detected"}], "text": " Detected "}}
-    >>> fact = extend_observation(observation(obs)[0], obs)
+    >>> fact = extend_observation(observation(Reading(obs), Source("Observation", "o")), obs)
     >>> [c.code for c in fact.value_codes], fact.value_texts
     (['260373001'], ('Detected',))
     """
@@ -157,7 +159,7 @@ def extend_observation(fact: LabFact, resource: dict) -> ObservationFact:
     raw = resource.get("valueString")
     if isinstance(raw, str):
         texts.append(raw)
-    value_codes = codes_of(concept)
+    value_codes, _ = Reading(resource).concept(concept, "valueCodeableConcept")
     if isinstance(concept, dict):
         if isinstance(concept.get("text"), str):
             texts.append(concept["text"])
@@ -210,36 +212,48 @@ def medication_record(
     True
     """
     status = resource.get("status")
-    period = resource.get("effectivePeriod") if kind != "MedicationRequest" else None
-    period = period if isinstance(period, dict) else {}
+    reading = Reading(nulls_marked(resource))
     supply = None
     if kind == "MedicationAdministration":
         if status not in ADMINISTRATION_EXPOSURE:
             return None
-        start, _ = _first_date(
-            resource, "effectiveDateTime", "effectivePeriod.start", "effectivePeriod.end"
+        start = _first_date(
+            reading,
+            (
+                ("effectiveDateTime", "dateTime"),
+                ("effectivePeriod.start", "dateTime"),
+                ("effectivePeriod.end", "dateTime"),
+            ),
         )
-        end = parse_date(period.get("end"))
+        end = _first_date(reading, (("effectivePeriod.end", "dateTime"),))
         active = False
     elif kind == "MedicationStatement":
         if status not in STATEMENT_EXPOSURE:
             return None
-        start, _ = _first_date(
-            resource, "effectivePeriod.start", "effectiveDateTime", "effectivePeriod.end"
+        start = _first_date(
+            reading,
+            (
+                ("effectivePeriod.start", "dateTime"),
+                ("effectiveDateTime", "dateTime"),
+                ("effectivePeriod.end", "dateTime"),
+            ),
         )
-        end = parse_date(period.get("end"))
+        end = _first_date(reading, (("effectivePeriod.end", "dateTime"),))
         active = status == "active" and end is None
     else:
         if resource.get("intent") not in ORDER_INTENTS or status not in REQUEST_EXPOSURE:
             return None
-        start, _ = _first_date(resource, "authoredOn", "dispenseRequest.validityPeriod.start")
+        start = _first_date(
+            reading,
+            (("authoredOn", "dateTime"), ("dispenseRequest.validityPeriod.start", "dateTime")),
+        )
         if start is None:
             return None
-        end, _ = _first_date(resource, "dispenseRequest.validityPeriod.end")
+        end = _first_date(reading, (("dispenseRequest.validityPeriod.end", "dateTime"),))
         active = status == "active"
         supply = None if active or end else _supply_days(resource)
     source = Source(kind, str(resource.get("id")))
-    codes, names, _ = _drug(resource, lookup, source)
+    codes, names, _ = _drug(reading, lookup, None, [], source.reference)
     extra = [(resource.get("medicationReference") or {}).get("display")]
     medication = resource.get("medicationReference") or {}
     if isinstance(medication, dict) and medication.get("reference"):
@@ -273,7 +287,9 @@ def extended_facts(
             if kind == "Patient":
                 gender = resource.get("gender") if isinstance(resource.get("gender"), str) else None
             elif kind == "Observation":
-                fact, _ = observation(resource)
+                fact = observation(
+                    Reading(nulls_marked(resource)), Source(kind, str(resource["id"]))
+                )
                 if fact is not None:
                     labs.append(extend_observation(fact, resource))
             elif kind == "FamilyMemberHistory":

@@ -3,6 +3,12 @@
 Every fact names the resource it came from (``source``), so every criterion
 result can show its evidence. Facts are frozen dataclasses of plain values:
 they pickle, so the same evaluator can run in another process or engine.
+
+A fact whose record could not be read for certain (invalid FHIR: a wrong JSON
+type, a status that is not a FHIR code, a date that is not a FHIR date) says
+why in ``unreadable``; it never counts in the patient's favour. One whose code
+(or drug) could not be read at all has ``any_code`` (``any_drug``) set: it may
+be any code, so every rule that reads its type must consider it.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class ConditionFact:
     date: date | None
     clinical_status: str | None
     verification_status: str | None
+    unreadable: tuple[str, ...] = ()
+    any_code: bool = False
+    status_unreadable: str | None = None  # clinicalStatus: only "current" rules read it
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,8 @@ class LabFact:
     interpretation: frozenset[str] = frozenset()
     reference_low: Quantity | None = None
     reference_high: Quantity | None = None
+    unreadable: tuple[str, ...] = ()
+    any_code: bool = False
 
     def describe_value(self) -> str:
         if self.value_text:
@@ -96,6 +107,8 @@ class ProcedureFact:
     codes: tuple[Code, ...]
     text: str | None
     date: date | None
+    unreadable: tuple[str, ...] = ()
+    any_code: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +116,8 @@ class ExposureFact:
     """A medication exposure: from ``start`` to ``end``, or ongoing.
 
     ``end`` is the last day the drug is known to have been given; an
-    ``ongoing`` exposure has no end and runs up to the as-of date.
+    ``ongoing`` exposure has no end and runs up to the as-of date. An unreadable
+    record is read at its worst: ongoing when its status or dates leave it open.
     """
 
     source: Source
@@ -113,6 +127,8 @@ class ExposureFact:
     end: date | None
     ongoing: bool
     status: str
+    unreadable: tuple[str, ...] = ()
+    any_drug: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +139,15 @@ class PatientFacts:
     birth_date: str | None = None
     deceased_boolean: bool | None = None
     deceased_date: date | None = None
+    birth_date_unreadable: str | None = None
+    deceased_unreadable: str | None = None
     name: str | None = None
     conditions: tuple[ConditionFact, ...] = ()
     labs: tuple[LabFact, ...] = ()
     procedures: tuple[ProcedureFact, ...] = ()
     exposures: tuple[ExposureFact, ...] = ()
     notes: tuple[Note, ...] = field(default=())
+    # Records of this patient that could not be read at all (a line that is not JSON,
+    # a resource type FHIR does not have, a reference to a same-id patient elsewhere):
+    # they may hold anything, so the patient can be neither eligible nor in a washout.
+    doubts: tuple[str, ...] = ()

@@ -4,19 +4,41 @@ One small function per resource type turns a FHIR R4 dict into a fact, or
 into nothing when the resource does not count (refuted or entered-in-error
 Conditions, Observations that are not final/amended/corrected/preliminary or
 carry a dataAbsentReason, Procedures not completed or in progress, medication
-records that are not an exposure). Problems worth a coordinator's attention
-become :class:`~fhir_cohort.quality.Note` values; nothing here raises on bad data.
+records that are not an exposure). Every element read is checked against its
+FHIR R4 type (:class:`~fhir_cohort.normalise.elements.Reading`): a record with
+an element that cannot be read (a wrong JSON type, a status that is not a
+FHIR code, a date that is not a FHIR date, a required element missing) still
+becomes a fact, marked ``unreadable`` with the element and why, and never
+counts in the patient's favour; an invalid date field is skipped for the next
+one in the rules page's order. A valid code keeps its meaning (a
+MedicationStatement ``unknown`` is no exposure) whatever else is wrong.
+Problems become :class:`~fhir_cohort.quality.Note` values; nothing here
+raises on bad data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date
-from functools import lru_cache, partial
 
 from ..quality import Note
-from .codes import SNOMED, Code, codes_of, text_of
-from .dates import parse_date
+from ..sources import DOUBT, DOUBT_RECORD, NOTE_RECORD, reference_to
+from .codes import SNOMED, Code
+from .elements import (
+    CLINICAL_STATUS,
+    CLINICAL_SYSTEM,
+    COMPARATORS,
+    MEDICATION_STATUS,
+    OBSERVATION_STATUS,
+    PROCEDURE_STATUS,
+    REQUEST_INTENT,
+    VERIFICATION_STATUS,
+    VERIFICATION_SYSTEM,
+    Reading,
+    nulls_marked,
+    show,
+)
 from .facts import (
     ConditionFact,
     ExposureFact,
@@ -29,12 +51,39 @@ from .facts import (
 from .units import canonical_unit
 from .values import Titer, parse_answer, parse_titer
 
-MedicationLookup = Callable[[str], "dict | None"]
+MedicationLookup = Callable[[str], "dict | None"]  # a Medication by its id
 
 COUNTING_OBSERVATION = frozenset({"final", "amended", "corrected", "preliminary"})
 NOT_COUNTING_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 COUNTING_PROCEDURE = frozenset({"completed", "in-progress"})
 ORDER_INTENTS = frozenset({"order", "original-order", "instance-order", "filler-order"})
+EXPOSURE_STATUS = {
+    "MedicationAdministration": frozenset({"completed", "in-progress"}),
+    "MedicationStatement": frozenset({"active", "completed", "stopped", "on-hold"}),
+    "MedicationRequest": frozenset({"active", "completed", "stopped", "on-hold"}),
+}
+# The date fields of each record, in the rules page's order, with their FHIR types.
+CONDITION_DATES = (
+    ("onsetDateTime", "dateTime"),
+    ("onsetPeriod.start", "dateTime"),
+    ("recordedDate", "dateTime"),
+)
+OBSERVATION_DATES = (
+    ("effectiveDateTime", "dateTime"),
+    ("effectivePeriod.start", "dateTime"),
+    ("effectiveInstant", "instant"),
+    ("issued", "instant"),
+)
+PROCEDURE_DATES = (
+    ("performedDateTime", "dateTime"),
+    ("performedPeriod.end", "dateTime"),
+    ("performedPeriod.start", "dateTime"),
+)
+ADMINISTRATION_DATES = (
+    ("effectiveDateTime", "dateTime"),
+    ("effectivePeriod.end", "dateTime"),
+    ("effectivePeriod.start", "dateTime"),
+)
 
 # Coded qualitative answers (LOINC answer list LL360-9, codebook §1.3).
 _ANSWER_CODES = {
@@ -45,246 +94,309 @@ _ANSWER_CODES = {
 }
 
 
-def _status(resource: dict, key: str) -> str | None:
-    """A status code, plain (Observation.status) or coded (Condition.clinicalStatus).
+def _first_date(reading: Reading, fields: Iterable[tuple[str, str]]) -> date | None:
+    """The first field in order that holds a valid date; invalid ones are noted and skipped.
 
-    The coding's system is not required: feeds often send ``{"code": "refuted"}``.
-
-    >>> _status({"verificationStatus": {"coding": [{"code": "refuted"}]}}, "verificationStatus")
-    'refuted'
+    >>> r = Reading({"onsetString": "x", "onsetDateTime": "last spring",
+    ...              "recordedDate": "2025-03-01"})
+    >>> _first_date(r, CONDITION_DATES), r.problems
+    (datetime.date(2025, 3, 1), ["onsetDateTime 'last spring' is not a FHIR dateTime"])
     """
-    value = resource.get(key)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        for coding in value.get("coding") or ():
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return coding["code"].strip().lower()
+    for path, grammar in fields:
+        value = reading.at(path)
+        if value is not None:
+            found = reading.date(value, path, grammar)
+            if found is not None:
+                return found
     return None
 
 
-@lru_cache(maxsize=64)
-def _split(path: str) -> tuple[str, ...]:
-    return tuple(path.split("."))
+def _status_code(reading: Reading, key: str, allowed: frozenset[str], system: str) -> str | None:
+    """The code of a CodeableConcept bound to a required value set (Condition's statuses).
 
+    A coding without a system is accepted (feeds often send ``{"code": "refuted"}``);
+    a concept with no coding from the value set is a problem.
 
-def _first_date(resource: dict, *paths: str) -> tuple[date | None, str | None]:
-    """The first date among dotted paths that parses, and the first raw text that did not.
-
-    >>> _first_date({"onsetString": "x", "onsetDateTime": "last spring",
-    ...              "recordedDate": "2025-03-01"}, "onsetDateTime", "recordedDate")
-    (datetime.date(2025, 3, 1), 'last spring')
+    >>> r = Reading({"verificationStatus": {"coding": [{"code": "refuted"}]}})
+    >>> _status_code(r, "verificationStatus", VERIFICATION_STATUS, VERIFICATION_SYSTEM)
+    'refuted'
+    >>> r = Reading({"verificationStatus": {"coding": {"code": "refuted"}}})
+    >>> _status_code(r, "verificationStatus", VERIFICATION_STATUS, VERIFICATION_SYSTEM), r.problems
+    (None, ['verificationStatus.coding {"code":"refuted"} is not a JSON array'])
     """
-    unreadable = None
-    for path in paths:
-        value: object = resource
-        for part in _split(path):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            continue
-        parsed = parse_date(value)
-        if parsed:
-            return parsed, unreadable
-        unreadable = unreadable or str(value)
-    return None, unreadable
-
-
-def _bad_date_note(source: Source, raw: str | None) -> tuple[Note, ...]:
-    if raw is None:
-        return ()
-    return (
-        Note("bad-date", f"date {raw!r} is not a FHIR date; treated as undated", source.reference),
-    )
-
-
-def _quantity(raw: object) -> Quantity | None:
-    if not isinstance(raw, dict) or not isinstance(raw.get("value"), (int, float)):
+    value = reading.resource.get(key)
+    if value is None:
         return None
-    value = float(raw["value"])
-    unit = raw.get("code") or raw.get("unit")
-    unit = unit if isinstance(unit, str) else None
-    text = raw.get("unit")
-    text = text if isinstance(text, str) and text != unit else None
-    return Quantity(value, raw.get("comparator"), unit, text)
+    if type(value) is not dict:
+        reading.bad(key, value, "is not a JSON object (a CodeableConcept)")
+        return None
+    before = len(reading.problems)
+    for index, coding in enumerate(reading.array(value.get("coding"), f"{key}.coding")):
+        if type(coding) is not dict:
+            reading.bad(f"{key}.coding[{index}]", coding, "is not a JSON object (a Coding)")
+            continue
+        code, coded_in = coding.get("code"), coding.get("system")
+        if type(code) is str and code in allowed and coded_in in (None, system):
+            return code
+        reading.bad(f"{key}.coding[{index}].code", code, "is not a FHIR code")
+    if len(reading.problems) == before:
+        reading.problems.append(f"{key} holds no code from its FHIR value set")
+    return None
 
 
-def condition(resource: dict) -> tuple[ConditionFact | None, tuple[Note, ...]]:
-    source = Source("Condition", str(resource.get("id")))
-    verification = _status(resource, "verificationStatus")
-    if verification in NOT_COUNTING_VERIFICATION:
-        return None, ()
-    when, raw = _first_date(resource, "onsetDateTime", "onsetPeriod.start", "recordedDate")
-    fact = ConditionFact(
-        source=source,
-        codes=codes_of(resource.get("code")),
-        text=text_of(resource.get("code")),
-        date=when,
-        clinical_status=_status(resource, "clinicalStatus"),
-        verification_status=verification,
+def _quantity(reading: Reading, value: object, path: str) -> Quantity | None:
+    """A Quantity (the UCUM code, else the unit text); one without a number is None."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        reading.bad(path, value, "is not a JSON object (a Quantity)")
+        return None
+    number = reading.number(value.get("value"), f"{path}.value")
+    comparator = reading.code(value.get("comparator"), f"{path}.comparator", COMPARATORS)
+    text = reading.string(value.get("unit"), f"{path}.unit")
+    code = reading.string(value.get("code"), f"{path}.code")
+    if number is None:
+        return None
+    unit = code or text
+    return Quantity(number, comparator, unit, text if text != unit else None)
+
+
+def _checked(reading: Reading, read: Callable[[], object]) -> tuple[object, bool]:
+    """Run one read; True when it found no problem."""
+    before = len(reading.problems)
+    value = read()
+    return value, len(reading.problems) == before
+
+
+def condition(reading: Reading, source: Source) -> ConditionFact | None:
+    verification = _status_code(
+        reading, "verificationStatus", VERIFICATION_STATUS, VERIFICATION_SYSTEM
     )
-    return fact, _bad_date_note(source, raw)
+    if verification in NOT_COUNTING_VERIFICATION:
+        return None
+    (codes, text), code_read = _checked(
+        reading, lambda: reading.concept(reading.resource.get("code"), "code")
+    )
+    when = _first_date(reading, CONDITION_DATES)
+    status_reading = Reading(reading.resource)
+    clinical = _status_code(status_reading, "clinicalStatus", CLINICAL_STATUS, CLINICAL_SYSTEM)
+    return ConditionFact(
+        source=source,
+        codes=codes,  # type: ignore[arg-type]
+        text=text,  # type: ignore[arg-type]
+        date=when,
+        clinical_status=clinical,
+        verification_status=verification,
+        any_code=not code_read,
+        status_unreadable="; ".join(status_reading.problems) or None,
+    )
 
 
-def _titer(resource: dict, quantity: Quantity | None) -> Titer | None:
-    ratio = resource.get("valueRatio")
-    if isinstance(ratio, dict):
-        numerator, denominator = (
-            _quantity(ratio.get("numerator")),
-            _quantity(ratio.get("denominator")),
-        )
+def _titer(reading: Reading, quantity: Quantity | None, text: str | None) -> Titer | None:
+    ratio = reading.resource.get("valueRatio")
+    if ratio is not None:
+        ratio = reading.dict_at(ratio, "valueRatio")
+        numerator = _quantity(reading, ratio.get("numerator"), "valueRatio.numerator")
+        denominator = _quantity(reading, ratio.get("denominator"), "valueRatio.denominator")
         if numerator and denominator and numerator.value > 0:
             return Titer(
                 denominator.value / numerator.value, denominator.comparator or numerator.comparator
             )
     if quantity and quantity.unit and canonical_unit(quantity.unit) == "{titer}":
         return Titer(quantity.value, quantity.comparator)
-    text = resource.get("valueString")
-    return parse_titer(text) if isinstance(text, str) else None
+    return parse_titer(text) if text else None
 
 
-def _answer(resource: dict) -> tuple[bool | None, str | None]:
+def _answer(reading: Reading, value_string: str | None) -> tuple[bool | None, str | None]:
     """A qualitative answer from valueCodeableConcept, valueString or valueBoolean."""
-    concept = resource.get("valueCodeableConcept")
-    if isinstance(concept, dict):
-        for code in codes_of(concept):
+    concept = reading.resource.get("valueCodeableConcept")
+    if concept is not None:
+        codes, text = reading.concept(concept, "valueCodeableConcept")
+        for code in codes:
             if code.key in _ANSWER_CODES:
-                return _ANSWER_CODES[code.key], text_of(concept)
-        text = text_of(concept)
+                return _ANSWER_CODES[code.key], text
         return parse_answer(text), text
-    text = resource.get("valueString")
-    if isinstance(text, str):
-        return parse_answer(text), text
-    if isinstance(resource.get("valueBoolean"), bool):
-        return resource["valueBoolean"], str(resource["valueBoolean"]).lower()
-    return None, None
+    if value_string is not None:
+        return parse_answer(value_string), value_string
+    flag = reading.boolean(reading.resource.get("valueBoolean"), "valueBoolean")
+    return (flag, str(flag).lower()) if flag is not None else (None, None)
 
 
-def _interpretation(concepts: object) -> frozenset[str]:
+def _interpretation(reading: Reading) -> frozenset[str]:
     """The v3 ObservationInterpretation codes (H, L, POS, ...) of a result, upper-cased."""
-    if not concepts or not isinstance(concepts, list):
-        return frozenset()
-    return frozenset(
-        code.upper()
-        for concept in concepts
-        if isinstance(concept, dict)
-        for code in (c.get("code") for c in concept.get("coding") or () if isinstance(c, dict))
-        if isinstance(code, str)
-    )
+    found: set[str] = set()
+    concepts = reading.array(reading.resource.get("interpretation"), "interpretation")
+    for index, concept in enumerate(concepts):
+        codes, _ = reading.concept(concept, f"interpretation[{index}]")
+        found.update(code.code.upper() for code in codes)
+        # a flag written without its system still says H or L
+        if type(concept) is dict and type(concept.get("coding")) is list:
+            found.update(
+                c["code"].upper()
+                for c in concept["coding"]
+                if type(c) is dict and type(c.get("code")) is str and c.get("system") is None
+            )
+    return frozenset(found)
 
 
-def observation(resource: dict) -> tuple[LabFact | None, tuple[Note, ...]]:
-    source = Source("Observation", str(resource.get("id")))
-    status = resource.get("status")
-    if status not in COUNTING_OBSERVATION or resource.get("dataAbsentReason"):
-        return None, ()
-    when, raw = _first_date(
-        resource, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"
+def observation(reading: Reading, source: Source) -> LabFact | None:
+    resource = reading.resource
+    status = reading.code(resource.get("status"), "status", OBSERVATION_STATUS)
+    if status is None and resource.get("status") is None:
+        reading.missing("status")
+    if status is not None and status not in COUNTING_OBSERVATION:
+        return None
+    absent = resource.get("dataAbsentReason")
+    if absent is not None:
+        _, read = _checked(reading, lambda: reading.concept(absent, "dataAbsentReason"))
+        if read:
+            return None  # a valid dataAbsentReason: no value to count
+    (codes, text), code_read = _checked(
+        reading, lambda: reading.concept(resource.get("code"), "code")
     )
-    quantity = _quantity(resource.get("valueQuantity"))
-    answer, value_text = _answer(resource)
-    ranges = resource.get("referenceRange")
-    ranges = [ranges] if isinstance(ranges, dict) else ranges  # a lone range, not in a list
-    first_range = ranges[0] if isinstance(ranges, list) and ranges else {}
-    first_range = first_range if isinstance(first_range, dict) else {}
-    interpretation = _interpretation(resource.get("interpretation"))
-    fact = LabFact(
+    if resource.get("code") is None:
+        reading.missing("code")
+        code_read = False
+    when = _first_date(reading, OBSERVATION_DATES)
+    quantity = _quantity(reading, resource.get("valueQuantity"), "valueQuantity")
+    value_string = reading.string(resource.get("valueString"), "valueString")
+    answer, value_text = _answer(reading, value_string)
+    ranges = reading.array(resource.get("referenceRange"), "referenceRange")
+    first = reading.dict_at(ranges[0], "referenceRange[0]") if ranges else {}
+    return LabFact(
         source=source,
-        codes=codes_of(resource.get("code")),
-        text=text_of(resource.get("code")),
+        codes=codes,  # type: ignore[arg-type]
+        text=text,  # type: ignore[arg-type]
         date=when,
-        status=status,
+        status=status or "unreadable",
         quantity=quantity,
-        titer=_titer(resource, quantity),
+        titer=_titer(reading, quantity, value_string),
         answer=answer,
         value_text=value_text,
-        interpretation=interpretation,
-        reference_low=_quantity(first_range.get("low")),
-        reference_high=_quantity(first_range.get("high")),
+        interpretation=_interpretation(reading),
+        reference_low=_quantity(reading, first.get("low"), "referenceRange[0].low"),
+        reference_high=_quantity(reading, first.get("high"), "referenceRange[0].high"),
+        any_code=not code_read,
     )
-    return fact, _bad_date_note(source, raw)
 
 
-def procedure(resource: dict) -> tuple[ProcedureFact | None, tuple[Note, ...]]:
-    source = Source("Procedure", str(resource.get("id")))
-    if resource.get("status") not in COUNTING_PROCEDURE:
-        return None, ()
-    when, raw = _first_date(
-        resource, "performedDateTime", "performedPeriod.end", "performedPeriod.start"
+def procedure(reading: Reading, source: Source) -> ProcedureFact | None:
+    status = reading.code(reading.resource.get("status"), "status", PROCEDURE_STATUS)
+    if status is None and reading.resource.get("status") is None:
+        reading.missing("status")
+    if status is not None and status not in COUNTING_PROCEDURE:
+        return None
+    (codes, text), code_read = _checked(
+        reading, lambda: reading.concept(reading.resource.get("code"), "code")
     )
-    fact = ProcedureFact(
-        source, codes_of(resource.get("code")), text_of(resource.get("code")), when
-    )
-    return fact, _bad_date_note(source, raw)
+    when = _first_date(reading, PROCEDURE_DATES)
+    return ProcedureFact(source, codes, text, when, any_code=not code_read)  # type: ignore[arg-type]
+
+
+def _medication_concept(reading: Reading, medication: dict, prefix: str) -> tuple[list, list]:
+    """Codes and names of a Medication: its code and ingredient[].itemCodeableConcept;
+    ``prefix`` says which Medication in a problem's path."""
+    codes, text = reading.concept(medication.get("code"), f"{prefix}code")
+    found, names = list(codes), [text] if text else []
+    ingredients = reading.array(medication.get("ingredient"), f"{prefix}ingredient")
+    for index, ingredient in enumerate(ingredients):
+        item = reading.dict_at(ingredient, f"{prefix}ingredient[{index}]")
+        if "itemCodeableConcept" in item:
+            item_codes, item_text = reading.concept(
+                item["itemCodeableConcept"], f"{prefix}ingredient[{index}].itemCodeableConcept"
+            )
+            found += item_codes
+            names += [item_text] if item_text else []
+    return found, names
 
 
 def _drug(
-    resource: dict, lookup: MedicationLookup, source: Source
-) -> tuple[tuple[Code, ...], tuple[str, ...], tuple[Note, ...]]:
-    """The drug's codes and names, from the concept or the referenced Medication."""
-    concept = resource.get("medicationCodeableConcept")
-    medication: dict | None = None
-    notes: tuple[Note, ...] = ()
-    if not isinstance(concept, dict):
-        reference = (resource.get("medicationReference") or {}).get("reference")
-        if isinstance(reference, str) and reference.startswith("#"):
+    reading: Reading, lookup: MedicationLookup, base: str | None, notes: list[Note], where: str
+) -> tuple[tuple[Code, ...], tuple[str, ...], bool]:
+    """The drug's codes and names, from the concept or the referenced Medication, and
+    whether it could be read at all (False: it may be any drug)."""
+    resource = reading.resource
+    before = len(reading.problems)
+    codes: list[Code] = []
+    names: list[str] = []
+    if "medicationCodeableConcept" in resource:
+        found, text = reading.concept(resource["medicationCodeableConcept"], "medication")
+        codes, names = list(found), [text] if text else []
+    elif "medicationReference" in resource:
+        mark = len(reading.problems)
+        target = reading.dict_at(resource["medicationReference"], "medicationReference")
+        reference = reading.string(target.get("reference"), "medicationReference.reference")
+        display = reading.string(target.get("display"), "medicationReference.display")
+        medication, path = None, ""
+        if reference is not None and reference.startswith("#"):
+            contained = reading.array(resource.get("contained"), "contained")
             medication = next(
-                (
-                    c
-                    for c in resource.get("contained") or ()
-                    if isinstance(c, dict) and c.get("id") == reference[1:]
-                ),
-                None,
+                (c for c in contained if type(c) is dict and c.get("id") == reference[1:]), None
             )
-        elif isinstance(reference, str):
-            medication = lookup(reference.rsplit("/", 1)[-1])
-        if medication is None:
-            notes = (
-                Note(
-                    "unresolved-medication",
-                    f"medicationReference {reference!r} cannot be resolved",
-                    source.reference,
-                ),
-            )
-            display = (resource.get("medicationReference") or {}).get("display")
-            names = (display,) if isinstance(display, str) else ()
-            return (), names, notes
-        concept = medication.get("code")
-    codes = list(codes_of(concept))
-    names = [n for n in (text_of(concept),) if n]
+            path = f"contained {reference}: "
+        elif reference is not None:
+            local, _ = reference_to(reference, "Medication", base)
+            medication = lookup(local) if local else None
+            path = f"Medication/{local}: "
+        if medication is not None:
+            codes, names = _medication_concept(reading, nulls_marked(medication), path)
+        else:
+            if reference is not None:
+                notes.append(
+                    Note(
+                        "unresolved-medication",
+                        f"medicationReference {reference!r} cannot be resolved",
+                        where,
+                    )
+                )
+            if not display and len(reading.problems) == mark:
+                reading.problems.append(
+                    f"medicationReference {show(reference)} cannot be resolved and names no drug"
+                    if reference
+                    else "medicationReference names no Medication and no drug"
+                )
+        names += [display] if display else []
+    else:
+        reading.missing("medication[x]")
     names += [c.display for c in codes if c.display]
-    for ingredient in (medication or {}).get("ingredient") or ():
-        if isinstance(ingredient, dict):
-            item = ingredient.get("itemCodeableConcept")
-            codes += codes_of(item)
-            names += [n for n in (text_of(item),) if n]
-    return tuple(codes), tuple(dict.fromkeys(names)), notes
+    return tuple(codes), tuple(dict.fromkeys(names)), len(reading.problems) == before
 
 
 def _exposure(
-    resource: dict, kind: str, lookup: MedicationLookup
-) -> tuple[ExposureFact | None, tuple[Note, ...]]:
-    """Apply the rules page's exposure rules for the three medication resources."""
-    source = Source(kind, str(resource.get("id")))
-    status = resource.get("status")
+    reading: Reading, source: Source, lookup: MedicationLookup, base: str | None, notes: list[Note]
+) -> ExposureFact | None:
+    """Apply the rules page's exposure rules for the three medication resources.
+
+    A record that cannot be read is taken at its worst: ongoing when its status
+    could be an ongoing one, or when no date of it can be read.
+    """
+    resource, kind = reading.resource, source.resource_type
+    status = reading.code(resource.get("status"), "status", MEDICATION_STATUS[kind])
+    if status is None and resource.get("status") is None:
+        reading.missing("status")
+    if status is not None and status not in EXPOSURE_STATUS[kind]:
+        return None
+    if kind == "MedicationRequest":
+        intent = reading.code(resource.get("intent"), "intent", REQUEST_INTENT)
+        if intent is None and resource.get("intent") is None:
+            reading.missing("intent")
+        if intent is not None and intent not in ORDER_INTENTS:
+            return None
+    doubtful_status = status is None
     start: date | None
     end: date | None
     ongoing = False
-    notes: list[Note] = []
     if kind == "MedicationAdministration":
-        if status not in ("completed", "in-progress"):
-            return None, ()
-        start, raw = _first_date(
-            resource, "effectiveDateTime", "effectivePeriod.end", "effectivePeriod.start"
-        )
-        end = start
-        notes += _bad_date_note(source, raw)
+        if not any(k in resource for k in ("effectiveDateTime", "effectivePeriod")):
+            reading.missing("effective[x]")
+        start = end = _first_date(reading, ADMINISTRATION_DATES)
     elif kind == "MedicationStatement":
-        if status not in ("active", "completed", "stopped", "on-hold"):
-            return None, ()
-        period = resource.get("effectivePeriod") or {}
-        start = parse_date(period.get("start")) or parse_date(resource.get("effectiveDateTime"))
-        end = parse_date(period.get("end")) or parse_date(resource.get("effectiveDateTime"))
-        if status == "active" and not parse_date(period.get("end")):
+        period = reading.dict_at(resource.get("effectivePeriod"), "effectivePeriod")
+        first = reading.date(period.get("start"), "effectivePeriod.start")
+        last = reading.date(period.get("end"), "effectivePeriod.end")
+        single = reading.date(resource.get("effectiveDateTime"), "effectiveDateTime")
+        start, end = first or single, last or single
+        if (status == "active" or doubtful_status) and last is None:
             end, ongoing = None, True
         elif end is None and start is not None:
             end = start
@@ -297,105 +409,204 @@ def _exposure(
                 )
             )
     else:
-        if resource.get("intent") not in ORDER_INTENTS:
-            return None, ()
-        if status not in ("active", "completed", "stopped", "on-hold"):
-            return None, ()
-        start, raw = _first_date(resource, "authoredOn")
-        notes += _bad_date_note(source, raw)
-        validity_end = parse_date(
-            ((resource.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end")
-        )
-        if status == "active":
+        start = _first_date(reading, (("authoredOn", "dateTime"),))
+        dispense = reading.dict_at(resource.get("dispenseRequest"), "dispenseRequest")
+        validity = reading.dict_at(dispense.get("validityPeriod"), "dispenseRequest.validityPeriod")
+        validity_end = reading.date(validity.get("end"), "dispenseRequest.validityPeriod.end")
+        if status == "active" or doubtful_status:
             end, ongoing = None, True
         else:
             end = validity_end or start
+    codes, names, drug_read = _drug(reading, lookup, base, notes, source.reference)
     if not ongoing and end is None:
-        notes.append(
-            Note(
-                "undated-exposure",
-                f"{kind} ({status}) has no usable date; it cannot date a washout",
-                source.reference,
+        if not reading.problems:
+            notes.append(
+                Note(
+                    "undated-exposure",
+                    f"{kind} ({status}) has no usable date; it cannot date a washout",
+                    source.reference,
+                )
             )
-        )
-        return None, tuple(notes)
-    codes, names, drug_notes = _drug(resource, lookup, source)
-    return ExposureFact(source, codes, names, start, end, ongoing, str(status)), (
-        *notes,
-        *drug_notes,
+            return None
+        ongoing = True  # an unreadable record with no readable date: it may be any day
+    return ExposureFact(
+        source, codes, names, start, end, ongoing, status or "unreadable", any_drug=not drug_read
     )
 
 
-def _patient_name(resource: dict) -> str | None:
-    for name in resource.get("name") or ():
-        if not isinstance(name, dict):
+def _patient_name(reading: Reading) -> str | None:
+    for index, name in enumerate(reading.array(reading.resource.get("name"), "name")):
+        if type(name) is not dict:
+            reading.bad(f"name[{index}]", name, "is not a JSON object (a HumanName)")
             continue
-        if isinstance(name.get("text"), str):
-            return name["text"]
-        given = " ".join(g for g in name.get("given") or () if isinstance(g, str))
-        family = name.get("family") if isinstance(name.get("family"), str) else ""
+        text = reading.string(name.get("text"), f"name[{index}].text")
+        if text:
+            return text
+        given = " ".join(
+            g
+            for i, g in enumerate(reading.array(name.get("given"), f"name[{index}].given"))
+            if reading.string(g, f"name[{index}].given[{i}]")
+        )
+        family = reading.string(name.get("family"), f"name[{index}].family") or ""
         full = f"{given} {family}".strip()
         if full:
             return full
     return None
 
 
-Reader = Callable[[dict, MedicationLookup], tuple[object, tuple[Note, ...]]]
+Reader = Callable[[Reading, Source, MedicationLookup, "str | None", list], object]
 
 # resourceType -> (the PatientFacts field its facts go to, its reader)
 _READERS: dict[str, tuple[str, Reader]] = {
-    "Condition": ("conditions", lambda resource, _: condition(resource)),
-    "Observation": ("labs", lambda resource, _: observation(resource)),
-    "Procedure": ("procedures", lambda resource, _: procedure(resource)),
+    "Condition": ("conditions", lambda reading, source, *_: condition(reading, source)),
+    "Observation": ("labs", lambda reading, source, *_: observation(reading, source)),
+    "Procedure": ("procedures", lambda reading, source, *_: procedure(reading, source)),
     **{
-        kind: ("exposures", partial(lambda k, r, lookup: _exposure(r, k, lookup), kind))
+        kind: ("exposures", _exposure)
         for kind in ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
     },
 }
 
 
+def _notes(problems: list[str], where: str) -> list[Note]:
+    return [
+        Note("bad-date" if "is not a FHIR date" in p else "invalid-element", p, where)
+        for p in problems
+    ]
+
+
+def _doubted(resource: dict) -> list[str]:
+    """The reasons a source or the store gave for doubting a resource, as strings."""
+    reasons = resource.get(DOUBT)
+    return [str(r) for r in reasons] if type(reasons) is list else []
+
+
 def patient_facts(
-    patient_id: str, resources: Iterable[dict], lookup: MedicationLookup
+    patient_id: str,
+    resources: Iterable[dict],
+    lookup: MedicationLookup,
+    base: str | None = None,
 ) -> PatientFacts:
-    """Normalise one patient's resources into :class:`PatientFacts`."""
+    """Normalise one patient's resources into :class:`PatientFacts`.
+
+    ``base`` is the source's own server base, for absolute Medication references.
+    """
     facts: dict[str, list] = {field: [] for field, _ in _READERS.values()}
     notes: list[Note] = []
-    patient: dict = {}
+    doubts: list[str] = []
+    patient: dict | None = None
     for resource in resources:
+        resource = nulls_marked(resource)
         kind = resource.get("resourceType")
+        where = f"{kind}/{resource.get('id')}"
+        if kind == DOUBT_RECORD:
+            doubts.append(str(resource.get("message")))
+            continue
+        if kind == NOTE_RECORD:
+            notes.append(Note(str(resource.get("code")), str(resource.get("message")), where))
+            continue
         if kind == "Patient":
-            patient = resource
+            if patient is None:
+                patient = resource
+            doubts += [f"{where}: {reason}" for reason in _doubted(resource)]
             continue
         if kind not in _READERS:
             continue
         field, read = _READERS[kind]
+        reading = Reading(resource)
+        source = Source(kind, str(resource.get("id")))
+        found: list[Note] = []
         try:
-            fact, found = read(resource, lookup)
+            fact = read(reading, source, lookup, base, found)
         except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
-            # A shape FHIR does not allow (an object where a list belongs, ...):
-            # set this resource aside, keep the patient and the run going.
-            notes.append(
-                Note(
-                    "malformed-resource",
-                    f"{kind} has a field of the wrong shape and is skipped "
-                    f"({type(error).__name__}: {error})",
-                    f"{kind}/{resource.get('id')}",
-                )
-            )
+            # A shape no reader foresaw: the record may say anything, so the patient's
+            # answer cannot rest on it (and the run goes on).
+            message = f"cannot be read ({type(error).__name__}: {error})"
+            notes.append(Note("malformed-resource", message, where))
+            doubts.append(f"{where} {message}")
             continue
-        notes.extend(found)
-        if fact is not None:
-            facts[field].append(fact)
-    deceased_date, raw = _first_date(patient, "deceasedDateTime")
-    birth = patient.get("birthDate")
+        problems = [*_doubted(resource), *reading.problems]
+        notes += found + _notes(reading.problems, where)
+        if fact is None:
+            continue
+        if problems:
+            fact = replace(fact, unreadable=tuple(problems))  # type: ignore[type-var]
+        if getattr(fact, "status_unreadable", None):
+            notes += _notes([fact.status_unreadable], where)  # type: ignore[attr-defined]
+        facts[field].append(fact)
     return PatientFacts(
         patient_id=patient_id,
-        birth_date=birth if isinstance(birth, str) else None,
-        deceased_boolean=patient.get("deceasedBoolean")
-        if isinstance(patient.get("deceasedBoolean"), bool)
-        else None,
-        deceased_date=deceased_date,
-        name=_patient_name(patient),
+        **_patient_fields(patient_id, patient or {}, notes),
         **{field: tuple(found) for field, found in facts.items()},
-        notes=(*notes, *_bad_date_note(Source("Patient", patient_id), raw)),
+        notes=tuple(notes),
+        doubts=tuple(doubts),
+    )
+
+
+def _patient_fields(patient_id: str, patient: dict, notes: list[Note]) -> dict:
+    """Birth date, deceased and name of the Patient resource; problems noted.
+
+    A name that cannot be read is only noted (it decides nothing); a birth date or a
+    deceased element that cannot be read makes age unknown or deceased a review.
+    """
+    where = f"Patient/{patient_id}"
+    birth = Reading(patient)
+    birth_date = birth.date(patient.get("birthDate"), "birthDate", "date")
+    deceased = Reading(patient)
+    flag = deceased.boolean(patient.get("deceasedBoolean"), "deceasedBoolean")
+    deceased_date = _first_date(deceased, (("deceasedDateTime", "dateTime"),))
+    naming = Reading(patient)
+    name = _patient_name(naming)
+    notes += _notes(birth.problems + deceased.problems + naming.problems, where)
+    return {
+        "birth_date": patient["birthDate"] if birth_date else None,
+        "birth_date_unreadable": "; ".join(birth.problems) or None,
+        "deceased_boolean": flag,
+        "deceased_date": deceased_date,
+        "deceased_unreadable": "; ".join(deceased.problems) or None,
+        "name": name,
+    }
+
+
+def with_unattached(facts: PatientFacts, unattached: PatientFacts) -> PatientFacts:
+    """``facts`` plus the facts of records that name no patient (each marked unreadable:
+    it could be this patient's), so they weigh on every candidate, never in their favour."""
+    if not (
+        unattached.conditions or unattached.labs or unattached.procedures or unattached.exposures
+    ):
+        return facts
+    return replace(
+        facts,
+        conditions=facts.conditions + unattached.conditions,
+        labs=facts.labs + unattached.labs,
+        procedures=facts.procedures + unattached.procedures,
+        exposures=facts.exposures + unattached.exposures,
+    )
+
+
+def unattached_facts(
+    resources: Iterable[dict], lookup: MedicationLookup, base: str | None
+) -> PatientFacts:
+    """Facts of records that name no patient they can be attributed to, each marked
+    unreadable ("names no patient"), for :func:`with_unattached`."""
+    found = patient_facts("(no patient)", resources, lookup, base)
+
+    def mark(items: tuple) -> tuple:
+        return tuple(
+            replace(
+                f,
+                unreadable=(
+                    "names no patient it can be attributed to; it could be this patient's",
+                    *f.unreadable,
+                ),
+            )
+            for f in items
+        )
+
+    return replace(
+        found,
+        conditions=mark(found.conditions),
+        labs=mark(found.labs),
+        procedures=mark(found.procedures),
+        exposures=mark(found.exposures),
     )

@@ -5,7 +5,8 @@ with its evidence, the changes since the previous run and each patient's
 latest review decision); the CSV is the screening log, one row per candidate,
 with column names a REDCap data import accepts (lower case, digits and
 underscores, starting with a letter, at most 26 characters, the record id
-first).
+first). Text from the data can neither split a row (line breaks and control
+characters become spaces) nor start a spreadsheet formula (prefixed ``'``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..changes import Changes, flags
 from ..criteria.results import MET, UNKNOWN
 from ..pipeline import Screening
 from ..rank import Candidate
+from ..text import printable
 
 CSV_COLUMNS = (
     "record_id",
@@ -37,6 +39,7 @@ CSV_COLUMNS = (
     "latest_activity_date",
     "exclusions_flagged",
     "to_verify",
+    "needs_review_because",
     "review_status",
     "review_date",
     "review_by",
@@ -126,6 +129,7 @@ def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None 
         "latest_activity_date": latest.isoformat() if latest else "",
         "exclusions_flagged": "; ".join(flagged(candidate)),
         "to_verify": "; ".join(to_verify(candidate)),
+        "needs_review_because": "; ".join(result.reasons),
         "review_status": review.review.status if review else "",
         "review_date": review.review.at[:10] if review else "",
         "review_by": review.review.by if review else "",
@@ -136,8 +140,17 @@ def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None 
 
 
 def _safe_cell(value: object) -> object:
-    """Neutralise spreadsheet formulas in text that came from the data (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Text from the data made safe for a spreadsheet: line breaks and other control
+    characters become spaces (no cell can split its row), then a cell that would start
+    a formula is prefixed with ``'`` (CSV injection).
+
+    >>> _safe_cell("Ann\\r=cmd|' /C calc'!A0"), _safe_cell("=1+1"), _safe_cell(" -2"), _safe_cell(3)
+    ("Ann =cmd|' /C calc'!A0", "'=1+1", "' -2", 3)
+    """
+    if not isinstance(value, str):
+        return value
+    value = printable(value)
+    if value.lstrip()[:1] in ("=", "+", "-", "@"):
         return "'" + value
     return value
 

@@ -192,6 +192,8 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
         retrieval=screening.retrieval,
         changes=changes,
         missing=screening.missing_data(),
+        unreadable=screening.unreadable_data(),
+        doubted=sum(c.result.doubted for c in screening.candidates),
     )
 
 

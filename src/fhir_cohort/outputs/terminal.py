@@ -2,6 +2,8 @@
 
 Rule: plain text for people and for cron mail. :func:`problems` is all that
 ``--quiet`` prints, so a scheduled run is silent unless something is wrong.
+Every line goes through :func:`fhir_cohort.text.printable`: ids, names, notes
+and messages come from the data and must not move the cursor or split lines.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from ..changes import Changes, Review
 from ..criteria.results import STATUSES
 from ..pipeline import Screening
+from ..text import printable
 from .candidates import flagged
 
 TOP = 10
@@ -28,7 +31,17 @@ def problems(screening: Screening, pull: str | None = None) -> list[str]:
         )
     if pull and pull.startswith("full (the server refused"):
         out.append(f"incremental pull not possible, pulled everything: {pull[6:-1]}")
-    return out
+    unreadable = screening.unreadable_data()
+    if unreadable:
+        doubted = sum(c.result.doubted for c in screening.candidates)
+        out.append(
+            "records that cannot be read for certain: "
+            + ", ".join(f"{n} {code}" for code, n in unreadable.items())
+            + f"; they never count in a patient's favour ({doubted} listed patient"
+            + ("s need" if doubted != 1 else " needs")
+            + " review because of them; see data_quality)"
+        )
+    return [printable(line) for line in out]
 
 
 def change_lines(changes: Changes) -> list[str]:
@@ -60,7 +73,7 @@ def change_lines(changes: Changes) -> list[str]:
             lines.append(f"    {title:<13} {change.patient[:36]:<36} {status}: {change.why}")
         if len(items) > CHANGES_SHOWN:
             lines.append(f"    ... {len(items) - CHANGES_SHOWN} more {title} in report.html")
-    return lines
+    return [printable(line) for line in lines]
 
 
 def review_lines(reviews: list[Review], trial: str) -> list[str]:
@@ -72,7 +85,7 @@ def review_lines(reviews: list[Review], trial: str) -> list[str]:
         f"{r.at:<20}  {r.patient[:36]:<36}  {r.status:<12}  {r.by[:16]:<16}  {r.note}"
         for r in reviews
     ]
-    return lines
+    return [printable(line) for line in lines]
 
 
 def summary(
@@ -135,4 +148,4 @@ def summary(
         lines.append(
             f"  wrote {out_dir}/report.html, candidates.json, candidates.csv and group.json"
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

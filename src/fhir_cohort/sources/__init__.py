@@ -22,6 +22,13 @@ NoteSink = Callable[[Note], None]
 Progress = Callable[[int], None]
 
 PATIENT_REFERENCE_KEYS = ("subject", "patient")
+# A resource a source (or the store) could not read for certain carries, under this key,
+# the reasons why (a list of strings): its facts then never count in the patient's favour.
+DOUBT = "_fhir_cohort_doubt"
+# Rows the store keeps for a patient beside their resources: something about the patient
+# that could not be read at all (``DOUBT_RECORD``) or a note worth reading on their card
+# (``NOTE_RECORD``); each body holds ``message`` (and a note's ``code``).
+DOUBT_RECORD, NOTE_RECORD = "_Doubt", "_Note"
 
 
 class SourceError(UsageError):
@@ -43,6 +50,9 @@ class RawResource:
     patient: str | None
     line: int | None = None
     foreign: str | None = None  # a patient reference that points outside this source
+    # Set when the record could not be read at all (``resource`` is then empty): why,
+    # and ``patient`` is the patient its bytes name, if they name exactly one.
+    unreadable: str | None = None
 
     @property
     def where(self) -> str:
@@ -102,25 +112,72 @@ def patient_reference(reference: object, base: str | None = None) -> tuple[str |
     >>> patient_reference("Group/9"), patient_reference(7)
     ((None, None), (None, None))
     """
+    return reference_to(reference, "Patient", base)
+
+
+def reference_to(
+    reference: object, kind: str, base: str | None = None
+) -> tuple[str | None, str | None]:
+    """:func:`patient_reference` for a reference to any resource type ``kind``.
+
+    >>> reference_to("Medication/m1/_history/3", "Medication"), reference_to("#m1", "Medication")
+    (('m1', None), (None, None))
+    """
     if not isinstance(reference, str):
         return NOT_A_PATIENT
-    if reference.startswith("Patient/"):
-        local = _local_id(reference[8:])
+    prefix = f"{kind}/"
+    if reference.startswith(prefix):
+        local = _local_id(reference[len(prefix) :])
         return (local, None) if local else (None, reference)
     if reference.startswith("urn:"):
         return None, reference
     if "://" in reference:
-        if base and _same_base(reference, base):
-            local = _local_id(reference[len(base.rstrip("/")) + len("/Patient/") :])
+        if base and _same_base(reference, base, kind):
+            local = _local_id(reference[len(base.rstrip("/")) + len(prefix) + 1 :])
             if local:
                 return local, None
-        return (None, reference) if "/Patient/" in reference else NOT_A_PATIENT
+        return (None, reference) if f"/{prefix}" in reference else NOT_A_PATIENT
     return NOT_A_PATIENT
 
 
-def _same_base(reference: str, base: str) -> bool:
-    """Does an absolute reference lie under ``base``/Patient/ (scheme and host in any case)?"""
-    prefix = base.rstrip("/") + "/Patient/"
+def same_id_elsewhere(foreign: str) -> str | None:
+    """The id a foreign patient reference gives its patient, read loosely (the server or
+    ``urn:uuid:`` prefix dropped, then the longest id it starts with), so that a local
+    patient of that id can be told their record may be incomplete.
+
+    >>> same_id_elsewhere("https://other/fhir/Patient/a-1/_history/2")
+    'a-1'
+    >>> same_id_elsewhere("urn:uuid:6cc4fff2"), same_id_elsewhere("Patient/p01 x?y=1")
+    ('6cc4fff2', 'p01')
+    >>> same_id_elsewhere("Patient//p01"), same_id_elsewhere("Patient/") is None
+    ('p01', True)
+    """
+    rest = foreign.rsplit("Patient/", 1)[-1] if "Patient/" in foreign else foreign
+    if rest.startswith("urn:uuid:"):
+        rest = rest[9:]
+    found = _FHIR_ID.match(rest.strip().lstrip("/").strip())
+    return found.group(0) if found else None
+
+
+def elsewhere(foreign: str) -> bool:
+    """Is a foreign patient reference a well-formed one to a patient of another source
+    (an absolute URL ending in ``/Patient/<id>``, a ``urn:uuid:``)? If not, it is a
+    broken reference: its record belongs here, to a patient it does not say.
+
+    >>> elsewhere("https://other/fhir/Patient/a-1/_history/2"), elsewhere("urn:uuid:6cc4")
+    (True, True)
+    >>> elsewhere("Patient/a b"), elsewhere("Patient/"), elsewhere("https://other/fhir/Patient/")
+    (False, False, False)
+    """
+    if foreign.startswith("urn:uuid:"):
+        return len(foreign) > 9
+    head, _, rest = foreign.rpartition("/Patient/")
+    return "://" in head and _local_id(rest) is not None
+
+
+def _same_base(reference: str, base: str, kind: str = "Patient") -> bool:
+    """Does an absolute reference lie under ``base``/``kind``/ (scheme and host in any case)?"""
+    prefix = f"{base.rstrip('/')}/{kind}/"
     head = len(prefix.split("/", 3)[2]) + len(prefix.split("://", 1)[0]) + 3  # scheme://host
     return (
         reference[:head].lower() == prefix[:head].lower()

@@ -4,29 +4,93 @@ A path may be a file or a folder (read recursively, in sorted order; hidden
 files and an exporter's ``log.ndjson`` skipped). NDJSON is streamed line by
 line; a ``.json`` file is one resource or one Bundle (searchset, collection,
 transaction, batch, ...), whose ``urn:uuid:`` references are resolved to
-``Type/id`` within the Bundle. A line
-that is not JSON, or JSON that is not a resource, becomes a data-quality note
-with its file and line, and reading goes on.
+``Type/id`` within the Bundle. A leading byte-order mark is not data.
+
+Rule: memory is bounded whatever the files hold (:class:`FileLimits`: a line
+longer than ``line``, a Bundle larger than ``bundle`` or a file inflating past
+``inflated`` is not read whole), and bad input is a note, never an exception.
+A line that cannot be read (not JSON, too long) is attributed to the patient
+its bytes name (``"Patient/<id>"``, or a Patient's own id), whose answer then
+cannot rest on what is missing; one that names no patient means the input was
+not all read. A line that is not valid UTF-8 but parses once its bad bytes are
+replaced is read as a record that cannot be read for certain (``DOUBT``),
+unless the bad bytes touch its type, id, code or patient.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import orjson
 
 from ..quality import Note
-from . import NoteSink, Progress, RawResource, SourceError, patient_of
+from . import DOUBT, NoteSink, Progress, RawResource, SourceError, patient_of
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
 _REFERENCE_FIELDS = ("subject", "patient", "medicationReference")
-
+BOM = b"\xef\xbb\xbf"
+MIB = 1 << 20
+_CHUNK = MIB  # how much of an over-long line is read at a time to skip it
 
 EXPORT_LOGS = frozenset({"log.ndjson"})  # an exporter's own event log, not FHIR data
+
+# How an unreadable line names its patient: a reference, or a Patient's own id.
+_REFERENCE = re.compile(rb'Patient/([A-Za-z0-9\-.]{1,64})(?=["/])')
+_PATIENT_TYPE = re.compile(rb'"resourceType"\s*:\s*"Patient"')
+_OWN_ID = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
+# Elements whose bytes decide what a record is and whose it is: a replaced byte in
+# them makes the record unreadable, not merely doubtful.
+_IDENTITY = ("resourceType", "id", "subject", "patient")
+
+
+def _identity(resource: dict) -> str:
+    """The text of the elements that say what a record is and whose (the codings' systems
+    and codes included, their displays not)."""
+    concept = resource.get("code")
+    codings = concept.get("coding") if type(concept) is dict else concept
+    if type(codings) is list:
+        codings = [(c.get("system"), c.get("code")) if type(c) is dict else c for c in codings]
+    parts = [resource.get(k) for k in _IDENTITY]
+    return orjson.dumps([*parts, codings], default=str).decode()
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """What one file may hold before it is not read whole (bytes); far above any real
+    export, they keep memory bounded against a hostile or broken file."""
+
+    line: int = 64 * MIB
+    bundle: int = 64 * MIB
+    inflated: int = 64 * 1024 * MIB
+
+    def __post_init__(self) -> None:
+        if min(self.line, self.bundle, self.inflated) < 1:
+            raise SourceError("file size limits must be at least 1 byte")
+
+
+def named_patients(data: bytes | memoryview) -> list[str]:
+    """The patients the bytes of an unreadable record name, in order.
+
+    >>> named_patients(b'{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"v')
+    ['p1']
+    >>> named_patients(b'{"resourceType":"Patient","id":"p2","birthDate":"19')
+    ['p2']
+    >>> named_patients(b'{"resourceType":"Observation","subject":{"reference":"Pati')
+    []
+    """
+    found = [m.decode() for m in _REFERENCE.findall(data)]
+    if _PATIENT_TYPE.search(data):
+        own = _OWN_ID.search(data)
+        if own:
+            found.insert(0, own.group(1).decode())
+    return list(dict.fromkeys(found))
 
 
 def _is_data_file(path: Path) -> bool:
@@ -39,10 +103,18 @@ def _is_data_file(path: Path) -> bool:
 
 
 class FileSource:
-    """Resources from files and folders of NDJSON and Bundle JSON."""
+    """Resources from files and folders of NDJSON and Bundle JSON.
 
-    def __init__(self, *paths: str | Path):
+    ``base`` is the base URL of the server the files were exported from: absolute
+    references under it are this source's own (others are foreign).
+    """
+
+    def __init__(
+        self, *paths: str | Path, base: str | None = None, limits: FileLimits | None = None
+    ):
         self.files: list[Path] = []
+        self.base = base
+        self.limits = limits or FileLimits()
         for raw in paths:
             path = Path(raw)
             if not path.exists():
@@ -68,11 +140,12 @@ class FileSource:
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         for path in self.files:
+            reader = _Reader(path, note, self.base, self.limits)
             try:
                 if path.name.lower().endswith(NDJSON_SUFFIXES):
-                    yield from _read_ndjson(path, note, progress)
+                    yield from reader.ndjson(progress)
                 else:
-                    yield from _read_json(path, note, progress)
+                    yield from reader.json(progress)
             except (OSError, EOFError, zlib.error) as error:
                 note(Note("unreadable-file", f"cannot read the file: {error}", str(path)))
 
@@ -84,99 +157,235 @@ def _open(path: Path):
     return raw, raw
 
 
-def _resource_or_note(value: object, where: str, note: NoteSink) -> Iterator[RawResource]:
-    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        note(Note("not-a-resource", "JSON value has no resourceType", where))
-        return
-    if value["resourceType"] == "Bundle":
-        yield from _bundle_entries(value, where, note)
-        return
-    if value["resourceType"] == "OperationOutcome":
-        note(
-            Note(
-                "operation-outcome",
-                "an OperationOutcome (an error report) is not patient data",
-                where,
-            )
-        )
-        return
-    if not isinstance(value.get("id"), str) or not value["id"]:
-        note(Note("missing-id", f"{value['resourceType']} without an id is skipped", where))
-        return
-    patient, foreign = patient_of(value)
-    yield RawResource(value, where, patient, None, foreign)
-
-
 _NOT_PLAIN = frozenset({"Bundle", "OperationOutcome"})
 
 
-def _read_ndjson(path: Path, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
-    raw, stream = _open(path)
-    name = str(path)
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    done = 0
-    with raw, stream:
-        for number, line in enumerate(stream, start=1):
-            if not number & 2047:
-                position = raw.tell()
-                progress(position - done)
-                done = position
-            try:
-                value = loads(line)
-            except decode_error as error:
-                if line.strip():
-                    note(
-                        Note("invalid-json", f"line is not JSON ({error.msg})", f"{name}:{number}")
-                    )
-                continue
-            # The common case, checked inline; anything unusual goes the careful way.
-            if type(value) is dict:
-                kind, rid = value.get("resourceType"), value.get("id")
-                if type(kind) is str and type(rid) is str and rid and kind not in _NOT_PLAIN:
-                    patient, foreign = patient_of(value)
-                    yield RawResource(value, name, patient, number, foreign)
+class _Reader:
+    """One file being read: its notes, its server base and its limits."""
+
+    def __init__(self, path: Path, note: NoteSink, base: str | None, limits: FileLimits):
+        self.path, self.name, self.note = path, str(path), note
+        self.base, self.limits = base, limits
+
+    def ndjson(self, progress: Progress) -> Iterator[RawResource]:
+        raw, stream = _open(self.path)
+        name, base, cap = self.name, self.base, self.limits.line
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        done = 0
+        with raw, stream:
+            for number, line in enumerate(iter(partial(stream.readline, cap + 1), b""), 1):
+                if not number & 2047:
+                    position = raw.tell()
+                    progress(position - done)
+                    done = position
+                    if stream.tell() > self.limits.inflated:
+                        self._too_large(stream.tell())
+                        break
+                if number == 1 and line.startswith(BOM):
+                    line = line[3:]
+                if len(line) > cap:
+                    yield from self._too_long(line, stream, number)
+                    if stream.tell() > self.limits.inflated:
+                        self._too_large(stream.tell())
+                        break
                     continue
-            yield from _resource_or_note(value, f"{name}:{number}", note)
-        progress(raw.tell() - done)
+                try:
+                    value = loads(line)
+                except decode_error as error:
+                    if line.strip():
+                        yield from self._not_json(line, f"{name}:{number}", number, error.msg)
+                    continue
+                # The common case, checked inline; anything unusual goes the careful way.
+                if type(value) is dict:
+                    kind, rid = value.get("resourceType"), value.get("id")
+                    if type(kind) is str and type(rid) is str and rid and kind not in _NOT_PLAIN:
+                        patient, foreign = patient_of(value, base)
+                        yield RawResource(value, name, patient, number, foreign)
+                        continue
+                yield from self._resource_or_note(value, f"{name}:{number}")
+            progress(raw.tell() - done)
 
+    def json(self, progress: Progress) -> Iterator[RawResource]:
+        limit = self.limits.bundle
+        if self.path.stat().st_size > limit and not self.name.lower().endswith(".gz"):
+            progress(self.path.stat().st_size)
+            self._too_large(self.path.stat().st_size, "bundle")
+            return
+        raw, stream = _open(self.path)
+        with raw, stream:
+            data = stream.read(limit + 1)
+            progress(raw.tell())
+        if len(data) > limit:
+            self._too_large(len(data), "bundle")
+            return
+        if data.startswith(BOM):
+            data = data[3:]
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as error:
+            yield from self._not_json(data, self.name, None, error.msg)
+            return
+        yield from self._resource_or_note(value, self.name)
 
-def _read_json(path: Path, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
-    raw, stream = _open(path)
-    with raw, stream:
-        data = stream.read()
-        progress(raw.tell())
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as error:
-        note(Note("invalid-json", f"file is not JSON ({error.msg})", str(path)))
-        return
-    yield from _resource_or_note(value, str(path), note)
+    # -- what cannot be read ------------------------------------------------------
+    def _too_large(self, size: int, what: str = "inflated") -> None:
+        limit = getattr(self.limits, what)
+        option = "--max-bundle-mib" if what == "bundle" else "--max-inflated-mib"
+        self.note(
+            Note(
+                "unreadable-file",
+                f"the file {'is' if what == 'bundle' else 'inflates to'} more than "
+                f"{limit / MIB:g} MiB ({option}); "
+                + ("not read" if what == "bundle" else f"read only up to {size / MIB:.0f} MiB"),
+                self.name,
+            )
+        )
 
+    def _too_long(self, line: bytes, stream, number: int) -> Iterator[RawResource]:
+        """Skip the rest of an over-long line in bounded pieces; name whose it was."""
+        prefix = memoryview(line)[: self.limits.line]  # no copy: memory stays one line
+        while not line.endswith(b"\n"):
+            line = stream.readline(_CHUNK)
+            if not line or stream.tell() > self.limits.inflated:
+                break
+        why = f"longer than {self.limits.line / MIB:g} MiB (--max-line-mib)"
+        yield from self._unreadable(prefix, f"{self.name}:{number}", number, why, "line-too-long")
 
-def _bundle_entries(bundle: dict, where: str, note: NoteSink) -> Iterator[RawResource]:
-    """Resources of a Bundle, with ``urn:uuid:`` references resolved inside it."""
-    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
-    for entry in entries:  # a transaction POST names its resource only by fullUrl
-        resource, full_url = entry.get("resource"), entry.get("fullUrl")
-        if (
-            isinstance(resource, dict)
-            and not resource.get("id")
-            and isinstance(full_url, str)
-            and full_url.startswith("urn:uuid:")
-        ):
-            entry["resource"] = {**resource, "id": full_url[9:]}
-    local = {}
-    for entry in entries:
-        resource = entry.get("resource")
-        full_url = entry.get("fullUrl")
-        if isinstance(resource, dict) and isinstance(full_url, str) and resource.get("id"):
-            local[full_url] = f"{resource.get('resourceType')}/{resource['id']}"
-    for index, entry in enumerate(entries):
-        resource = entry.get("resource")
-        if resource is None:
-            continue  # e.g. a transaction DELETE
-        for key in _REFERENCE_FIELDS:
-            target = resource.get(key) if isinstance(resource, dict) else None
-            if isinstance(target, dict) and target.get("reference") in local:
-                resource[key] = {**target, "reference": local[target["reference"]]}
-        yield from _resource_or_note(resource, f"{where}#entry[{index}]", note)
+    def _not_json(
+        self, data: bytes, where: str, number: int | None, error: str
+    ) -> Iterator[RawResource]:
+        """A line (or file) that is not JSON; if only its bytes are not UTF-8, read it with
+        them replaced, as a record that cannot be read for certain."""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            try:
+                value = orjson.loads(data.decode("utf-8", "replace"))
+            except orjson.JSONDecodeError:
+                value = None
+            if value is not None:
+                yield from self._replaced(value, where, number)
+                return
+            error = "not valid UTF-8"
+        yield from self._unreadable(data, where, number, f"not JSON ({error})", "invalid-json")
+
+    def _replaced(self, value: object, where: str, number: int | None) -> Iterator[RawResource]:
+        place = f"line {number} of {self.name}" if number else self.name
+        self.note(Note("invalid-utf8", "not valid UTF-8; read with its bad bytes replaced", where))
+        for raw in self._resource_or_note(value, where):
+            resource = raw.resource
+            if "\ufffd" in _identity(resource):
+                data = orjson.dumps(resource)
+                why = "not valid UTF-8 where it says what it is or whose"
+                yield from self._unreadable(data, raw.where, number, why, None)
+                continue
+            resource[DOUBT] = [f"{place} is not valid UTF-8 (bad bytes replaced)"]
+            yield raw
+
+    def _unreadable(
+        self, data: bytes | memoryview, where: str, number: int | None, why: str, code: str | None
+    ) -> Iterator[RawResource]:
+        """A record that cannot be read: noted (``code``), and told to the pipeline once for
+        each patient its bytes name, or once for nobody."""
+        if number is None and where.startswith(f"{self.name}:"):
+            number = int(where.rsplit(":", 1)[1])
+        place = f"line {number} of {self.name}" if number else where
+        names = named_patients(data)
+        if code:
+            whose = (
+                f"names {', '.join(f'Patient/{n}' for n in names)}" if names else "names no patient"
+            )
+            self.note(Note(code, f"{why}; {whose}", where))
+        reason = f"unreadable record on {place} ({why})"
+        for patient in names or [None]:
+            yield RawResource({}, self.name, patient, number, unreadable=reason)
+
+    # -- resources and Bundles ----------------------------------------------------
+    def _resource_or_note(self, value: object, where: str) -> Iterator[RawResource]:
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            # JSON, but not a resource: it may have been one (a resourceType of the wrong
+            # type, an object wrapped in a list), so it is unreadable, not ignorable.
+            data = orjson.dumps(value, default=str)
+            why = "JSON value has no resourceType"
+            yield from self._unreadable(data, where, None, why, "not-a-resource")
+            return
+        if value["resourceType"] == "Bundle":
+            yield from self._bundle_entries(value, where)
+            return
+        if value["resourceType"] == "OperationOutcome":
+            self.note(
+                Note(
+                    "operation-outcome",
+                    "an OperationOutcome (an error report) is not patient data",
+                    where,
+                )
+            )
+            return
+        if not isinstance(value.get("id"), str) or not value["id"]:
+            patient, foreign = patient_of(value, self.base)
+            if value["resourceType"] == "Patient" or (patient is None and foreign is None):
+                self.note(
+                    Note("missing-id", f"{value['resourceType']} without an id is skipped", where)
+                )
+                return
+            # It names its patient: read it under its place, as a record without an id.
+            self.note(
+                Note(
+                    "missing-id",
+                    f"{value['resourceType']} without an id; read as one that cannot be "
+                    "read for certain",
+                    where,
+                )
+            )
+            value["id"] = where
+            value[DOUBT] = [*value.get(DOUBT, []), "id is missing (FHIR requires it)"]
+        patient, foreign = patient_of(value, self.base)
+        yield RawResource(value, where, patient, None, foreign)
+
+    def _bundle_entries(self, bundle: dict, where: str) -> Iterator[RawResource]:
+        """Resources of a Bundle, with ``urn:uuid:`` references resolved inside it."""
+        entries = bundle.get("entry")
+        if entries is None:
+            return
+        if type(entries) is not list:
+            data = orjson.dumps(entries, default=str)
+            why = "Bundle.entry is not a JSON array"
+            yield from self._unreadable(data, where, None, why, "not-a-resource")
+            return
+        readable = []
+        for index, entry in enumerate(entries):
+            if type(entry) is dict and type(entry.get("resource", {})) is dict:
+                readable.append((index, entry))
+            else:
+                data = orjson.dumps(entry, default=str)
+                why = "Bundle entry holds no resource object"
+                place = f"{where}#entry[{index}]"
+                yield from self._unreadable(data, place, None, why, "not-a-resource")
+        for _, entry in readable:  # a transaction POST names its resource only by fullUrl
+            resource, full_url = entry.get("resource"), entry.get("fullUrl")
+            if (
+                resource is not None
+                and not resource.get("id")
+                and isinstance(full_url, str)
+                and full_url.startswith("urn:uuid:")
+            ):
+                entry["resource"] = {**resource, "id": full_url[9:]}
+        local = {}
+        for _, entry in readable:
+            resource, full_url = entry.get("resource"), entry.get("fullUrl")
+            if (
+                resource is not None
+                and isinstance(full_url, str)
+                and isinstance(resource.get("id"), str)
+            ):
+                local[full_url] = f"{resource.get('resourceType')}/{resource['id']}"
+        for index, entry in readable:
+            resource = entry.get("resource")
+            if resource is None:
+                continue  # e.g. a transaction DELETE
+            for key in _REFERENCE_FIELDS:
+                target = resource.get(key)
+                reference = target.get("reference") if isinstance(target, dict) else None
+                if isinstance(reference, str) and reference in local:
+                    resource[key] = {**target, "reference": local[reference]}
+            yield from self._resource_or_note(resource, f"{where}#entry[{index}]")
