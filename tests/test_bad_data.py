@@ -450,3 +450,14 @@ def test_a_null_last_updated_is_no_instant_and_decides_no_duplicate(tmp_path):
     assert notes(output)["bad-last-updated"]["examples"][0]["message"] == (
         "meta.lastUpdated 'null' is not a FHIR instant; counted as the oldest copy"
     )
+
+
+@pytest.mark.parametrize("onset", ["9999-99-99", None, ["2020-05-05"]])
+def test_an_unreadable_date_leaves_a_condition_without_status_possibly_current(tmp_path, onset):
+    """Found by the second long run: p93's chronic HBV Condition has no clinicalStatus and
+    counts as current because it is dated. With its only date unreadable it was read as
+    undated, so not current (p93 eligible); it may be dated, so hepatitis_b is review."""
+    p93 = "p93-hbv-condition-no-clinical-status"
+    output = screened(cohort(tmp_path, _set(f"{p93}-7", ("onsetDateTime",), onset)))
+    assert changed(output) == {p93: ("excluded", "needs-review")}
+    assert listed(output)[p93]["exclusions"]["hepatitis_b"]["result"] == "review"

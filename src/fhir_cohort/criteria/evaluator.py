@@ -379,11 +379,14 @@ def _exposure_evidence(
 
 
 def _is_current(fact: ConditionFact) -> bool | None:
-    """A current state? None when its clinicalStatus cannot be read."""
+    """A current state? None when its clinicalStatus cannot be read, or when it has none
+    and its date cannot be read (a dated Condition without a status is current)."""
     if fact.status_unreadable:
         return None
     if fact.clinical_status in CURRENT_STATUSES:
         return True
+    if fact.clinical_status is None and fact.date is None and fact.unreadable:
+        return None
     return fact.clinical_status is None and fact.date is not None
 
 
