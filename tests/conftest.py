@@ -13,6 +13,7 @@ from fhir_cohort.criteria.trial import load_trial
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
+from fhir_cohort.transport import redact
 
 ROOT = Path(__file__).resolve().parents[1]
 COHORT = ROOT / "fixtures" / "misle-cohort"
@@ -26,6 +27,13 @@ def private_state(tmp_path_factory):
         patch.setenv("FHIR_COHORT_STATE", str(tmp_path_factory.mktemp("state")))
         patch.delenv("XDG_STATE_HOME", raising=False)
         yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_secrets(monkeypatch):
+    """Each test is a process of its own as far as secrets go: a token one test
+    registered ("second") must not mask that word in the next test's paths."""
+    monkeypatch.setattr(redact, "SECRETS", redact.Secrets())
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,16 @@ def status(output: dict, patient: str) -> str:
     return listed(output).get(patient, {}).get("status", "not-a-candidate")
 
 
+def held_back(output: dict) -> dict[str, tuple[str, str]]:
+    """What partial input must do: every patient eligible or in a washout on the unbroken
+    cohort is needs-review, for the reason that input was not all read."""
+    return {
+        p: (e["status"], "needs-review")
+        for p, e in EXPECTED.items()
+        if e["status"] in ("eligible", "washout")
+    }
+
+
 def changed(output: dict) -> dict[str, tuple[str, str]]:
     """Patients whose status differs from the unbroken cohort's: (expected, got)."""
     got = {p: status(output, p) for p in EXPECTED}
@@ -163,8 +173,17 @@ def test_a_bundle_entry_that_is_a_number_is_a_note(tmp_path):
         "Bundle.entry is not a JSON array; names no patient"
     )
     assert notes(output)["unattributed-record"]["count"] == 1  # partial: exit 4
-    # its only patient's records are all in that Bundle: gone, and never more eligible
-    assert changed(output) == {"p118-bundle-transaction": ("eligible", "not-a-candidate")}
+    # its only patient's records are all in that Bundle: gone, and never more eligible;
+    # a record nobody can be named for could be anyone's: every other candidate waits
+    assert changed(output) == {
+        **held_back(output),
+        "p118-bundle-transaction": ("eligible", "not-a-candidate"),
+    }
+    assert all(
+        c["reasons"][-1].startswith("not all input could be read (1 unattributed-record")
+        for c in output["candidates"]
+        if c["status"] == "needs-review"
+    )
 
 
 def test_a_line_holding_only_a_string_is_unreadable_not_a_crash(tmp_path):
@@ -172,7 +191,7 @@ def test_a_line_holding_only_a_string_is_unreadable_not_a_crash(tmp_path):
     path = folder / "Medication.000.ndjson"
     path.write_bytes(path.read_bytes() + b'"Medication"\n')
     output = screened(folder)
-    assert changed(output) == {}
+    assert changed(output) == held_back(output)
     assert notes(output)["not-a-resource"]["examples"][0]["where"] == f"{path}:2"
     assert notes(output)["unattributed-record"]["count"] == 1  # it names nobody: partial
 

@@ -63,12 +63,25 @@ def _place(place: str, folder: Path) -> str:
     return f"{folder}/{place[5:]}" if place.startswith("file:") else place
 
 
+def got_message(output: dict, code: str) -> str:
+    entry = next(e for e in output["data_quality"] if e["code"] == code)
+    return entry["examples"][0]["message"].removeprefix("cannot read the file: ")
+
+
 def _check_output(output: dict, folder: Path) -> None:
     listed = {c["patient"]: c for c in output["candidates"]}
     assert set(listed) == {"messy-eligible", "messy-review"}
 
+    # Every criterion of messy-eligible is met, but 05-corrupt.ndjson.gz could not be read
+    # and could hold their exclusion: every candidate is needs-review, saying so.
     eligible = listed["messy-eligible"]
-    assert eligible["status"] == "eligible"
+    assert eligible["status"] == "needs-review"
+    assert eligible["reasons"][-1] == (
+        "not all input could be read (1 unreadable-file, first: "
+        f"{folder}/05-corrupt.ndjson.gz: cannot read the file: "
+        + got_message(output, "unreadable-file")
+        + "); records of this patient may be missing"
+    )
     assert eligible["rank"] == 1
     assert eligible["age"] == 38
     acr = eligible["criteria"]["acr"]
@@ -164,7 +177,7 @@ def test_cli_screen_over_messy_data(tmp_path, capsys):
     assert code == 4  # done with partial data: one file could not be read
     captured = capsys.readouterr()
     assert captured.err.startswith("fhir-cohort: warning: partial data: 1 unreadable-file;")
-    assert "eligible: 1  washout: 0  needs-review: 1  excluded: 0" in captured.out
+    assert "eligible: 0  washout: 0  needs-review: 2  excluded: 0" in captured.out
     assert "2 invalid-json" in captured.out and "1 unreadable-file" in captured.out
     output = json.loads((out / "candidates.json").read_text())
     _check_output(output, MESSY)
@@ -177,7 +190,7 @@ def test_messy_data_in_two_sources_of_one_run(tmp_path, trial):
     _generator().generate(copy)
     output = screening_dict(screen([FileSource(MESSY), FileSource(copy)], trial, AS_OF))
     assert [(c["patient"], c["status"]) for c in output["candidates"]] == [
-        ("messy-eligible", "eligible"),
+        ("messy-eligible", "needs-review"),  # the corrupt .gz (twice) could hold anything
         ("messy-review", "needs-review"),
     ]
     counts = {e["code"]: e["count"] for e in output["data_quality"]}

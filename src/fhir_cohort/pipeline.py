@@ -13,13 +13,18 @@ reference) puts a local candidate of the same id to review; an in-scope
 record that names no patient at all weighs on every candidate as a record
 that could be theirs; a line or record that cannot be read and names no
 patient means the input was not all read (``unattributed-record``: exit 4).
+
+Input that was not all read (a ``PARTIAL_DATA`` note: a file, a search, an export
+file, a resource type or a record nobody can be named for) could have held any
+candidate's exclusion or washout, so every candidate carries it as a doubt and none
+is eligible or in a washout on that run: they are ``needs-review`` with the reason.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -42,7 +47,13 @@ from .sources import (
 from .store import SqliteStore
 
 # Notes saying the input was not all read (the run is then partial: exit 4).
-PARTIAL_DATA = ("unreadable-file", "export-error", "incomplete-search", "unattributed-record")
+PARTIAL_DATA = (
+    "unreadable-file",
+    "export-error",
+    "incomplete-search",
+    "unattributed-record",
+    "missing-data",
+)
 # Notes about records that were read but not for certain (they never count in a patient's
 # favour; the run stays complete).
 UNREADABLE_DATA = (
@@ -207,6 +218,7 @@ def screen(
         everyone = unattached_facts(unattached.records, store.medication, base)
         for note in everyone.notes:
             quality.add(note)
+        partial = partial_input_doubts(quality)
         funnel.resources_read = store.resources_by_type
         advance = (
             progress("screening", store.patient_count(), "patients") if progress else no_progress
@@ -217,6 +229,8 @@ def screen(
                 funnel.count_outside_pool()
                 continue
             facts = patient_facts(record.patient_id, record.resources(), store.medication, base)
+            if partial:
+                facts = replace(facts, doubts=facts.doubts + partial)
             result = evaluate(with_unattached(facts, everyone), trial, as_of)
             funnel.count(result)
             for note in result.notes:
@@ -240,6 +254,28 @@ def _other_subject(resource: dict) -> str | None:
         if target is not None:
             return None
     return None
+
+
+def partial_input_doubts(quality: DataQuality) -> tuple[str, ...]:
+    """One reason per kind of input that was not all read, for every candidate.
+
+    >>> q = DataQuality()
+    >>> q.add(Note("export-error", "Condition file failed", "bulk"))
+    >>> q.add(Note("export-error", "Observation file failed", "bulk"))
+    >>> partial_input_doubts(q)
+    ('not all input could be read (2 export-error, first: bulk: Condition file failed); \
+records of this patient may be missing',)
+    """
+    doubts = []
+    for code in PARTIAL_DATA:
+        count = quality.counts.get(code)
+        if count:
+            first = quality.examples[code][0]
+            doubts.append(
+                f"not all input could be read ({count} {code}, first: {first['where']}: "
+                f"{first['message']}); records of this patient may be missing"
+            )
+    return tuple(doubts)
 
 
 class _Unattached:
