@@ -22,11 +22,12 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +36,7 @@ import orjson
 from .errors import UsageError
 from .normalise.elements import fhir_date, show
 from .quality import Note
-from .sources import DOUBT, NOTE_RECORD, RawResource
+from .sources import DOUBT, DOUBT_RECORD, NOTE_RECORD, RawResource
 
 _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
@@ -46,6 +47,16 @@ _ABSENT = object()
 
 class StoreError(UsageError):
     """The scratch store cannot be written (a full disk, an unwritable folder): exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """One kept record of a patient: where it stood in the source order, what its codes
+    can mean to the trial (relevance bits), and its JSON bytes."""
+
+    position: int
+    touches: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,35 +324,70 @@ class SqliteStore:
     def distinct_kept(self) -> int:
         return self.kept - self.duplicates
 
+    # -- shards: one store per part of the input, merged in source order ----------
+    def detach(self) -> tuple[Path, int]:
+        """End of a shard's input (before :meth:`finish`): its folder, for
+        :meth:`absorb` in another process, and how many positions it used."""
+        self._flush()
+        with _writing(self._folder):
+            self._db.commit()
+        self._db.close()
+        return self._folder, self._seen
+
+    def absorb(self, folder: Path, used: int) -> None:
+        """Append a detached shard, read after everything absorbed so far: its positions
+        (and the ids of its markers, which are made from them) follow on, as if one store
+        had read both. The shard's folder is removed."""
+        self._flush()
+        offset, plain = self._seen, "rtype NOT IN (?, ?)"
+        with _writing(self._folder):
+            self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
+            self._db.execute(
+                "INSERT INTO resources SELECT rtype, rid, patient, stamp, seen + ?, key, touches,"
+                f" body FROM shard.resources WHERE {plain} ORDER BY rowid",
+                (offset, DOUBT_RECORD, NOTE_RECORD),
+            )
+            self._db.execute(
+                "INSERT INTO unkept SELECT key, stamp, seen + ? FROM shard.unkept", (offset,)
+            )
+            self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
+            markers = self._db.execute(
+                f"SELECT patient, body, seen FROM shard.resources WHERE NOT {plain} ORDER BY rowid",
+                (DOUBT_RECORD, NOTE_RECORD),
+            ).fetchall()
+            self._db.commit()
+            self._db.execute("DETACH DATABASE shard")
+        for patient, body, seen in markers:
+            marker = orjson.loads(body)
+            self._seen = offset + seen - 1
+            self.add_marker(patient, marker["resourceType"], marker["message"], marker["code"])
+        self._seen = offset + used
+        shutil.rmtree(folder, ignore_errors=True)
+
     # -- reading -----------------------------------------------------------
+    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
+        """Each patient (sorted by id) with their kept records (:class:`Kept`); with
+        ``part`` (i, n), only the patients whose :func:`partition` of n is i."""
+        return kept_by_patient(self._db, part)
+
     def patients(self) -> Iterator[PatientRecord]:
         """Each patient (sorted by id) with their kept resources, unparsed."""
-        cursor = self._db.execute(
-            "SELECT p.id, r.touches, r.body FROM patients p "
-            "LEFT JOIN resources r ON r.patient = p.id ORDER BY p.id"
-        )
-        current: str | None = None
-        touches = 0
-        bodies: list[bytes] = []
-        for patient, bits, body in cursor:
-            if patient != current:
-                if current is not None:
-                    yield PatientRecord(current, touches, tuple(bodies))
-                current, touches, bodies = patient, 0, []
-            if body is not None:
-                touches |= bits
-                bodies.append(body)
-        if current is not None:
-            yield PatientRecord(current, touches, tuple(bodies))
+        for patient, kept in self.kept_by_patient():
+            touches = 0
+            for record in kept:
+                touches |= record.touches
+            yield PatientRecord(patient, touches, tuple(record.body for record in kept))
 
     def patient_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM patients").fetchone()[0]
 
     def _medication(self, medication_id: str) -> dict | None:
-        row = self._db.execute(
-            "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?", (medication_id,)
-        ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        return medication(self._db, medication_id)
+
+    @property
+    def path(self) -> Path:
+        """The database file (to be opened read-only by :class:`StoreReader`)."""
+        return self._folder / "resources.sqlite3"
 
     def close(self) -> None:
         self._db.close()
@@ -352,3 +398,60 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def partition(patient_id: str, parts: int) -> int:
+    """A patient's part of ``parts``, stable across processes and machines (CRC-32).
+
+    >>> partition("p01", 2), partition("p01", 2) == partition("p01", 2)
+    (1, True)
+    """
+    return zlib.crc32(patient_id.encode()) % parts
+
+
+def kept_by_patient(
+    db: sqlite3.Connection, part: tuple[int, int] | None = None
+) -> Iterator[tuple[str, list[Kept]]]:
+    """Each patient (sorted by id) with their kept records, in source order."""
+    where, args = "", ()
+    if part is not None:
+        db.create_function("part", 2, partition, deterministic=True)
+        where, args = "WHERE part(p.id, ?) = ?", (part[1], part[0])
+    cursor = db.execute(
+        "SELECT p.id, r.seen, r.touches, r.body FROM patients p "
+        f"LEFT JOIN resources r ON r.patient = p.id {where} ORDER BY p.id, r.seen",
+        args,
+    )
+    current: str | None = None
+    kept: list[Kept] = []
+    for patient, seen, bits, body in cursor:
+        if patient != current:
+            if current is not None:
+                yield current, kept
+            current, kept = patient, []
+        if body is not None:
+            kept.append(Kept(seen, bits, body))
+    if current is not None:
+        yield current, kept
+
+
+def medication(db: sqlite3.Connection, medication_id: str) -> dict | None:
+    row = db.execute(
+        "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?", (medication_id,)
+    ).fetchone()
+    return orjson.loads(row[0]) if row else None
+
+
+class StoreReader:
+    """A finished store, opened read-only by another process (a worker deciding its part
+    of the patients)."""
+
+    def __init__(self, path: Path):
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.medication = lru_cache(maxsize=4096)(partial(medication, self._db))
+
+    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
+        return kept_by_patient(self._db, part)
+
+    def close(self) -> None:
+        self._db.close()
