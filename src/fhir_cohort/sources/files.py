@@ -32,6 +32,7 @@ import orjson
 
 from ..quality import Note
 from . import DOUBT, NoteSink, Progress, RawResource, SourceError, patient_of
+from .prefilter import PreFilter
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
@@ -111,11 +112,17 @@ class FileSource:
     """
 
     def __init__(
-        self, *paths: str | Path, base: str | None = None, limits: FileLimits | None = None
+        self,
+        *paths: str | Path,
+        base: str | None = None,
+        limits: FileLimits | None = None,
+        prefilter: PreFilter | None = None,
     ):
+        """``prefilter``: NDJSON lines it vouches for are not parsed (a stand-in is read)."""
         self.files: list[Path] = []
         self.base = base
         self.limits = limits or FileLimits()
+        self.prefilter = prefilter
         for raw in paths:
             path = Path(raw)
             if not path.exists():
@@ -169,7 +176,7 @@ class FileSource:
     ) -> Iterator[RawResource]:
         """The resources of one part of the files (each resource's line numbered as in
         its whole file)."""
-        reader = _Reader(part.path, note, self.base, self.limits)
+        reader = _Reader(part.path, note, self.base, self.limits, self.prefilter)
         try:
             if part.path.name.lower().endswith(NDJSON_SUFFIXES):
                 yield from reader.ndjson(progress, part)
@@ -256,15 +263,23 @@ _NOT_PLAIN = frozenset({"Bundle", "OperationOutcome"})
 class _Reader:
     """One file being read: its notes, its server base and its limits."""
 
-    def __init__(self, path: Path, note: NoteSink, base: str | None, limits: FileLimits):
+    def __init__(
+        self,
+        path: Path,
+        note: NoteSink,
+        base: str | None,
+        limits: FileLimits,
+        prefilter: PreFilter | None = None,
+    ):
         self.path, self.name, self.note = path, str(path), note
-        self.base, self.limits = base, limits
+        self.base, self.limits, self.prefilter = base, limits, prefilter
 
     def ndjson(self, progress: Progress, part: FilePart | None = None) -> Iterator[RawResource]:
         raw, stream = _open(self.path, part)
         first = _lines_before(self.path, part.start) + 1 if part and part.start else 1
         name, base, cap = self.name, self.base, self.limits.line
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        vouch = self.prefilter.vouch if self.prefilter else None
         done = 0
         with raw, stream:
             for number, line in enumerate(iter(partial(stream.readline, cap + 1), b""), first):
@@ -283,6 +298,12 @@ class _Reader:
                         self._too_large(stream.tell())
                         break
                     continue
+                if vouch is not None:
+                    stand_in = vouch(line)
+                    if stand_in is not None:
+                        patient, foreign = patient_of(stand_in, base)
+                        yield RawResource(stand_in, name, patient, number, foreign)
+                        continue
                 try:
                     value = loads(line)
                 except decode_error as error:
