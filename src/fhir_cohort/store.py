@@ -120,6 +120,86 @@ def instant(stamp: object, now: float) -> tuple[float, str | None]:
     return moment, None
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One copy of a type and id: where it stood, its raw lastUpdated, its patient and its
+    kept bytes (None: a copy the trial cannot use, which still competes)."""
+
+    seen: int
+    stamp: str | None
+    patient: str | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the duplicate rule keeps of one type and id, and what it says about it."""
+
+    kept: list[Copy]  # the kept copies that stay (bodies marked doubtful where they must)
+    duplicates: int  # copies counted once
+    notes: list[Note]  # bad-last-updated, then conflicting-duplicate (its message last)
+    owners: list[str]  # patients (sorted) whose card gets the conflicting-duplicate note
+
+
+def settle(where: str, copies: list[Copy], now: float) -> Settled:
+    """The rules pages' one duplicate rule over every copy of one type and id (``where``).
+
+    Identical kept copies of one patient are one. Then the copy with the later
+    ``meta.lastUpdated`` wins (an unreadable one counts as the oldest, and is noted), on
+    a tie the first seen; a winner the trial cannot use retires every kept copy. Copies
+    that disagree are noted, on the data quality and on each owner's card; if the choice
+    rests on an unreadable lastUpdated, every kept copy stays, marked doubtful.
+
+    >>> a = Copy(1, "2026-01-01T00:00:00Z", "p1", b'{"v":1}')
+    >>> b = Copy(2, "2026-02-01T00:00:00Z")
+    >>> out = settle("Observation/o1", [a, b], 1.9e9)
+    >>> out.kept, out.duplicates, out.owners
+    ([], 1, ['p1'])
+    >>> settle("Observation/o1", [a, Copy(3, a.stamp, "p1", a.body)], 1.9e9).kept == [a]
+    True
+    """
+    copies = sorted(copies, key=lambda c: c.seen)
+    unique: list[Copy] = []
+    for copy in copies:
+        if copy.body is None or not any(
+            c.body == copy.body and c.patient == copy.patient for c in unique if c.body
+        ):
+            unique.append(copy)
+    duplicates = len(copies) - len(unique)
+    kept = [c for c in unique if c.body is not None]
+    if len(unique) < 2 or not kept:
+        return Settled(kept, duplicates, [], [])
+    ranked = []
+    for copy in unique:
+        moment, why = instant(copy.stamp, now)
+        ranked.append(((moment, -copy.seen), copy, why))
+    unreadable = [why for *_, why in ranked if why]
+    notes = [
+        Note("bad-last-updated", f"{why}; counted as the oldest copy", where)
+        for why in dict.fromkeys(unreadable)
+    ]
+    winner = max(ranked, key=lambda r: r[0])[1]
+    duplicates += len(unique) - 1
+    if len(kept) == len(unique) and len({c.body for c in kept}) == 1:
+        return Settled([winner], duplicates, notes, [])
+    message = f"{len(unique)} copies of {where} differ in what the trial reads; " + (
+        "the choice between them rests on a meta.lastUpdated that cannot be read, "
+        "so every copy counts as one that cannot be read"
+        if unreadable
+        else "the copy with the later meta.lastUpdated (else the first seen) is used"
+    )
+    notes.append(Note("conflicting-duplicate", message, where))
+    owners = sorted({c.patient for c in kept if c.patient is not None})
+    if unreadable:
+        doubted = []
+        for copy in kept:
+            resource = orjson.loads(copy.body)  # type: ignore[arg-type]
+            resource[DOUBT] = [message]
+            doubted.append(Copy(copy.seen, copy.stamp, copy.patient, orjson.dumps(resource)))
+        return Settled(doubted, duplicates, notes, owners)
+    return Settled([c for c in kept if c is winner], duplicates, notes, owners)
+
+
 @contextmanager
 def _writing(folder: Path) -> Iterator[None]:
     """Turn a full disk (or an unwritable scratch folder) into one StoreError line."""
@@ -255,11 +335,15 @@ class SqliteStore:
                 "AND o.patient IS r.patient)"
             )
             self.duplicates += identical.rowcount
+            # Keys in the order of their first copy (not of their hash, which is salted per
+            # process): the markers settling adds are numbered the same in every run.
             keys = [
                 key
-                for (key,) in self._db.execute(
+                for key, _ in self._db.execute(
+                    "SELECT key, min(seen) FROM resources WHERE key IN ("
                     "SELECT key FROM resources GROUP BY key HAVING count(*) > 1 "
-                    "UNION SELECT DISTINCT u.key FROM unkept u JOIN resources r ON r.key = u.key"
+                    "UNION SELECT u.key FROM unkept u JOIN resources r ON r.key = u.key) "
+                    "GROUP BY key ORDER BY 2"
                 )
             ]
             for key in keys:
@@ -274,50 +358,21 @@ class SqliteStore:
             (key,),
         ).fetchall()
         unkept = self._db.execute("SELECT stamp, seen FROM unkept WHERE key = ?", (key,)).fetchall()
-        copies = []  # (order, rowid or None, why its stamp does not count)
-        for rowid, _, _, _, stamp, seen, _ in kept:
-            moment, why = instant(stamp, self._now)
-            copies.append(((moment, -seen), rowid, why))
-        for stamp, seen in unkept:
-            moment, why = instant(stamp, self._now)
-            copies.append(((moment, -seen), None, why))
-        self.duplicates += len(copies) - 1
-        _, rtype, rid, *_ = kept[0]
-        where = f"{rtype}/{rid}"
-        unreadable = [why for *_, why in copies if why]
-        for why in dict.fromkeys(unreadable):
-            self.notes.append(Note("bad-last-updated", f"{why}; counted as the oldest copy", where))
-        winner = max(copies)[1]
-        bodies = {body for *_, body in kept}
-        agree = not unkept and len(bodies) == 1
-        if agree:
-            self._db.executemany(
-                "DELETE FROM resources WHERE rowid = ?",
-                ((row[0],) for row in kept if row[0] != (winner or kept[0][0])),
-            )
-            return
-        message = f"{len(copies)} copies of {where} differ in what the trial reads; " + (
-            "the choice between them rests on a meta.lastUpdated that cannot be read, "
-            "so every copy counts as one that cannot be read"
-            if unreadable
-            else "the copy with the later meta.lastUpdated (else the first seen) is used"
-        )
-        self.notes.append(Note("conflicting-duplicate", message, where))
-        for owner in {row[3] for row in kept if row[3] is not None}:
-            self.add_marker(owner, NOTE_RECORD, message, "conflicting-duplicate")
-        if unreadable:
-            for rowid, *_, body in kept:
-                resource = orjson.loads(body)
-                resource[DOUBT] = [message]
+        copies = [Copy(seen, stamp, patient, body) for _, _, _, patient, stamp, seen, body in kept]
+        copies += [Copy(seen, stamp) for stamp, seen in unkept]
+        outcome = settle(f"{kept[0][1]}/{kept[0][2]}", copies, self._now)
+        self.duplicates += outcome.duplicates
+        self.notes += outcome.notes
+        for owner in outcome.owners:
+            self.add_marker(owner, NOTE_RECORD, outcome.notes[-1].message, "conflicting-duplicate")
+        survivors = {copy.seen: copy.body for copy in outcome.kept}
+        for rowid, *_, seen, body in kept:
+            if seen not in survivors:
+                self._db.execute("DELETE FROM resources WHERE rowid = ?", (rowid,))
+            elif survivors[seen] != body:
                 self._db.execute(
-                    "UPDATE resources SET body = ? WHERE rowid = ?",
-                    (orjson.dumps(resource), rowid),
+                    "UPDATE resources SET body = ? WHERE rowid = ?", (survivors[seen], rowid)
                 )
-        else:
-            self._db.executemany(
-                "DELETE FROM resources WHERE rowid = ?",
-                ((row[0],) for row in kept if row[0] != winner),
-            )
         self._flush()
 
     @property
