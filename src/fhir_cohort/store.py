@@ -240,11 +240,12 @@ class SqliteStore:
                 CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, stamp TEXT,
                                         seen INTEGER, key INTEGER, touches INTEGER, body BLOB);
                 CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
-                CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER);
+                CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER, rtype TEXT, rid TEXT);
                 """
             )
         self._now = time.time() if now is None else now
         self._filtered_types = filtered_types
+        self.keep_ids = False  # keep the type and id of unkept copies (an engine settling them)
         self._rows: list[tuple] = []
         self._unkept: list[tuple] = []
         self._new_patients: list[tuple[str]] = []
@@ -298,7 +299,8 @@ class SqliteStore:
             stamp = meta.get("lastUpdated") if type(meta) is dict else meta
             if type(stamp) is not str:
                 stamp = _stamp(resource, meta)
-            self._unkept.append((hash((rtype, resource["id"])), stamp, self._seen))
+            row = (hash((rtype, resource["id"])), stamp, self._seen)
+            self._unkept.append((*row, rtype, resource["id"]) if self.keep_ids else row)
         if not self._seen % _BATCH:
             self._flush()
 
@@ -315,7 +317,8 @@ class SqliteStore:
             self._db.executemany(
                 "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._rows
             )
-            self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?)", self._unkept)
+            values = "?, ?" if self.keep_ids else "NULL, NULL"
+            self._db.executemany(f"INSERT INTO unkept VALUES (?, ?, ?, {values})", self._unkept)
             self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
         self._rows.clear()
         self._unkept.clear()
@@ -403,7 +406,8 @@ class SqliteStore:
                 (offset, DOUBT_RECORD, NOTE_RECORD),
             )
             self._db.execute(
-                "INSERT INTO unkept SELECT key, stamp, seen + ? FROM shard.unkept", (offset,)
+                "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept",
+                (offset,),
             )
             self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
             markers = self._db.execute(

@@ -177,13 +177,14 @@ class FileSource:
         """The resources of one part of the files (each resource's line numbered as in
         its whole file)."""
         reader = _Reader(part.path, note, self.base, self.limits, self.prefilter)
+        reader.name = part.name or reader.name
         try:
             if part.path.name.lower().endswith(NDJSON_SUFFIXES):
                 yield from reader.ndjson(progress, part)
             else:
                 yield from reader.json(progress)
         except (OSError, EOFError, zlib.error) as error:
-            note(Note("unreadable-file", f"cannot read the file: {error}", str(part.path)))
+            note(Note("unreadable-file", f"cannot read the file: {error}", reader.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,7 @@ class FilePart:
     path: Path
     start: int = 0
     end: int | None = None
+    name: str | None = None  # what notes call the file (default: ``path``)
 
 
 def _line_start(path: Path, offset: int) -> int:

@@ -1,0 +1,306 @@
+"""The Spark engine: the same screen where the data lives, on a cluster or ``local[N]``.
+
+Rule: the answer is the embedded engine's, byte for byte; only the work moves. Files
+are read as bytes through the Hadoop filesystem (``binaryFiles``: local, HDFS, S3
+through the cluster's own connector), each by the file source's own reader and gate
+on an executor (so the bad-data rules hold and what the trial cannot use is dropped
+there), into rows that carry their position in the source order (numbered as one
+reader would, from each file's count). Copies of one type and id are settled by the
+one duplicate rule (:func:`fhir_cohort.store.settle`) grouped by key, the survivors
+grouped by patient and each patient decided by :func:`fhir_cohort.decide.decide`,
+with the trial and the Medications broadcast. The driver receives per-file counts and
+notes, the Medications, the few conflicts to number, and the decisions of the
+patients past the gate: never the records.
+
+Python's ``hash`` (the store's key of a type and id) is salted per process, so the
+executors run with ``PYTHONHASHSEED=0`` (set for ``local`` masters here; set
+``spark.executorEnv.PYTHONHASHSEED=0`` on a cluster, as the README shows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from ..criteria.relevance import CODED, Relevance
+from ..criteria.trial import Trial
+from ..decide import Context, Decision
+from ..errors import UsageError
+from ..normalise.resources import unattached_facts
+from ..pipeline import MAX_UNATTACHED, Funnel, Screening, _Unattached, partial_input_doubts
+from ..quality import DataQuality, add_counters
+from ..rank import rank
+from ..sources import DOUBT_RECORD, NOTE_RECORD, ResourceSource
+from ..sources.files import FilePart, FileSource
+from ..store import Copy, Kept, SqliteStore, settle
+from . import ProgressFactory
+from .embedded import base_of, decide_patients, ingest, merge_decisions, no_progress
+
+_MARKERS = (DOUBT_RECORD, NOTE_RECORD)
+
+
+@dataclass
+class _Read:
+    """One file read on an executor: its counts and notes (to the driver), its rows."""
+
+    index: int
+    used: int
+    quality: DataQuality
+    unattached: list[dict]
+    resources_by_type: dict[str, int]
+    kept: int
+    patients: list[str]
+    rows: list[tuple]  # (rtype, rid, patient, stamp, seen, touches, body); body None: unkept
+
+
+def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trial, now) -> _Read:
+    """Read one file's bytes with the file source's reader, into a private shard."""
+    uri, content = item
+    index, name = files[uri]
+    folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-spark-"))
+    try:
+        path = folder / Path(name).name
+        path.write_bytes(content)
+        quality = DataQuality()
+        store = SqliteStore(folder, filtered_types=CODED, now=now)
+        store.keep_ids = True
+        unattached = _Unattached(quality, store)
+        part = FilePart(index, path, name=name)
+        ingest(
+            source.read_part(part, quality.add, no_progress), Relevance(trial), store, unattached
+        )
+        shard, used = store.detach()
+        db = sqlite3.connect(shard / "resources.sqlite3")
+        rows = db.execute(
+            "SELECT rtype, rid, patient, stamp, seen, touches, body FROM resources ORDER BY rowid"
+        ).fetchall()
+        rows += db.execute(
+            "SELECT rtype, rid, NULL, stamp, seen, 0, NULL FROM unkept ORDER BY rowid"
+        ).fetchall()
+        patients = [p for (p,) in db.execute("SELECT id FROM patients")]
+        db.close()
+        return _Read(
+            index,
+            used,
+            quality,
+            unattached.records,
+            store.resources_by_type,
+            store.kept,
+            patients,
+            rows,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _placed(read: _Read, offsets: dict[int, int]) -> Iterator[tuple]:
+    """A file's rows at their positions in the whole input (marker ids made from them)."""
+    offset = offsets[read.index]
+    for rtype, rid, patient, stamp, seen, touches, body in read.rows:
+        seen += offset
+        if rtype in _MARKERS:
+            marker = orjson.loads(body)
+            rid = marker["id"] = f"marker-{seen}"
+            body = orjson.dumps(marker)
+        yield (rtype, rid), (seen, stamp, patient, touches, body)
+
+
+def _settled(key: tuple, copies: Iterable[tuple], now: float) -> Iterator[tuple]:
+    """The duplicate rule over one type and id: ("row", patient, Kept) for what stays,
+    ("conflict", first seen, notes, owners, duplicates) for the driver."""
+    copies = sorted(copies)
+    if len(copies) == 1:
+        seen, _, patient, touches, body = copies[0]
+        if body is not None:
+            yield "row", patient, Kept(seen, touches, body), key
+        return
+    touches = {seen: bits for seen, _, _, bits, _ in copies}
+    outcome = settle(
+        f"{key[0]}/{key[1]}",
+        [Copy(seen, stamp, patient, body) for seen, stamp, patient, _, body in copies],
+        now,
+    )
+    for copy in outcome.kept:
+        yield "row", copy.patient, Kept(copy.seen, touches[copy.seen], copy.body), key
+    if outcome.duplicates or outcome.notes:  # in the order of each key's first kept copy
+        first = min(seen for seen, *_, body in copies if body is not None)
+        yield "conflict", first, outcome.notes, outcome.owners, outcome.duplicates
+
+
+class Spark:
+    """``master``: a Spark master URL (default ``local[*]``, or the one spark-submit set)."""
+
+    def __init__(self, master: str | None = None):
+        self.master = master
+
+    def session(self):
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise UsageError(
+                "--engine spark needs pyspark: pip install 'fhir-cohort[spark]'"
+            ) from None
+        builder = SparkSession.builder.appName("fhir-cohort")
+        if self.master:
+            builder = builder.master(self.master)
+        if (self.master or "local").startswith("local"):
+            os.environ.setdefault("PYTHONHASHSEED", "0")
+            builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
+        return builder.getOrCreate()
+
+    def screen(
+        self,
+        sources: Iterable[ResourceSource],
+        trial: Trial,
+        as_of: date,
+        progress: ProgressFactory | None = None,
+        workdir: Path | None = None,
+        now: float | None = None,
+    ) -> Screening:
+        sources = list(sources)
+        if not all(type(s) is FileSource for s in sources):
+            raise UsageError("--engine spark reads files (--source), not a server")
+        now = time.time() if now is None else now
+        spark = self.session()
+        context = spark.sparkContext
+        quality, funnel = DataQuality(), Funnel(trial)
+        if len(sources) != 1:
+            raise UsageError("--engine spark reads one file source (give it several paths)")
+        source = sources[0]
+        files = {str(path.resolve()): (n, str(path)) for n, path in enumerate(source.files)}
+        shared = context.broadcast((files, trial))
+
+        def read(item: tuple[str, bytes]) -> _Read:
+            found, trial_ = shared.value
+            return _read_file((_local(item[0]), item[1]), found, source, trial_, now)
+
+        uris = ",".join(Path(path).as_uri() for path in files)
+        reads = context.binaryFiles(uris, minPartitions=len(files)).map(read).cache()
+        summaries = sorted(
+            reads.map(
+                lambda r: (
+                    r.index,
+                    r.used,
+                    r.quality,
+                    r.unattached,
+                    r.resources_by_type,
+                    r.kept,
+                    len(r.rows),
+                )
+            ).collect()
+        )
+        offsets, position, unattached = {}, 0, []
+        for index, used, shard_quality, records, by_type, _, _ in summaries:
+            offsets[index] = position
+            position += used
+            quality = quality.merge(shard_quality)
+            unattached += records
+            for kind, count in by_type.items():
+                funnel.resources_read[kind] = funnel.resources_read.get(kind, 0) + count
+        if len(unattached) > MAX_UNATTACHED:
+            raise UsageError(
+                f"more than {MAX_UNATTACHED} records name no patient: run --engine embedded"
+            )
+        placed = context.broadcast(offsets)
+        settled = (
+            reads.flatMap(lambda r: _placed(r, placed.value))
+            .groupByKey()
+            .flatMap(lambda kv: _settled(kv[0], kv[1], now))
+            .cache()
+        )
+        conflicts = sorted(c for c in settled.filter(lambda x: x[0] == "conflict").collect())
+        duplicates = sum(c[4] for c in conflicts)
+        medications: dict[str, tuple[int, bytes]] = {}
+        for _, _, kept, key in settled.filter(
+            lambda x: x[0] == "row" and x[3][0] == "Medication"
+        ).collect():
+            if key[1] not in medications or kept.position < medications[key[1]][0]:
+                medications[key[1]] = (kept.position, kept.body)
+        table = {rid: orjson.loads(body) for rid, (_, body) in medications.items()}
+        if duplicates:
+            quality.counts["duplicate-resource"] += duplicates
+            quality.examples["duplicate-resource"] = [
+                {
+                    "where": "(several files)",
+                    "message": "the same type and id was read more than once; counted once "
+                    "(later meta.lastUpdated wins, else the first seen)",
+                }
+            ]
+        markers = []
+        for _, _, notes, owners, _ in conflicts:
+            for note in notes:
+                quality.add(note)
+            for owner in owners:
+                position += 1
+                body = {
+                    "resourceType": NOTE_RECORD,
+                    "id": f"marker-{position}",
+                    "message": notes[-1].message,
+                    "code": "conflicting-duplicate",
+                }
+                markers.append((owner, Kept(position, 1, orjson.dumps(body))))
+        base = base_of(sources)
+        everyone = unattached_facts(unattached, table.get, base)
+        for note in everyone.notes:
+            quality.add(note)
+        doubts = partial_input_doubts(quality)
+        ran = Context(trial, as_of, base, everyone, doubts, partial(Funnel, trial))
+        shared_run = context.broadcast((ran, table))
+        patients = reads.flatMap(lambda r: [(p, None) for p in r.patients])
+        rows = settled.filter(lambda x: x[0] == "row" and x[1] is not None).map(
+            lambda x: (x[1], x[2])
+        )
+        grouped = (
+            patients.union(rows)
+            .union(context.parallelize(markers, 1))
+            .groupByKey()
+            .mapPartitions(lambda part: _decide_partition(part, shared_run.value))
+        )
+        decisions: list[Decision] = []
+        for share, evaluated in grouped.collect():
+            add_counters(funnel, share)
+            decisions += evaluated
+        reads.unpersist()
+        settled.unpersist()
+        decisions.sort(key=lambda d: d.patient_id)
+        results = merge_decisions(decisions, funnel, quality)
+        funnel.finish()
+        retrieval = {"files": len(files)}
+        return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), retrieval)
+
+
+def _local(uri: str) -> str:
+    """The path of a ``file:`` URI as binaryFiles gives it (``file:/x``); others as they are.
+
+    >>> _local("file:/data/a%20b.ndjson"), _local("hdfs://nn/x.ndjson")
+    ('/data/a b.ndjson', 'hdfs://nn/x.ndjson')
+    """
+    parsed = urlsplit(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
+def _decide_partition(part, run) -> Iterator[tuple]:
+    context, table = run
+    share = context.new_funnel()
+    evaluated = []
+    # A patient exists when a record names them (the None each brings); rows alone (a
+    # doubt or a note about a patient no record names) do not make one, as in the store.
+    groups = ((p, list(kept)) for p, kept in sorted(part))
+    patients = ((p, [k for k in kept if k is not None]) for p, kept in groups if None in kept)
+    for decision in decide_patients(patients, table.get, context):
+        add_counters(share, decision.funnel)
+        if decision.notes or decision.result is not None:
+            evaluated.append(Decision(decision.patient_id, decision.result, None, decision.notes))
+    share.trial = None  # type: ignore[assignment]
+    yield share, evaluated
