@@ -52,3 +52,5 @@ def test_spark_equals_embedded_on_a_population(spark, tmp_path):
     reference = candidates(Embedded().screen, out)
     assert b'"eligible"' in reference
     assert candidates(spark.screen, out) == reference
+    # every file in line-aligned parts read from its path, not whole through Hadoop
+    assert candidates(Spark("local[2]", whole=1).screen, out) == reference

@@ -1,9 +1,10 @@
 """The Spark engine: the same screen where the data lives, on a cluster or ``local[N]``.
 
 Rule: the answer is the embedded engine's, byte for byte; only the work moves. Files
-are read as bytes through the Hadoop filesystem (``binaryFiles``: local, HDFS, S3
-through the cluster's own connector), each by the file source's own reader and gate
-on an executor (so the bad-data rules hold and what the trial cannot use is dropped
+up to 64 MiB are read as bytes through the Hadoop filesystem (``binaryFiles``), larger
+ones in line-aligned parts from their path (which executors must see as the driver
+does: a JVM array cannot hold a large file whole), each by the file source's own
+reader and gate on an executor (so the bad-data rules hold and what the trial cannot use is dropped
 there), into rows that carry their position in the source order (numbered as one
 reader would, from each file's count). Copies of one type and id are settled by the
 one duplicate rule (:func:`fhir_cohort.store.settle`) grouped by key, the survivors
@@ -42,19 +43,20 @@ from ..pipeline import MAX_UNATTACHED, Funnel, Screening, _Unattached, partial_i
 from ..quality import DataQuality, add_counters
 from ..rank import rank
 from ..sources import DOUBT_RECORD, NOTE_RECORD, ResourceSource
-from ..sources.files import FilePart, FileSource
+from ..sources.files import MIB, FilePart, FileSource
 from ..store import Copy, Kept, SqliteStore, settle
 from . import ProgressFactory
 from .embedded import base_of, decide_patients, ingest, merge_decisions, no_progress
 
 _MARKERS = (DOUBT_RECORD, NOTE_RECORD)
+WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoop filesystem
 
 
 @dataclass
 class _Read:
     """One file read on an executor: its counts and notes (to the driver), its rows."""
 
-    index: int
+    order: tuple[int, int]  # the file's place in the source, the part's first byte
     used: int
     quality: DataQuality
     unattached: list[dict]
@@ -65,22 +67,29 @@ class _Read:
 
 
 def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trial, now) -> _Read:
-    """Read one file's bytes with the file source's reader, into a private shard."""
+    """Read one whole file's bytes (from the Hadoop filesystem) with the file source's
+    reader, as if it were at its own path."""
     uri, content = item
     index, name = files[uri]
     folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-spark-"))
     try:
         path = folder / Path(name).name
         path.write_bytes(content)
-        quality = DataQuality()
-        store = SqliteStore(folder, filtered_types=CODED, now=now)
-        store.keep_ids = True
-        unattached = _Unattached(quality, store)
-        part = FilePart(index, path, name=name)
-        ingest(
-            source.read_part(part, quality.add, no_progress), Relevance(trial), store, unattached
-        )
-        shard, used = store.detach()
+        return _read_part(FilePart(index, path, name=name), source, trial, now)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_part(part: FilePart, source: FileSource, trial, now) -> _Read:
+    """Read one part of the files into a private shard, and take its rows out."""
+    quality = DataQuality()
+    store = SqliteStore(None, filtered_types=CODED, now=now)
+    store.keep_ids = True
+    unattached = _Unattached(quality, store)
+    raws = source.read_part(part, quality.add, no_progress)
+    ingest(raws, Relevance(trial), store, unattached)
+    shard, used = store.detach()
+    try:
         db = sqlite3.connect(shard / "resources.sqlite3")
         rows = db.execute(
             "SELECT rtype, rid, patient, stamp, seen, touches, body FROM resources ORDER BY rowid"
@@ -90,23 +99,23 @@ def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trial, 
         ).fetchall()
         patients = [p for (p,) in db.execute("SELECT id FROM patients")]
         db.close()
-        return _Read(
-            index,
-            used,
-            quality,
-            unattached.records,
-            store.resources_by_type,
-            store.kept,
-            patients,
-            rows,
-        )
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(shard, ignore_errors=True)
+    return _Read(
+        (part.index, part.start),
+        used,
+        quality,
+        unattached.records,
+        store.resources_by_type,
+        store.kept,
+        patients,
+        rows,
+    )
 
 
 def _placed(read: _Read, offsets: dict[int, int]) -> Iterator[tuple]:
     """A file's rows at their positions in the whole input (marker ids made from them)."""
-    offset = offsets[read.index]
+    offset = offsets[read.order]
     for rtype, rid, patient, stamp, seen, touches, body in read.rows:
         seen += offset
         if rtype in _MARKERS:
@@ -141,8 +150,9 @@ def _settled(key: tuple, copies: Iterable[tuple], now: float) -> Iterator[tuple]
 class Spark:
     """``master``: a Spark master URL (default ``local[*]``, or the one spark-submit set)."""
 
-    def __init__(self, master: str | None = None):
-        self.master = master
+    def __init__(self, master: str | None = None, whole: int = WHOLE):
+        """``whole``: files below this many bytes are read whole through Hadoop."""
+        self.master, self.whole = master, whole
 
     def session(self):
         try:
@@ -157,6 +167,7 @@ class Spark:
         if (self.master or "local").startswith("local"):
             os.environ.setdefault("PYTHONHASHSEED", "0")
             builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
+            builder = builder.config("spark.driver.memory", "2g")  # local: driver = executor
         return builder.getOrCreate()
 
     def screen(
@@ -185,12 +196,29 @@ class Spark:
             found, trial_ = shared.value
             return _read_file((_local(item[0]), item[1]), found, source, trial_, now)
 
-        uris = ",".join(Path(path).as_uri() for path in files)
-        reads = context.binaryFiles(uris, minPartitions=len(files)).map(read).cache()
+        def read_part(part: FilePart) -> _Read:
+            return _read_part(part, source, shared.value[1], now)
+
+        # Files up to WHOLE are read as bytes through the Hadoop filesystem; a larger one
+        # (a JVM array holds at most 2 GiB, and the executor's heap less) is read in
+        # line-aligned parts from its path, which the executors must see as the driver does.
+        parts = source.parts(context.defaultParallelism, smallest=self.whole)
+        small = [
+            p
+            for p in parts
+            if p.end is None and p.start == 0 and p.path.stat().st_size < self.whole
+        ]
+        large = [p for p in parts if p not in small]
+        reads = context.parallelize(large, max(1, len(large))).map(read_part)
+        if small:
+            uris = ",".join(p.path.resolve().as_uri() for p in small)
+            whole = context.binaryFiles(uris, minPartitions=len(small)).map(read)
+            reads = reads.union(whole)
+        reads = reads.cache()
         summaries = sorted(
             reads.map(
                 lambda r: (
-                    r.index,
+                    r.order,
                     r.used,
                     r.quality,
                     r.unattached,
@@ -201,8 +229,8 @@ class Spark:
             ).collect()
         )
         offsets, position, unattached = {}, 0, []
-        for index, used, shard_quality, records, by_type, _, _ in summaries:
-            offsets[index] = position
+        for order, used, shard_quality, records, by_type, _, _ in summaries:
+            offsets[order] = position
             position += used
             quality = quality.merge(shard_quality)
             unattached += records
