@@ -52,6 +52,16 @@ def _mebibytes(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False,  # "--password x" must not pass for "--password-env x"
@@ -115,6 +125,32 @@ def _parser() -> argparse.ArgumentParser:
             metavar="MIB",
             help=f"{what}, in MiB (default: {default})",
         )
+    engines = run.add_argument_group("engines", "where the screen runs (the answer is the same)")
+    engines.add_argument(
+        "--engine",
+        choices=("embedded", "workers", "spark"),
+        default="embedded",
+        help="embedded: one process (default); workers: --workers processes (a server is "
+        "read by one); spark: a Spark cluster or local[N] (pip install 'fhir-cohort[spark]')",
+    )
+    engines.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes for --engine workers (default: the number of cores)",
+    )
+    engines.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="for --engine spark: the master (default: local[*], or what spark-submit set)",
+    )
+    engines.add_argument(
+        "--prefilter",
+        action="store_true",
+        help="settle NDJSON lines the trial cannot use without parsing them whole "
+        "(the same answer; see docs/benchmark.md for when it is faster)",
+    )
     _state_option(run)
     run.add_argument(
         "--quiet", action="store_true", help="print only problems (for cron and timers)"

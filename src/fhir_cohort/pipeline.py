@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from .criteria.evaluator import evaluate
-from .criteria.relevance import CODED, PATIENT_DATA, Relevance
+from .criteria.relevance import PATIENT_DATA
 from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
 from .criteria.trial import Trial
 from .normalise.elements import R4_RESOURCE_TYPES, show
-from .normalise.resources import patient_facts, unattached_facts, with_unattached
 from .quality import DataQuality, Note
-from .rank import Candidate, rank
+from .rank import Candidate
 from .sources import (
     DOUBT_RECORD,
     PATIENT_REFERENCE_KEYS,
@@ -171,75 +169,9 @@ def screen(
     temporary folder). ``now`` is when the run started (default: the clock), after
     which no ``meta.lastUpdated`` counts.
     """
-    sources = list(sources)
-    quality = DataQuality()
-    funnel = Funnel(trial)
-    relevance = Relevance(trial)
-    results: list[PatientResult] = []
-    base = next((b for s in sources if (b := getattr(s, "base", None))), None)
+    from .engines.embedded import Embedded  # the engines build on this module's types
 
-    def no_progress(_: int) -> None:
-        return None
-
-    retrieval: Counter = Counter()
-    with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
-        unattached = _Unattached(quality, store)
-        classify, add = relevance.classify, store.add
-        for source in sources:
-            advance = (
-                progress("reading", source.total_work(), source.progress_unit)
-                if progress
-                else no_progress
-            )
-            for raw in source.read(quality.add, advance):
-                wanted = classify(raw.resource)
-                if wanted:
-                    if raw.patient is None:
-                        unattached.take(raw)
-                    add(raw, wanted)
-                elif raw.unreadable is None and raw.resource["resourceType"] in R4_RESOURCE_TYPES:
-                    add(raw, 0)
-                else:
-                    unattached.unreadable(raw)
-            funnel.not_read += source.patients_not_read()
-            retrieval.update(source.stats())
-        store.finish()
-        if store.duplicates:
-            quality.counts["duplicate-resource"] += store.duplicates
-            quality.examples["duplicate-resource"] = [
-                {
-                    "where": "(several files)",
-                    "message": "the same type and id was read more than once; counted once "
-                    "(later meta.lastUpdated wins, else the first seen)",
-                }
-            ]
-        for note in store.notes:
-            quality.add(note)
-        everyone = unattached_facts(unattached.records, store.medication, base)
-        for note in everyone.notes:
-            quality.add(note)
-        partial = partial_input_doubts(quality)
-        funnel.resources_read = store.resources_by_type
-        advance = (
-            progress("screening", store.patient_count(), "patients") if progress else no_progress
-        )
-        for record in store.patients():
-            advance(1)
-            if not relevance.may_be_candidate(record.touches):
-                funnel.count_outside_pool()
-                continue
-            facts = patient_facts(record.patient_id, record.resources(), store.medication, base)
-            if partial:
-                facts = replace(facts, doubts=facts.doubts + partial)
-            result = evaluate(with_unattached(facts, everyone), trial, as_of)
-            funnel.count(result)
-            for note in result.notes:
-                if note.code not in _NOTED_BY_STORE:
-                    quality.add(note)
-            if result.candidate:
-                results.append(result)
-    funnel.finish()
-    return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), dict(retrieval))
+    return Embedded().screen(sources, trial, as_of, progress, workdir, now)
 
 
 def _other_subject(resource: dict) -> str | None:

@@ -21,18 +21,21 @@ from pathlib import Path
 from fhir.resources.R4B.group import Group
 
 from ..changes import Changes, compare, snapshot
+from ..criteria.relevance import Relevance
 from ..criteria.trial import Trial, load_trial
+from ..engines import engine
 from ..errors import Exit
 from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
 from ..outputs.group import build_group, group_json
 from ..outputs.report import render
 from ..outputs.terminal import problems, summary
-from ..pipeline import Screening, screen
+from ..pipeline import Screening
 from ..private_files import locked_folder, write_private_files
 from ..sources import ResourceSource, SourceError
 from ..sources.bulk import BulkSource
 from ..sources.files import MIB, FileLimits, FileSource
 from ..sources.plan import ServerPlan
+from ..sources.prefilter import PreFilter
 from ..sources.rest import RestSource
 from ..state import RunRecord, State, default_state_dir, utc_now
 from ..transport.redact import shown
@@ -64,7 +67,9 @@ def _sources(
             bundle=args.max_bundle_mib * MIB,
             inflated=args.max_inflated_mib * MIB,
         )
-        return [FileSource(*(args.source or [bundled_fixtures()]), base=args.base, limits=limits)]
+        paths = args.source or [bundled_fixtures()]
+        prefilter = PreFilter(Relevance(trial).classify) if args.prefilter else None
+        return [FileSource(*paths, base=args.base, limits=limits, prefilter=prefilter)]
     client = server_client(args)
     if args.bulk:
         key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
@@ -140,6 +145,19 @@ def _changes(
     )
 
 
+def screen(
+    args: argparse.Namespace,
+    sources: list[ResourceSource],
+    trial: Trial,
+    as_of: date,
+    progress: Callable,
+    workdir: Path,
+) -> Screening:
+    """The screen itself, on the engine the arguments name."""
+    chosen = engine(args.engine, args.workers, args.spark_master)
+    return chosen.screen(sources, trial, as_of, progress=progress, workdir=workdir)
+
+
 def run(args: argparse.Namespace) -> int:
     trial = load_trial(args.trial)
     if args.publish_group and not args.server:
@@ -163,9 +181,7 @@ def run(args: argparse.Namespace) -> int:
         previous = state.previous_run(trial.id, scope)
         sources = _sources(args, trial, state, previous)
         started = utc_now()
-        result = screen(
-            sources, trial, as_of, progress=progress_bars(not args.quiet), workdir=state.scratch()
-        )
+        result = screen(args, sources, trial, as_of, progress_bars(not args.quiet), state.scratch())
         current = {c.result.patient: snapshot(c) for c in result.candidates}
         changes = _changes(state, trial, previous, current, as_of)
         group = build_group(result)
