@@ -24,6 +24,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -42,24 +43,22 @@ def _as_of(text: str) -> date:
         ) from None
 
 
-def _mebibytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a size in MiB must be a whole number >= 1, not {text!r}")
-    return value
+def _whole_number(what: str) -> Callable[[str], int]:
+    """An argument type: a whole number of at least 1, else one line naming ``what``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number >= 1, not {text!r}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
-    return value
+_mebibytes = _whole_number("a size in MiB")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     engines.add_argument(
         "--workers",
-        type=_positive,
+        type=_whole_number("a number of workers"),
         default=None,
         metavar="N",
         help="worker processes for --engine workers (default: the number of cores)",
