@@ -18,6 +18,9 @@ Input that was not all read (a ``PARTIAL_DATA`` note: a file, a search, an expor
 file, a resource type or a record nobody can be named for) could have held any
 candidate's exclusion or washout, so every candidate carries it as a doubt and none
 is eligible or in a washout on that run: they are ``needs-review`` with the reason.
+A record only some patients' data refers to (a ``PATIENT_GAPS`` note: a Medication
+that cannot be had) leaves the run partial too, but only those patients carry the
+doubt (their source marks them).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ PARTIAL_DATA = (
     "unattributed-record",
     "missing-data",
 )
+# Notes saying a record some patients' data refers to could not be had (a Medication their
+# records reference): only those patients carry the doubt; the run is partial (exit 4).
+PATIENT_GAPS = ("missing-record",)
 # Notes about records that were read but not for certain (they never count in a patient's
 # favour; the run stays complete).
 UNREADABLE_DATA = (
@@ -147,7 +153,7 @@ class Screening:
     def missing_data(self) -> dict[str, int]:
         """Notes saying part of the input was not read (the run is then *partial*)."""
         counts = self.data_quality.counts
-        return {code: counts[code] for code in PARTIAL_DATA if counts.get(code)}
+        return {code: counts[code] for code in PARTIAL_DATA + PATIENT_GAPS if counts.get(code)}
 
     def unreadable_data(self) -> dict[str, int]:
         """Notes about records read but not for certain (the run stays complete)."""
