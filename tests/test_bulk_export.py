@@ -505,3 +505,15 @@ def test_retry_after_as_an_http_date_sets_the_poll_interval(rsps, tmp_path, tria
     assert 25 <= waits[0] <= 31
     assert sum(waits) == pytest.approx(60)
     assert json.loads((folder / STATE).read_text())["job"]["status_url"] == STATUS
+
+
+def test_dry_run_says_what_a_bulk_screen_would_ask(rsps, tmp_path, capsys):
+    """`screen --bulk --dry-run` printed nothing useful (it crashed, exit 1); now it lists
+    the export's steps and sends nothing."""
+    command = ["screen", "--server", BASE, "--bulk", "group:g1", "--dry-run"]
+    assert main([*command, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"server {BASE}/"
+    assert printed[2].startswith("2. kick off a Bulk export: GET Group/g1/$export?_type=")
+    assert "_since" not in printed[2] and "in full" in printed[2]
+    assert len(rsps.calls) == 0

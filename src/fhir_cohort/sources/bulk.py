@@ -159,7 +159,7 @@ class BulkSource:
         on_status: Callable[[str], None] = lambda _: None,
     ):
         self.client = client
-        self.plan = plan
+        self.server_plan = plan
         self.folder = Path(folder)
         self.level = level
         self.incremental = incremental
@@ -200,7 +200,7 @@ class BulkSource:
 
     def types(self) -> list[str]:
         """The types the trial's server plan fetches, and the Medications they reference."""
-        fetched = {s.resource for s in self.plan.fetch}
+        fetched = {s.resource for s in self.server_plan.fetch}
         return sorted(fetched | {"Patient", MEDICATION})
 
     def _filters(self) -> dict[str, dict[str, str]]:
@@ -210,7 +210,7 @@ class BulkSource:
         codes = sorted(
             {
                 c
-                for s in self.plan.fetch
+                for s in self.server_plan.fetch
                 if s.resource == "Observation"
                 for vs in s.valuesets
                 for c in vs.codes
@@ -231,6 +231,29 @@ class BulkSource:
         if filters:
             params["_typeFilter"] = ",".join(filters)
         return params
+
+    def plan(self) -> list[str]:
+        """What a screen would ask of the server, in words (no request is sent)."""
+        baseline = (self._load().get("baseline") or {}).get("transactionTime")
+        since = baseline if self.incremental and baseline else None
+        query = urlencode(self._params(since), safe="|,?=:/")
+        return [
+            f"server {self.client.base}",
+            "1. read the CapabilityStatement (GET metadata): a type it does not list is left "
+            "out of _type (missing-data, except Medication)",
+            f"2. kick off a Bulk export: GET {kickoff_path(self.level)}?{shown(query, 300)}"
+            + ("" if since else " (in full: no complete export in this folder to build on)"),
+            "   a 400 naming some of the types: sent again without them (missing-data)",
+            f"3. poll the status URL as Retry-After asks, for at most {self.client.max_wait:.0f} "
+            "s (--max-wait); the job is resumed by the next run after that",
+            "4. download each file, summarise the error files (export-error), apply the "
+            "deleted Bundles, then DELETE the status URL",
+            "5. a requested type missing from a full export's manifest: Type?_summary=count "
+            "(the server holds some: missing-data)",
+            f"6. Medications referenced but not exported: Medication?_id=a,b,c "
+            f"({MEDICATIONS_PER_SEARCH} a request), then Medication/<id>; one that cannot be "
+            "had puts the patients referencing it to review (missing-record)",
+        ]
 
     # -- the export ----------------------------------------------------------
     def kick_off(self, params: dict[str, str]) -> str:
