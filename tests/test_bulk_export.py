@@ -15,6 +15,7 @@ import email.utils
 import gzip
 import json
 import re
+import shutil
 import time
 from datetime import date
 from pathlib import Path
@@ -71,6 +72,7 @@ class FakeBulk:
         self.deleted: bytes | None = options.get("deleted")
         self.pending: dict[str, str] | None = None  # status answers 202 with these headers
         self.unanswered: set[str] = set()  # paths the server never answers
+        self.gone: set[str] = set()  # paths the server answers 404 (expired files)
         self.moment = "2026-06-29T00:00:00Z"
         rsps.add_callback(responses.GET, re.compile(re.escape(BASE) + r"/.*"), self.answer)
         rsps.add_callback(responses.DELETE, STATUS, lambda r: (202, {}, ""))
@@ -91,6 +93,8 @@ class FakeBulk:
         query = {k: v[0] for k, v in parse_qs(url.query or form(request)).items()}
         if path in self.unanswered:
             raise requests.ConnectionError("connection reset by peer")
+        if path in self.gone:
+            return 404, {}, json.dumps(outcome("expired"))
         if path.endswith("$export"):
             return self.kick_off(query)
         if path == "bulkstatus/job":
@@ -517,3 +521,42 @@ def test_dry_run_says_what_a_bulk_screen_would_ask(rsps, tmp_path, capsys):
     assert printed[2].startswith("2. kick off a Bulk export: GET Group/g1/$export?_type=")
     assert "_since" not in printed[2] and "in full" in printed[2]
     assert len(rsps.calls) == 0
+
+
+def test_expired_export_files_start_a_new_export_next_time(rsps, tmp_path, files_screen):
+    """A file the server no longer has (404) cannot be resumed for ever: the job is dropped
+    (exit 3 now), and the next run exports again."""
+    server = FakeBulk(rsps, cohort_files())
+    server.gone.add("files/Observation")
+    code, _ = run(tmp_path, "first", "--bulk", "system")
+    assert code == 3
+    server.gone.clear()
+    code, output = run(tmp_path, "second", "--bulk", "system")
+    assert (code, len(server.kickoffs()), diff(files_screen, output)) == (0, 2, [])
+
+
+def test_baseline_folder_gone_means_a_full_export(rsps, tmp_path, trial):
+    FakeBulk(rsps, cohort_files())
+    folder = tmp_path / "bulk"
+    first = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    list(first.read(lambda n: None, lambda n: None))
+    first.settle(complete=True)
+    shutil.rmtree(folder / "baseline")
+    again = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    assert len(list(again.read(lambda n: None, lambda n: None))) > 800
+    assert again.pull == "full (the earlier export's files are gone from this folder)"
+
+
+def test_unreadable_deleted_file_is_an_export_error(rsps, tmp_path, trial):
+    """Deletions that cannot be read may leave deleted records screened: partial."""
+    server = FakeBulk(rsps, cohort_files())
+    folder = tmp_path / "bulk"
+    first = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    list(first.read(lambda n: None, lambda n: None))
+    first.settle(complete=True)
+    server.files, server.deleted = {}, b"this is not a Bundle\n"
+    notes: list = []
+    again = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    list(again.read(notes.append, lambda n: None))
+    (note,) = [n for n in notes if n.code == "export-error"]
+    assert "1 of its lines are not a Bundle" in note.message

@@ -110,6 +110,7 @@ STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
 MEDICATION = "Medication"  # read only through the records that reference it
 REFUSED_TYPE = frozenset({400, 422})  # a kick-off refusal that may name a type
 MEDICATIONS_PER_SEARCH = 50
+GONE = frozenset({404, 410})  # a file the server no longer has: its export cannot resume
 
 
 def kickoff_path(level: str) -> str:
@@ -396,13 +397,17 @@ class BulkSource:
         for index, url in enumerate(manifest.deleted):
             try:
                 self._fetch(manifest, url, side / f"deleted.{index:03d}.json", "deleted file")
-                deleted |= deleted_resources(side / f"deleted.{index:03d}.json")
+                named, unreadable = deleted_resources(side / f"deleted.{index:03d}.json")
+                deleted |= named
+                why = f"{unreadable} of its lines are not a Bundle" if unreadable else ""
             except ServerError as error:
+                why = f"it cannot be fetched ({error})"
+            if why:
                 job["problems"].append(
                     [
                         "export-error",
                         "the export lists resources deleted since the last run in a file that "
-                        f"cannot be fetched ({error}); they may still be screened",
+                        f"cannot all be read: {why}; they may still be screened",
                         f"bulk export deleted file {index + 1}",
                     ]
                 )
@@ -569,6 +574,8 @@ class BulkSource:
             self.pull = "full (asked for with --full)"
         elif not baseline.get("transactionTime"):
             self.pull = "full (no earlier export in this folder to build on)"
+        elif not holds_data(self.baseline):
+            self.pull = "full (the earlier export's files are gone from this folder)"
         elif baseline.get("level") != self.level or baseline.get("params") != self._params(None):
             self.pull = "full (the earlier export was of another level, types or filter)"
         else:
@@ -656,7 +663,16 @@ class BulkSource:
                     "the export finished listing no files: the server exported nothing to "
                     "screen; the previous baseline is kept, and the next run starts a new export"
                 )
-            self.download(manifest, state, progress)
+            try:
+                self.download(manifest, state, progress)
+            except ServerError as error:
+                if error.status not in GONE:
+                    raise  # no answer, or refused for now: the next run resumes the job
+                self._drop(state)
+                raise ServerError(
+                    f"{error}; the export's files are gone: the next run starts a new export",
+                    status=error.status,
+                ) from None
             self._side_files(manifest, job)
             self._release(job)
             self._absent_types(manifest, job)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..transport.urls import Reach
 
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 FIRST_MESSAGES = 3  # messages of an error file quoted in data_quality
+MAX_LINE = 64 * 1024 * 1024  # the longest line of an error or deleted file that is read
 
 
 class BadManifest(ServerError):
@@ -146,37 +148,43 @@ def summarise_errors(path: Path) -> tuple[int, list[str]]:
     (3, ['a', 'b', 'a line that is not an OperationOutcome'])
     """
     count, messages = 0, []
-    with path.open("rb") as stream:
-        for line in stream:
-            if not line.strip():
-                continue
-            outcome = load_line(line)
-            issues = outcome.get("issue") if outcome else None
-            if not isinstance(issues, list) or not issues:
-                issues = [None]
-            for issue in issues:
-                count += 1
-                text = issue_text(issue) or "a line that is not an OperationOutcome"
-                if len(messages) < FIRST_MESSAGES:
-                    messages.append(shown(text, 160))
+    for line in bounded_lines(path):
+        if not line.strip():
+            continue
+        outcome = load_line(line)
+        issues = outcome.get("issue") if outcome else None
+        if not isinstance(issues, list) or not issues:
+            issues = [None]
+        for issue in issues:
+            count += 1
+            text = issue_text(issue) or "a line that is not an OperationOutcome"
+            if len(messages) < FIRST_MESSAGES:
+                messages.append(shown(text, 160))
     return count, messages
 
 
-def deleted_resources(path: Path) -> set[tuple[str, str]]:
-    """The ``(type, id)`` a ``deleted`` Bundle of the export names (entries whose request
-    is a DELETE of ``Type/id``).
+def deleted_resources(path: Path) -> tuple[set[tuple[str, str]], int]:
+    """The ``(type, id)`` the ``deleted`` Bundles of the export name (entries whose request
+    is a DELETE of ``Type/id``), and how many lines are not a Bundle (deletions that
+    cannot be read). The file is NDJSON, or one Bundle however laid out.
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "d.json"
     >>> _ = p.write_bytes(b'{"resourceType":"Bundle","entry":[{"request":{"method":"DELETE",'
-    ...     b'"url":"Condition/c1"}},{"request":{"method":"DELETE","url":"Patient/x/y"}}]}')
+    ...     b'"url":"Condition/c1"}},{"request":{"method":"DELETE","url":"Patient/x/y"}}]}\\n'
+    ...     b'{"resourceType":"Patient"}\\n')
     >>> deleted_resources(p)
-    {('Condition', 'c1')}
+    ({('Condition', 'c1')}, 1)
     """
     found: set[tuple[str, str]] = set()
-    lines = path.read_bytes().splitlines() or [b""]
-    for body in (load_line(line) for line in lines):
-        entries = body.get("entry") if body else None
+    whole = load_line(path.read_bytes()) if path.stat().st_size <= MAX_LINE else None
+    bodies = [whole] if whole else (load_line(x) for x in bounded_lines(path) if x.strip())
+    unreadable = 0
+    for body in bodies:
+        if body is None or body.get("resourceType") != "Bundle":
+            unreadable += 1
+            continue
+        entries = body.get("entry")
         for entry in entries if isinstance(entries, list) else ():
             request = entry.get("request") if isinstance(entry, dict) else None
             if not isinstance(request, dict) or request.get("method") != "DELETE":
@@ -185,7 +193,26 @@ def deleted_resources(path: Path) -> set[tuple[str, str]]:
             kind, _, rid = (url if isinstance(url, str) else "").partition("/")
             if RESOURCE_TYPE.match(kind) and rid and "/" not in rid:
                 found.add((kind, rid))
-    return found
+    return found, unreadable
+
+
+def bounded_lines(path: Path, limit: int = MAX_LINE) -> Iterator[bytes]:
+    """The lines of a file, one at a time; a line longer than ``limit`` is given as
+    ``b"-"`` (not JSON), its bytes skipped, so a hostile file cannot fill memory.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "f"
+    >>> _ = p.write_bytes(b"abcdefghij\\nxy\\nz")
+    >>> list(bounded_lines(p, 4))
+    [b'-', b'xy\\n', b'z']
+    """
+    with path.open("rb") as stream:
+        skipping = False
+        for chunk in iter(lambda: stream.readline(limit), b""):
+            whole = chunk.endswith(b"\n")
+            if not skipping:
+                yield chunk if whole or len(chunk) < limit else b"-"
+            skipping = not whole and len(chunk) == limit
 
 
 def load_line(line: bytes) -> dict | None:
