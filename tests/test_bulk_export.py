@@ -440,9 +440,36 @@ def test_error_files_are_summarised_and_make_the_run_partial(rsps, tmp_path):
     code, output = run(tmp_path, "out", "--bulk", "system")
     assert code == 4
     (note,) = quality(output, "export-error")
-    assert "lists 5 problems" in note
+    assert "lists 5 errors" in note
     assert "Observation/o0 could not be serialised; Observation/o1" in note
     assert "Observation/o3" not in note  # the first three only
+
+
+def test_error_file_of_warnings_only_is_told_and_the_run_complete(rsps, tmp_path, files_screen):
+    """The spec lets `error` files hold information too: warnings are told in
+    data_quality, and leave the run complete."""
+    notice = outcome("export took 3 s")
+    notice["issue"][0]["severity"] = "information"
+    FakeBulk(rsps, cohort_files(), errors=json.dumps(notice).encode() + b"\n")
+    code, output = run(tmp_path, "out", "--bulk", "system")
+    assert (code, diff(files_screen, output)) == (0, [])
+    assert quality(output, "server-warning") == [
+        "bulk export error file 1 of 1: the export's error file lists 1 warnings, first: "
+        "export took 3 s"
+    ]
+
+
+def test_retry_after_of_hours_stops_at_max_wait_and_keeps_the_job(rsps, tmp_path, trial):
+    """Large EHRs ask for hours: the run waits no longer than --max-wait, then stops with
+    the job kept for the next run."""
+    server = FakeBulk(rsps, cohort_files())
+    server.pending = {"Retry-After": "18000"}
+    client = FhirClient(BASE, max_retries=0, max_wait=90)
+    waits: list[float] = []
+    client.pause = lambda seconds, why: waits.append(seconds)  # type: ignore[method-assign]
+    with pytest.raises(ServerError, match="still running after 90 s"):
+        BulkSource(client, trial.server, tmp_path / "b").export(lambda n: None, lambda n: None)
+    assert waits[0] == pytest.approx(90, abs=1) and sum(waits) == pytest.approx(90)
 
 
 def test_deleted_resources_leave_the_baseline_on_an_incremental_run(rsps, tmp_path, trial):

@@ -387,13 +387,21 @@ class BulkSource:
             where = f"bulk export error file {index + 1} of {len(manifest.errors)}"
             try:
                 self._fetch(manifest, url, side / f"error.{index:03d}.ndjson", "error file")
-                count, first = summarise_errors(side / f"error.{index:03d}.ndjson")
-                message = f"the export's error file lists {count} problems, first: " + "; ".join(
-                    first
-                )
             except ServerError as error:
                 message = f"the export listed an error file that cannot be fetched: {error}"
-            job["problems"].append(["export-error", message, where])
+                job["problems"].append(["export-error", message, where])
+                continue
+            summary = summarise_errors(side / f"error.{index:03d}.ndjson")
+            if summary.errors:
+                message = f"the export's error file lists {summary.errors} errors, first: "
+                job["problems"].append(
+                    ["export-error", message + "; ".join(summary.first_errors), where]
+                )
+            if summary.notices:
+                message = f"the export's error file lists {summary.notices} warnings, first: "
+                job["problems"].append(
+                    ["server-warning", message + "; ".join(summary.first_notices), where]
+                )
         for index, url in enumerate(manifest.deleted):
             try:
                 self._fetch(manifest, url, side / f"deleted.{index:03d}.json", "deleted file")

@@ -27,6 +27,7 @@ from ..transport.urls import Reach
 
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 FIRST_MESSAGES = 3  # messages of an error file quoted in data_quality
+NOTICES = frozenset({"warning", "information"})  # OperationOutcome severities that are no error
 MAX_LINE = 64 * 1024 * 1024  # the longest line of an error or deleted file that is read
 
 
@@ -137,17 +138,32 @@ def offered_types(capabilities: object) -> frozenset[str] | None:
     return frozenset(types) if said else None
 
 
-def summarise_errors(path: Path) -> tuple[int, list[str]]:
-    """An error file (OperationOutcome NDJSON): how many issues, and the first messages.
+@dataclass(frozen=True)
+class ErrorSummary:
+    """An error file in numbers: issues that are errors (or cannot be read), and those the
+    server marks only as warnings or information (the spec lets ``error`` hold both)."""
+
+    errors: int
+    notices: int
+    first_errors: tuple[str, ...]
+    first_notices: tuple[str, ...]
+
+
+def summarise_errors(path: Path) -> ErrorSummary:
+    """An error file (OperationOutcome NDJSON): how many issues of each weight, and the
+    first messages of each.
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "e.ndjson"
-    >>> _ = p.write_bytes(b'{"resourceType":"OperationOutcome","issue":[{"diagnostics":"a"},'
-    ...     b'{"details":{"text":"b"}}]}\\nnot json\\n')
+    >>> _ = p.write_bytes(b'{"resourceType":"OperationOutcome","issue":[{"diagnostics":"a",'
+    ...     b'"severity":"error"},{"details":{"text":"b"},"severity":"information"}]}\\n'
+    ...     b'not json\\n')
     >>> summarise_errors(p)
-    (3, ['a', 'b', 'a line that is not an OperationOutcome'])
+    ErrorSummary(errors=2, notices=1, first_errors=('a', 'a line that is not an \
+OperationOutcome'), first_notices=('b',))
     """
-    count, messages = 0, []
+    counts = {True: 0, False: 0}
+    first: dict[bool, list[str]] = {True: [], False: []}
     for line in bounded_lines(path):
         if not line.strip():
             continue
@@ -156,11 +172,13 @@ def summarise_errors(path: Path) -> tuple[int, list[str]]:
         if not isinstance(issues, list) or not issues:
             issues = [None]
         for issue in issues:
-            count += 1
-            text = issue_text(issue) or "a line that is not an OperationOutcome"
-            if len(messages) < FIRST_MESSAGES:
-                messages.append(shown(text, 160))
-    return count, messages
+            severity = issue.get("severity") if isinstance(issue, dict) else None
+            error = severity not in NOTICES  # unknown weight: taken as an error
+            counts[error] += 1
+            if len(first[error]) < FIRST_MESSAGES:
+                text = issue_text(issue) or "a line that is not an OperationOutcome"
+                first[error].append(shown(text, 160))
+    return ErrorSummary(counts[True], counts[False], tuple(first[True]), tuple(first[False]))
 
 
 def deleted_resources(path: Path) -> tuple[set[tuple[str, str]], int]:
