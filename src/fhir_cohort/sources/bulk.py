@@ -637,7 +637,7 @@ class BulkSource:
         """Forget the job under way and its files; the baseline stays as it was."""
         state.pop("job", None)
         self._save(state)
-        for folder in (self.incoming, self.staged):
+        for folder in (self.incoming, self.staged, self.folder / "side"):
             shutil.rmtree(folder, ignore_errors=True)
 
     def _stage(self, job: dict) -> None:
