@@ -587,3 +587,19 @@ def test_unreadable_deleted_file_is_an_export_error(rsps, tmp_path, trial):
     list(again.read(notes.append, lambda n: None))
     (note,) = [n for n in notes if n.code == "export-error"]
     assert "1 of its lines are not a Bundle" in note.message
+
+
+def test_screened_export_whose_files_vanished_is_exported_again(rsps, tmp_path, trial):
+    """A run that died after staging resumes by screening the staged export; when that
+    folder is gone the job is not resumed into an empty screen, a new export starts."""
+    server = FakeBulk(rsps, cohort_files())
+    folder = tmp_path / "bulk"
+    first = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    screened = len(list(first.read(lambda n: None, lambda n: None)))  # never settled
+    resumed = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    assert len(list(resumed.read(lambda n: None, lambda n: None))) == screened
+    assert len(server.kickoffs()) == 1
+    shutil.rmtree(folder / "staged")
+    again = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
+    assert len(list(again.read(lambda n: None, lambda n: None))) == screened
+    assert len(server.kickoffs()) == 2
