@@ -67,6 +67,7 @@ class FakeBulk:
         self.refuse: set[str] = options.get("refuse", set())  # kick-off 400 naming a type
         self.listed: set[str] | None = options.get("listed")  # types the manifest keeps
         self.counts: dict[str, int] = options.get("counts", {})
+        self.held: dict[str, bytes] = options.get("held", {})  # counted by patient
         self.medications: dict[str, dict] = options.get("medications", {})
         self.errors: bytes | None = options.get("errors")
         self.deleted: bytes | None = options.get("deleted")
@@ -105,6 +106,9 @@ class FakeBulk:
             name = path[len("files/") :]
             body = {"errors": self.errors, "deleted": self.deleted}.get(name)
             return 200, {}, body if body is not None else self.files[name]
+        if query.get("_summary") == "count" and "patient" in query:
+            asked = set(query["patient"].split(","))
+            return 200, {}, json.dumps(searchset([], total=owned(self.held[path], asked)))
         if query.get("_summary") == "count":
             if path not in self.counts:
                 return 404, {}, json.dumps(outcome(f"unknown type {path}"))
@@ -142,6 +146,12 @@ class FakeBulk:
         if self.deleted:
             body["deleted"] = [{"type": "Bundle", "url": f"{BASE}/files/deleted"}]
         return body
+
+
+def owned(ndjson: bytes, references: set[str]) -> int:
+    """How many resources of an NDJSON file have a subject among ``references``."""
+    lines = (json.loads(line) for line in ndjson.splitlines() if line.strip())
+    return sum(r.get("subject", {}).get("reference") in references for r in lines)
 
 
 def form(request) -> str:
@@ -319,12 +329,12 @@ def test_run_failing_after_download_resumes_its_export_and_keeps_the_baseline(
 def test_full_export_listing_nothing_fails_and_keeps_the_baseline(rsps, tmp_path, trial):
     """Finding 7: an export that finds nothing is a failure (exit 3, one line), never an
     empty baseline."""
-    FakeBulk(rsps, cohort_files())
+    server = FakeBulk(rsps, cohort_files())
     first, _ = run(tmp_path, "first", "--bulk", "system")
     assert first == 0
     (folder,) = (tmp_path / "state" / "bulk").iterdir()
     before = sorted(p.name for p in (folder / "baseline").iterdir())
-    server = FakeBulk(rsps, {})
+    server.files = {}
     server.moment = "2026-06-30T00:00:00Z"
     code, _ = run(tmp_path, "second", "--bulk", "system", "--full")
     assert code == 3
@@ -418,12 +428,11 @@ def test_absent_type_the_server_holds_none_of_is_fine(rsps, tmp_path, files_scre
     """Servers leave a type with no data out of the manifest: a count of 0 confirms it,
     and the run stays complete; a type whose count cannot be had is `missing-data`."""
     files = cohort_files()
-    procedures = files.pop("Procedure")
-    FakeBulk(rsps, files, counts={"Procedure": 0})
+    del files["Procedure"]  # served in no file
+    server = FakeBulk(rsps, files, counts={"Procedure": 0})
     code, output = run(tmp_path, "empty", "--bulk", "system")
     assert code == 0 and quality(output, "missing-data") == []
-    assert procedures  # served in no file: the count said there are none
-    FakeBulk(rsps, files, counts={})
+    server.counts = {}
     code, output = run(tmp_path, "unknown", "--bulk", "system", "--full")
     assert code == 4
     (note,) = quality(output, "missing-data")
@@ -603,3 +612,32 @@ def test_screened_export_whose_files_vanished_is_exported_again(rsps, tmp_path, 
     again = BulkSource(FhirClient(BASE, max_retries=0), trial.server, folder)
     assert len(list(again.read(lambda n: None, lambda n: None))) == screened
     assert len(server.kickoffs()) == 2
+
+
+def test_group_export_missing_a_type_is_counted_among_its_members(rsps, tmp_path, trial):
+    """Finding 8 at Group level: an absent type is counted for the exported members only
+    (typed references, 50 a request): none of theirs is fine, some is missing-data."""
+    files = cohort_files()
+    procedures = files.pop("Procedure")
+    owners = {json.loads(line)["subject"]["reference"][8:] for line in procedures.splitlines()}
+    patients = [json.loads(line) for line in files["Patient"].splitlines()]
+
+    server = FakeBulk(rsps, files, held={"Procedure": procedures})
+
+    def export(members: list[dict]) -> list:
+        server.files["Patient"] = b"\n".join(json.dumps(m).encode() for m in members)
+        notes: list = []
+        source = BulkSource(
+            FhirClient(BASE, max_retries=0), trial.server, tmp_path / "g", level="group:g1"
+        )
+        list(source.read(notes.append, lambda n: None))
+        shutil.rmtree(tmp_path / "g")
+        return [n.message for n in notes if n.code == "missing-data"]
+
+    assert export([p for p in patients if p["id"] not in owners]) == []
+    asked = [parse_qs(urlsplit(c.request.url).query) for c in rsps.calls]
+    batches = [q["patient"][0].split(",") for q in asked if "patient" in q]
+    assert batches and max(map(len, batches)) == 50
+    assert all(ref.startswith("Patient/") for batch in batches for ref in batch)
+    (note,) = export(patients)
+    assert f"the server holds {len(procedures.splitlines())} for the group's" in note

@@ -37,9 +37,10 @@ confirmed with ``Type?_summary=count`` (with the type's ``_typeFilter`` codes
 when one was sent): none on the server is fine, some (or no answer) is
 ``missing-data``. Servers leave types without data out of the manifest, so an
 absent type is judged by the count, never assumed empty. At Group level the
-count is the whole server's, so a type none of the members has can still be
-reported: erring on the side of review. An incremental (``_since``) manifest
-lists only what changed, and is not checked this way.
+count is of the exported members' records (typed ``patient=`` references, 50
+a request); a server that ignores ``patient`` counts everyone's, erring on the
+side of review. An incremental (``_since``) manifest lists only what changed,
+and is not checked this way.
 
 Medications referenced by the export but not in it (Patient- and Group-level
 exports often leave them out) are searched by id, then read one by one where
@@ -109,7 +110,7 @@ __all__ = ["STATE", "BadManifest", "BulkSource", "Manifest", "read_manifest"]
 STATE = ".bulk-state.json"  # hidden: the folder is read as data afterwards
 MEDICATION = "Medication"  # read only through the records that reference it
 REFUSED_TYPE = frozenset({400, 422})  # a kick-off refusal that may name a type
-MEDICATIONS_PER_SEARCH = 50
+MEDICATIONS_PER_SEARCH = 50  # ids (Medications, or patients counted) a request
 GONE = frozenset({404, 410})  # a file the server no longer has: its export cannot resume
 
 
@@ -433,44 +434,65 @@ class BulkSource:
         job["released"] = True
 
     def _absent_types(self, manifest: Manifest, job: dict) -> None:
-        """A requested type missing from a full export's manifest: counted on the server,
-        a problem unless the server holds none of it (finding 8)."""
+        """A requested type missing from a full export's manifest: counted on the server
+        (for a Group, among the exported members), a problem unless it holds none."""
         if job["since"] or job.get("checked"):
             return  # a _since manifest lists only the types that changed
         job["checked"] = True
         listed = {kind for kind, _ in manifest.output}
-        sent = job["params"]["_type"].split(",")
-        for kind in sent:
+        members = self._members() if self.level.startswith("group:") else None
+        for kind in job["params"]["_type"].split(","):
             if kind in listed or kind == MEDICATION:
                 continue
-            held = self._count(kind)
+            among = members if members and kind != "Patient" else None
+            held = self._count(kind, among)
             if held == 0:
                 continue
             filtered = " (with the same _typeFilter)" if kind in self._filters() else ""
+            whose = f" for the group's {len(among)} members" if among else ""
             said = (
-                f"the server holds {held}{filtered}"
+                f"the server holds {held}{whose}{filtered}"
                 if held is not None
                 else "the server cannot say how many it holds"
             )
             job["problems"].append(
                 [
                     "missing-data",
-                    f"{kind} was requested but the export listed no {kind} file, and {said}"
-                    + (
-                        " (for all patients, not only the group's)"
-                        if held and self.level.startswith("group:")
-                        else ""
-                    )
-                    + f": {kind} records may be missing",
+                    f"{kind} was requested but the export listed no {kind} file, and {said}: "
+                    f"{kind} records may be missing",
                     "bulk export manifest",
                 ]
             )
 
-    def _count(self, kind: str) -> int | None:
-        """How many resources of ``kind`` (narrowed as its ``_typeFilter``) the server
-        holds, by ``_summary=count`` (None: it cannot say)."""
-        params = {**self._filters().get(kind, {}), "_summary": "count"}
-        query = urlencode(params, safe="|,")
+    def _members(self) -> list[str]:
+        """The ids of the Patients the export under way holds (a Group's members)."""
+        found = []
+        for path in sorted(self.incoming.glob("Patient.*.ndjson")):
+            with path.open("rb") as stream:
+                for line in stream:
+                    resource = load_line(line)
+                    if resource and isinstance(resource.get("id"), str):
+                        found.append(resource["id"])
+        return found
+
+    def _count(self, kind: str, patients: list[str] | None = None) -> int | None:
+        """How many resources of ``kind`` (narrowed as its ``_typeFilter``, and to
+        ``patients`` when given, as typed references 50 at a time) the server holds, by
+        ``_summary=count`` (None: it cannot say)."""
+        if patients:
+            counts = [
+                self._count_one(kind, {"patient": ",".join(f"Patient/{p}" for p in chunk)})
+                for chunk in (
+                    patients[i : i + MEDICATIONS_PER_SEARCH]
+                    for i in range(0, len(patients), MEDICATIONS_PER_SEARCH)
+                )
+            ]
+            return None if None in counts else sum(c for c in counts if c is not None)
+        return self._count_one(kind, {})
+
+    def _count_one(self, kind: str, narrowed: dict[str, str]) -> int | None:
+        params = {**self._filters().get(kind, {}), **narrowed, "_summary": "count"}
+        query = urlencode(params, safe="|,/")
         try:
             if len(self.client.url(f"{kind}?{query}")) > MAX_URL:
                 body = self.client.json(
