@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import email.utils
 import json
+import re
 import stat
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -1003,6 +1004,11 @@ def register_export(
     requires_token=True,
     file2=CONDITIONS,
 ):
+    """A server that offers every type, holds none of those it leaves out of the
+    manifest (``_summary=count`` answers 0) and releases the export on DELETE."""
+    rsps.get(f"{BASE}/metadata", status=404)
+    rsps.get(re.compile(re.escape(BASE) + r"/\w+\?_summary=count$"), json=bundle(total=0))
+    rsps.delete(STATUS, status=202)
     rsps.get(f"{BASE}/$export", status=202, headers={"Content-Location": STATUS})
     rsps.get(STATUS, status=202, headers={"X-Progress": "50% done", "Retry-After": "2"})
     rsps.get(STATUS, status=200, json=manifest(outputs, requires_token))
@@ -1015,6 +1021,19 @@ def paths(rsps) -> list[str]:
     return [urlsplit(c.request.url).path for c in rsps.calls]
 
 
+def read_settled(source: BulkSource, complete: bool = True) -> list:
+    """A Bulk run: read everything, then settle as a run recorded complete (or not)."""
+    raws = list(source.read(lambda n: None, lambda n: None))
+    source.settle(complete)
+    return raws
+
+
+def kickoffs(rsps, since: int = 0) -> list:
+    return [
+        c.request for c in rsps.calls[since:] if urlsplit(c.request.url).path.endswith("$export")
+    ]
+
+
 def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path):
     register_export(rsps)
     folder = tmp_path / "export"
@@ -1024,19 +1043,27 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     progress: list = []
     raws = list(source.read(lambda n: None, progress.append))
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
+    absent = sorted(set(source.types()) - {"Patient", "Condition", "Medication"})
     assert paths(rsps) == [
+        "/fhir/metadata",
         "/fhir/$export",
         "/fhir/bulkstatus/job-1",
         "/fhir/bulkstatus/job-1",
         "/fhir/bulkfiles/patient-1.ndjson",
         "/fhir/bulkfiles/condition-1.ndjson",
+        "/fhir/bulkstatus/job-1",  # DELETE: the server may drop the files
+        *(f"/fhir/{kind}" for kind in absent),  # _summary=count: none held, none missing
     ]
-    kickoff = rsps.calls[0].request
+    assert rsps.calls[6].request.method == "DELETE"
+    kickoff = rsps.calls[1].request
     assert kickoff.headers["Prefer"] == "respond-async"
     assert "Patient" in parse_qs(urlsplit(kickoff.url).query)["_type"][0]
     assert waits == [2.0]
     assert progress == [1, 1]
     assert all(auth_header(c) == f"Bearer {TOKEN}" for c in rsps.calls)
+    # Screened from the staged export; it becomes the baseline once the run is complete.
+    assert sorted(p.name for p in folder.iterdir()) == [STATE, "incoming", "staged"]
+    source.settle(complete=True)
     assert sorted(p.name for p in folder.iterdir()) == [STATE, "baseline"]
     baseline = folder / "baseline"
     files = sorted(p.name.split(".")[0] for p in baseline.iterdir())
@@ -1057,7 +1084,7 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     assert TOKEN not in (folder / STATE).read_text()
     assert source.transaction_time == "2024-05-01T00:00:00Z"
     assert source.pull == "full (no earlier export in this folder to build on)"
-    assert source.stats() == {"http_requests": 5, "http_retries": 0, "files": 2}
+    assert source.stats() == {"http_requests": 7 + len(absent), "http_retries": 0, "files": 2}
 
 
 def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_path):
@@ -1065,7 +1092,7 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     merges: a changed resource replaces its copy, a new one is added, the rest stay."""
     register_export(rsps)
     folder = tmp_path / "export"
-    list(BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder).read(print, print))
+    read_settled(BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder))
     first = len(rsps.calls)
 
     delta = f"{BASE}/bulkfiles/patient-2.ndjson"
@@ -1078,9 +1105,9 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     rsps.upsert(responses.GET, STATUS, status=200, json=since_manifest)
     rsps.get(delta, body=changed, content_type="application/fhir+ndjson")
     again = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
-    raws = list(again.read(lambda n: None, lambda n: None))
+    raws = read_settled(again)
 
-    kickoff = rsps.calls[first].request
+    (kickoff,) = kickoffs(rsps, first)
     assert parse_qs(urlsplit(kickoff.url).query)["_since"] == ["2024-05-01T00:00:00.000Z"]
     assert again.pull.startswith("incremental: resources changed since 2024-05-01")
     births = {r.resource["id"]: r.resource.get("birthDate") for r in raws}
@@ -1092,11 +1119,9 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     full = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder, incremental=False)
     rsps.upsert(responses.GET, STATUS, status=200, json=manifest((("Patient", FILE1),)))
     calls = len(rsps.calls)
-    assert sorted(r.resource["id"] for r in full.read(lambda n: None, lambda n: None)) == [
-        "p1",
-        "p2",
-    ]
-    assert "_since" not in parse_qs(urlsplit(rsps.calls[calls].request.url).query)
+    assert sorted(r.resource["id"] for r in read_settled(full)) == ["p1", "p2"]
+    (kickoff,) = kickoffs(rsps, calls)
+    assert "_since" not in parse_qs(urlsplit(kickoff.url).query)
     assert full.pull == "full (asked for with --full)"
 
 
@@ -1152,8 +1177,10 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     progress: list = []
     resumed = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
     raws = list(resumed.read(lambda n: None, progress.append))
+    resumed.settle(complete=True)
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
-    assert paths(rsps)[first_run:] == ["/fhir/bulkfiles/condition-1.ndjson"]
+    fetched = [p for p in paths(rsps)[first_run:] if "bulkfiles" in p or "$export" in p]
+    assert fetched == ["/fhir/bulkfiles/condition-1.ndjson"]
     assert progress == [1, 1]
     state = json.loads((folder / STATE).read_text())
     assert set(state) == {"baseline"} and not (folder / "incoming").exists()

@@ -735,17 +735,24 @@ def test_bulk_type_filter_change_exports_in_full(rsps, tmp_path):
             "transactionTime": "2026-11-20T10:00:00.000Z",
             "request": f"{BASE}/$export",
             "requiresAccessToken": False,
-            "output": [],
+            "output": [{"type": "Patient", "url": f"{BASE}/files/patients"}],
             "error": [],
         },
     )
+    rsps.get(f"{BASE}/files/patients", body=b'{"resourceType":"Patient","id":"p1"}\n')
+    rsps.get(re.compile(re.escape(BASE) + r"/\w+\?_summary=count$"), json={"total": 0})
+    rsps.post(re.compile(re.escape(BASE) + r"/\w+/_search$"), json={"total": 0})
     folder = tmp_path / "export"
     old = load_trial(trial_without(tmp_path / "old", "lab-ana", "5048-4"))
     for trial in (old, load_trial("misle")):
         source = BulkSource(
-            FhirClient(BASE, sleep=lambda s: None), trial.server, folder, type_filter=True
+            FhirClient(BASE, sleep=lambda s: None, max_retries=0),
+            trial.server,
+            folder,
+            type_filter=True,
         )
         source.export(lambda n: None, lambda n: None)
+        source.settle(complete=True)
     first, second = (
         parse_qs(urlsplit(c.request.url).query) for c in rsps.calls if "$export" in c.request.url
     )

@@ -18,6 +18,9 @@ Input that was not all read (a ``PARTIAL_DATA`` note: a file, a search, an expor
 file, a resource type or a record nobody can be named for) could have held any
 candidate's exclusion or washout, so every candidate carries it as a doubt and none
 is eligible or in a washout on that run: they are ``needs-review`` with the reason.
+A record only some patients' data refers to (a ``PATIENT_GAPS`` note: a Medication
+that cannot be had) leaves the run partial too, but only those patients carry the
+doubt (their source marks them).
 """
 
 from __future__ import annotations
@@ -54,10 +57,11 @@ PARTIAL_DATA = (
     "unattributed-record",
     "missing-data",
 )
-# Notes saying some named patients' records could not all be had (a server that answered
-# for everyone else): the run is partial (exit 4), and only those patients, who carry a
-# doubt from their source, are needs-review.
-PATIENT_GAPS = ("incomplete-patient",)
+# Notes saying some named patients' records could not all be had: a server that answered
+# for everyone else (``incomplete-patient``), or a record their data refers to, such as a
+# Medication (``missing-record``). The run is partial (exit 4), and only those patients,
+# who carry a doubt from their source, are needs-review.
+PATIENT_GAPS = ("incomplete-patient", "missing-record")
 # Notes about records that were read but not for certain (they never count in a patient's
 # favour; the run stays complete).
 UNREADABLE_DATA = (

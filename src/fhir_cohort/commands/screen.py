@@ -5,8 +5,9 @@ to end; the outputs are staged, renamed together, and the run recorded, and if
 recording fails the renames are undone, so a failure anywhere (a full disk
 included) leaves the previous outputs and history as they were. A run with
 partial input is recorded as partial so it never becomes the baseline of the
-next diff or incremental pull; records that are invalid but read leave it
-complete.
+next diff or incremental pull (a Bulk export is made the next ``_since``
+baseline only once its run is recorded complete: ``BulkSource.settle``);
+records that are invalid but read leave it complete.
 """
 
 from __future__ import annotations
@@ -189,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
             )
 
         _write_outputs(result, changes, group, args.out, record)
+        for source in sources:  # a Bulk export becomes the next baseline only if complete
+            settle = getattr(source, "settle", None)
+            if settle:
+                settle(complete=not missing)
     pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
     if args.publish_group:
         server_client(args).request(
