@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..criteria.trial import load_trial
+from ..criteria.language import load
 from ..errors import Exit
 from ..sources.plan import ServerPlan
 from ..sources.rest import candidate_requests
@@ -179,7 +179,7 @@ def probe(client: FhirClient, plan: ServerPlan) -> list[Finding]:
 
 
 def run(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
+    trial = load(args.trial)
     findings = probe(server_client(args), server_plan(trial))
     print(f"fhir-cohort probe of {args.server} for {trial.id}")
     print("\n".join(f.line() for f in findings))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -266,7 +267,9 @@ class AnyRule(_Combinator):
 
     any: list[Rule] = Field(min_length=1)
     occasions: int = Field(
-        1, ge=1, description="met on N distinct dated days across the leaves (undated never count)"
+        1,
+        ge=1,
+        description="met on N distinct dated days, over all the leaves (undated never count)",
     )
 
 
@@ -612,6 +615,11 @@ class TrialFile(_Model):
     )
     funnel: Funnel | None = Field(None, description="labels of the funnel's steps")
     server: Server | None = Field(None, description="how a live server is searched")
+    icd_without_dot: Literal["counts", "ignored"] = Field(
+        "counts",
+        description="an ICD code sent without its dot (E119 for E11.9): counts as the "
+        "dotted code, or is ignored (a page that matches codes 'as published')",
+    )
 
 
 VOCABULARY = frozenset(
@@ -1000,7 +1008,7 @@ def resolve(spec: TrialFile, path: str):
 
 
 def _valueset_dir(path: Path) -> Path:
-    """``valuesets/`` beside the file, else beside its folder (``queries/next/x.yaml``)."""
+    """``valuesets/`` beside the file, else beside its folder."""
     for folder in (path.parent, path.parent.parent):
         if (folder / "valuesets").is_dir():
             return folder / "valuesets"
@@ -1036,6 +1044,10 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
         raise TrialError(
             [f"{where}:{_line(node, loc)}: {dotted(loc)}: {why}" for loc, why in checker.problems]
         )
+    if spec.icd_without_dot == "ignored":
+        checker.valuesets = {
+            name: replace(vs, dotted_only=True) for name, vs in checker.valuesets.items()
+        }
     drugs = {
         name: Drug(
             name,
@@ -1050,18 +1062,19 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
     return Trial(spec, where, checker.valuesets, drugs, server)
 
 
-def next_queries_dir() -> Path:
-    """The trials written in this language (phase A: ``queries/next/``)."""
-    from .trial import queries_dir
-
-    return queries_dir() / "next"
+def queries_dir() -> Path:
+    """The trial definitions shipped with fhir-cohort (checkout or installed wheel)."""
+    checkout = Path(__file__).resolve().parents[3] / "queries"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("fhir_cohort") / "_bundled" / "queries"))
 
 
 def load(name_or_path: str, folder: Path | None = None) -> Trial:
     """Load a trial by name (a file in ``folder``) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        folder = folder or next_queries_dir()
+        folder = folder or queries_dir()
         path = folder / f"{name_or_path}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in folder.glob("*.yaml"))
