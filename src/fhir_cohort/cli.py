@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         "trial's outputs go to OUT/<trial>/",
     )
     run.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="a site file adding local codes to the trials' value sets "
+        "(valuesets: {lab-hba1c: [{system: ..., code: ...}]})",
+    )
+    run.add_argument(
         "--source",
         action="append",
         metavar="PATH",

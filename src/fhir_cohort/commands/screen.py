@@ -22,7 +22,7 @@ from pathlib import Path
 from fhir.resources.R4B.group import Group
 
 from ..changes import Changes, compare, snapshot
-from ..criteria.language import Trial, load, queries_dir
+from ..criteria.language import Trial, check_site, load, load_site, queries_dir
 from ..criteria.plan import merged_plan
 from ..errors import Exit
 from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
@@ -50,15 +50,19 @@ def server_plan(trials: list[Trial]) -> ServerPlan:
     return plans[0] if len(plans) == 1 else merged_plan(plans)
 
 
-def load_trials(names: list[str]) -> list[Trial]:
-    """The trials asked for: names or paths, ``all`` for every trial in ``queries/``."""
+def load_trials(names: list[str], site_file: Path | None = None) -> list[Trial]:
+    """The trials asked for: names or paths, ``all`` for every trial in ``queries/``;
+    with a site file's local codes in their value sets."""
+    site, lines = load_site(site_file) if site_file else (None, {})
     if "all" in names:
         names = [*sorted(p.stem for p in queries_dir().glob("*.yaml")), *names]
     trials = {}
     for name in names:
         if name != "all":
-            trial = load(name)
+            trial = load(name, site=site)
             trials.setdefault(trial.id, trial)
+    if site_file:
+        check_site(site_file, lines, list(trials.values()))
     return list(trials.values())
 
 
@@ -172,7 +176,7 @@ def _previous(state: State, trials: list[Trial], scope: str) -> RunRecord | None
 
 
 def run(args: argparse.Namespace) -> int:
-    trials = load_trials(args.trial or ["misle"])
+    trials = load_trials(args.trial or ["misle"], args.site)
     if args.publish_group and not args.server:
         raise SourceError("--publish-group needs --server")
     if args.base and args.server:

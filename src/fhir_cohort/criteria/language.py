@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from ..errors import UsageError
+from ..normalise.codes import canonical_code, canonical_system
 from ..sources.plan import ServerPlan
 from .valuesets import ValueSet, ValueSetError, load_valueset
 
@@ -622,6 +623,24 @@ class TrialFile(_Model):
     )
 
 
+class SiteCode(_Model):
+    """One local code: a coding as the site's systems send it."""
+
+    system: str = Field(min_length=1, description="the code system URI")
+    code: str = Field(min_length=1, description="the code")
+    display: str | None = Field(None, description="what it means, for people")
+
+
+class SiteFile(_Model):
+    """A site file (``--site FILE``): local codes added to named value sets of the trials,
+    without editing them (most hospitals report some labs under local codes)."""
+
+    site: str | None = Field(None, description="the site's name, for people")
+    valuesets: dict[str, list[SiteCode]] = Field(
+        min_length=1, description="value set name → the local codes it also holds"
+    )
+
+
 VOCABULARY = frozenset(
     name
     for model in (
@@ -646,6 +665,8 @@ VOCABULARY = frozenset(
         Server,
         Funnel,
         TrialFile,
+        SiteCode,
+        SiteFile,
     )
     for key, info in model.model_fields.items()
     for name in (info.alias or key,)
@@ -1015,8 +1036,11 @@ def _valueset_dir(path: Path) -> Path:
     return path.parent / "valuesets"
 
 
-def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
-    """Validate a trial file's text completely; every problem is a :class:`TrialError`."""
+def parse_trial(
+    text: str, where: str, stem: str, valueset_dir: Path, site: SiteFile | None = None
+) -> Trial:
+    """Validate a trial file's text completely; every problem is a :class:`TrialError`.
+    ``site``'s local codes join the value sets of the same name that the trial reads."""
     data, node = _compose(text, where)
     try:
         spec = TrialFile.model_validate(data)
@@ -1031,6 +1055,12 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
     if spec.trial != stem:
         checker.fail(("trial",), f"the id must be the file's name {stem!r}")
     checker.check()
+    for name, local in site.valuesets.items() if site else ():
+        if name in checker.valuesets:
+            found = checker.valuesets[name]
+            added = {f"{system}|{canonical_code(system, c.code)}" for c in local
+                     for system in (canonical_system(c.system),)}  # fmt: skip
+            checker.valuesets[name] = replace(found, codes=found.codes | added)
     server = None
     if spec.server is not None and not checker.problems:
         from .plan import completeness_problem, server_plan
@@ -1070,7 +1100,49 @@ def queries_dir() -> Path:
     return Path(str(resources.files("fhir_cohort") / "_bundled" / "queries"))
 
 
-def load(name_or_path: str, folder: Path | None = None) -> Trial:
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrialError([f"{what} {path} does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrialError([f"{path}: cannot be read ({error})"]) from None
+
+
+def load_site(path: Path) -> tuple[SiteFile, dict[str, int]]:
+    """A site file, validated as strictly as a trial; and the line of each value set."""
+    text = _read(path, "site file")
+    data, node = _compose(text, path.name)
+    try:
+        site = SiteFile.model_validate(data)
+    except ValidationError as error:
+        raise TrialError(
+            [
+                f"{path.name}:{_line(node, e['loc'])}: {dotted(e['loc'])}: {_message(e)}"
+                for e in error.errors()
+            ]
+        ) from None
+    return site, {name: _line(node, ("valuesets", name)) for name in site.valuesets}
+
+
+def check_site(path: Path, lines: dict[str, int], trials: list[Trial]) -> None:
+    """Every value set the site file names must be read by a trial screened: a name no
+    trial reads (a typo) is exit 2, never silently ignored."""
+    read = {name for trial in trials for name in trial.valuesets}
+    problems = []
+    for name, line in lines.items():
+        if name not in read:
+            close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                f"{path.name}:{line}: valuesets.{name}: no trial screened reads this value set"
+                + hint
+            )
+    if problems:
+        raise TrialError(problems)
+
+
+def load(name_or_path: str, folder: Path | None = None, site: SiteFile | None = None) -> Trial:
     """Load a trial by name (a file in ``folder``) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
@@ -1079,10 +1151,5 @@ def load(name_or_path: str, folder: Path | None = None) -> Trial:
         if not path.is_file():
             known = sorted(p.stem for p in folder.glob("*.yaml"))
             raise TrialError([f"unknown trial {name_or_path!r}; known trials: {', '.join(known)}"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrialError([f"trial file {path} does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrialError([f"{path}: cannot be read ({error})"]) from None
-    return parse_trial(text, path.name, path.stem, _valueset_dir(path))
+    text = _read(path, "trial file")
+    return parse_trial(text, path.name, path.stem, _valueset_dir(path), site)
