@@ -198,7 +198,7 @@ def test_unexpected_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(command, "screen", broken)
+    monkeypatch.setattr(command, "screen_trials", broken)
     monkeypatch.delenv("FHIR_COHORT_DEBUG", raising=False)
     code = cli.main(["screen", "--as-of", "2026-06-30", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
