@@ -1036,14 +1036,11 @@ def _valueset_dir(path: Path) -> Path:
     return path.parent / "valuesets"
 
 
-def parse_trial(
-    text: str, where: str, stem: str, valueset_dir: Path, site: SiteFile | None = None
-) -> Trial:
-    """Validate a trial file's text completely; every problem is a :class:`TrialError`.
-    ``site``'s local codes join the value sets of the same name that the trial reads."""
+def _validated(model, text: str, where: str) -> tuple[Any, yaml.Node]:
+    """A YAML document validated by ``model``; every problem with its file, line and path."""
     data, node = _compose(text, where)
     try:
-        spec = TrialFile.model_validate(data)
+        return model.model_validate(data), node
     except ValidationError as error:
         raise TrialError(
             [
@@ -1051,6 +1048,14 @@ def parse_trial(
                 for e in error.errors()
             ]
         ) from None
+
+
+def parse_trial(
+    text: str, where: str, stem: str, valueset_dir: Path, site: SiteFile | None = None
+) -> Trial:
+    """Validate a trial file's text completely; every problem is a :class:`TrialError`.
+    ``site``'s local codes join the value sets of the same name that the trial reads."""
+    spec, node = _validated(TrialFile, text, where)
     checker = _Checker(spec, valueset_dir)
     if spec.trial != stem:
         checker.fail(("trial",), f"the id must be the file's name {stem!r}")
@@ -1111,17 +1116,7 @@ def _read(path: Path, what: str) -> str:
 
 def load_site(path: Path) -> tuple[SiteFile, dict[str, int]]:
     """A site file, validated as strictly as a trial; and the line of each value set."""
-    text = _read(path, "site file")
-    data, node = _compose(text, path.name)
-    try:
-        site = SiteFile.model_validate(data)
-    except ValidationError as error:
-        raise TrialError(
-            [
-                f"{path.name}:{_line(node, e['loc'])}: {dotted(e['loc'])}: {_message(e)}"
-                for e in error.errors()
-            ]
-        ) from None
+    site, node = _validated(SiteFile, _read(path, "site file"), path.name)
     return site, {name: _line(node, ("valuesets", name)) for name in site.valuesets}
 
 
