@@ -56,7 +56,7 @@ import generate_population as gp  # noqa: E402
 from sekmet_server import sekmet  # noqa: E402
 
 from fhir_cohort.commands.seed import seed  # noqa: E402
-from fhir_cohort.criteria.trial import load_trial  # noqa: E402
+from fhir_cohort.criteria.language import load as load_trial  # noqa: E402
 from fhir_cohort.pipeline import Screening, screen  # noqa: E402
 from fhir_cohort.sources.bulk import BulkSource  # noqa: E402
 from fhir_cohort.sources.files import FileSource  # noqa: E402

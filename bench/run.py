@@ -9,7 +9,7 @@ process:
 * bare parse - read every NDJSON file line by line and ``orjson.loads`` each
   line: the floor any Python screening of the same files must pay;
 * source / source+filter - ``FileSource.read`` alone, then with the trial's
-  ingest filter (``criteria.relevance.resource_filter``), to split the cost;
+  ingest filter (``pipeline.pool_gates(...).classify``), to split the cost;
 * screening - ``pipeline.screen([FileSource(path)], load_trial("misle"),
   date(2026, 6, 30))``, end to end;
 
@@ -214,7 +214,7 @@ def _child(path: str, mode: str, tmp: str, conn) -> None:
     """Screen once in a fresh interpreter and send back what it cost."""
     try:
         tempfile.tempdir = tmp
-        from fhir_cohort.criteria.trial import load_trial
+        from fhir_cohort.criteria.language import load as load_trial
 
         trial = load_trial(TRIAL)
         gc.collect()
@@ -537,12 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from fhir_cohort.criteria.relevance import resource_filter
-    from fhir_cohort.criteria.trial import load_trial
+    from fhir_cohort.criteria.language import load as load_trial
+    from fhir_cohort.pipeline import pool_gates
 
     machine = machine_info()
     trial = load_trial(TRIAL)
-    keep = resource_filter(trial)
+    keep = pool_gates([trial]).classify
     results = []
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     for path in args.data:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from real_servers import cohort_server, real_server  # noqa: F401 (session fixtures for all tests)
 
-from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.criteria.language import load
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
@@ -38,7 +38,7 @@ def fresh_secrets(monkeypatch):
 
 @pytest.fixture(scope="session")
 def trial():
-    return load_trial("misle")
+    return load("misle")
 
 
 @pytest.fixture(scope="session")

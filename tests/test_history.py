@@ -284,7 +284,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     assert run2.ids("new") == ["c-new"]
     new = run2.change("new", "c-new")
     assert (new["before"], new["after"]) == (None, "eligible")
-    assert new["why"] == "first listed: ACR 5 of 11, activity met"
+    assert new["why"] == "first listed: age met, acr met (5), activity met"
 
     assert run2.ids("status_changed") == ["e-changes"]
     changed = run2.change("status_changed", "e-changes")
@@ -316,7 +316,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
         "1 new, 1 changed, 1 dropped out\n"
     ) in run2.stdout
     assert change_line(run2.stdout, "new", "c-new").endswith(
-        "eligible: first listed: ACR 5 of 11, activity met"
+        "eligible: first listed: age met, acr met (5), activity met"
     )
     assert change_line(run2.stdout, "changed", "e-changes").endswith(
         "needs-review: " + changed["why"]
@@ -326,7 +326,10 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     )
     # the CSV's screening log carries the change for listed patients
     rows = run2.csv_rows()
-    assert rows["c-new"]["change_since_last"] == "new: first listed: ACR 5 of 11, activity met"
+    assert (
+        rows["c-new"]["change_since_last"]
+        == "new: first listed: age met, acr met (5), activity met"
+    )
     assert rows["e-changes"]["change_since_last"] == "changed: " + changed["why"]
     assert rows["a-eligible"]["change_since_last"] == ""
     # the first run's outputs (another folder) are untouched by the second
@@ -539,7 +542,7 @@ def test_set_aside_patient_coming_back_without_new_evidence_is_not_new(reviewed,
     # the patient's records are missing from one export: dropped out
     gone = rescreen(reviewed, {k: v for k, v in base.items() if k != "r-declined"})
     assert gone.ids("dropped") == ["r-declined"]
-    assert gone.change("dropped", "r-declined")["why"].startswith("no lupus evidence")
+    assert gone.change("dropped", "r-declined")["why"].startswith("not in the candidate pool")
     # back with the same records: set aside, not new
     back = rescreen(reviewed, base)
     assert back.ids("new") == []
@@ -656,7 +659,10 @@ def test_contacted_is_not_set_aside(reviewed):
     back = rescreen(reviewed, base)
     assert back.ids("new") == ["r-contacted"]
     assert back.ids("set_aside") == []
-    assert back.change("new", "r-contacted")["why"] == "first listed: ACR 5 of 11, activity met"
+    assert (
+        back.change("new", "r-contacted")["why"]
+        == "first listed: age met, acr met (5), activity met"
+    )
     assert back.candidate("r-contacted")["review"]["status"] == "contacted"
 
 
@@ -1081,12 +1087,12 @@ def test_differences_describe_each_kind_of_change():
     ]
     grown = snap("eligible", acr=6, evidence={"Observation/a|1:320": "A", "Observation/b|9": "B"})
     assert ch.differences(snap("eligible", activity="unknown"), grown) == [
-        "ACR 5 → 6 of 11",
+        "acr 5 → 6 met",
         "activity unknown → met",
         "new evidence: B",
     ]
-    assert ch.differences(None, snap("eligible")) == ["first listed: ACR 5 of 11, activity met"]
-    assert ch.differences(snap("eligible"), None)[0].startswith("no lupus evidence")
+    assert ch.differences(None, snap("eligible")) == ["first listed: activity met, acr: 5 met"]
+    assert ch.differences(snap("eligible"), None)[0].startswith("not in the candidate pool")
 
 
 def test_new_evidence_is_shortened_after_three():

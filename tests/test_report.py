@@ -10,8 +10,11 @@ from datetime import date, timedelta
 import pytest
 from builders import D, eligible_core, run
 from conftest import COHORT, EXPECTED
+from misle_view import MisleView
 
 from fhir_cohort.changes import Change, Changes, Review, ReviewState, compare, snapshot
+from fhir_cohort.criteria.language import load
+from fhir_cohort.criteria.rank_terms import Ranked as Candidate
 from fhir_cohort.criteria.results import WASHOUT
 from fhir_cohort.outputs.report import (
     RECENT_SHARE,
@@ -22,7 +25,6 @@ from fhir_cohort.outputs.report import (
     timeline,
 )
 from fhir_cohort.pipeline import screen
-from fhir_cohort.rank import Candidate
 from fhir_cohort.sources.files import FileSource
 
 LATER = date(2026, 7, 22)  # the same data screened again, three weeks on
@@ -51,6 +53,14 @@ def screening(trial):
 def later(trial):
     """The bundled cohort screened again at LATER: nothing in the data changed, time did."""
     return screen([FileSource(COHORT)], trial, LATER)
+
+
+MISLE = load("misle")
+ACR = MISLE.label("acr")  # the lane of the ACR criteria
+
+
+def draw(candidate: Candidate, as_of: date) -> dict:
+    return timeline(candidate, as_of, MISLE)
 
 
 def snapshots(screening) -> dict[str, dict]:
@@ -166,7 +176,7 @@ def test_time_scale_gives_the_last_year_most_of_the_width():
 def timeline_days(candidate: Candidate) -> list[date]:
     """Every date the timeline draws: dated evidence in each lane, the activity window and
     each washout's end."""
-    result = candidate.result
+    result = MisleView(candidate.result)
     findings = [*result.acr.criteria.values(), *result.exclusions.values()]
     days = [e.date for f in findings for e in f.evidence if e.date]
     days += [e.date for e in result.activity.evidence if e.date]
@@ -214,7 +224,7 @@ def test_washout_bar_runs_from_the_last_exposure_to_the_end_of_the_washout(scree
     (exposure,) = finding.evidence
     assert exposure.date == date(2026, 1, 20)  # rituximab last taken
 
-    drawn = timeline(c, as_of)
+    drawn = draw(c, as_of)
     scale = expected_scale(c, as_of)
     washout = lane(drawn, "biologic washout")
     (bar,) = washout["bars"]
@@ -253,7 +263,7 @@ def test_every_washout_in_the_fixture_is_drawn_to_its_end_date(screening, expect
     assert len(washouts) >= 15  # incl. two washouts for one patient, and an excluded one
     for patient, key, until in washouts:
         c = candidate(screening, patient)
-        drawn = timeline(c, screening.as_of)
+        drawn = draw(c, screening.as_of)
         scale = expected_scale(c, screening.as_of)
         last = max(e.date for e in c.result.exclusions[key].evidence if e.date)
         (bar,) = lane(drawn, key.replace("_", " "))["bars"]
@@ -268,7 +278,7 @@ def test_every_washout_in_the_fixture_is_drawn_to_its_end_date(screening, expect
 def test_two_washouts_each_end_at_their_own_date(screening):
     """p110: rituximab until 2026-07-15, belimumab until 2026-08-01 (the later decides)."""
     c = candidate(screening, "p110-two-washouts-later-wins")
-    drawn = timeline(c, screening.as_of)
+    drawn = draw(c, screening.as_of)
     scale = expected_scale(c, screening.as_of)
     (biologic,) = lane(drawn, "biologic washout")["bars"]
     (belimumab,) = lane(drawn, "belimumab washout")["bars"]
@@ -279,7 +289,7 @@ def test_two_washouts_each_end_at_their_own_date(screening):
 
 def test_a_candidate_without_washout_has_no_eligible_mark(screening):
     c = candidate(screening, "p01-eligible-baseline")
-    drawn = timeline(c, screening.as_of)
+    drawn = draw(c, screening.as_of)
     assert drawn["eligible"] is None
     assert not [t for t in drawn["ticks"] if t["label"].startswith("eligible")]
     assert not [b for lane in drawn["lanes"] for b in lane["bars"] if b["washout"]]
@@ -291,7 +301,7 @@ def test_a_candidate_without_washout_has_no_eligible_mark(screening):
 def test_evidence_older_than_a_year_is_compressed_to_the_left(screening):
     as_of = screening.as_of
     c = candidate(screening, P113)  # ANA 2018-04-20 ... anti-dsDNA 2026-06-01
-    drawn = timeline(c, as_of)
+    drawn = draw(c, as_of)
     scale = expected_scale(c, as_of)
     seam = as_of - YEAR
     assert scale.start == date(2018, 4, 20)
@@ -317,12 +327,12 @@ def recent_only_candidate(trial) -> Candidate:
             resource["effectiveDateTime"] = "2026-02-01"
     result = run(trial, resources)
     assert result.status == "eligible"
-    return Candidate(1, 0, result)
+    return Candidate(1, 0, result.trial_result)
 
 
 def test_only_recent_evidence_has_no_compressed_part(trial):
     c = recent_only_candidate(trial)
-    drawn = timeline(c, D)
+    drawn = draw(c, D)
     scale = expected_scale(c, D)
     assert scale.start is None
     assert drawn["seam"] is None
@@ -330,8 +340,8 @@ def test_only_recent_evidence_has_no_compressed_part(trial):
     assert labels == [(D - YEAR).isoformat(), f"as of {D.isoformat()}"]
     assert drawn["ticks"][0]["x"] == 0  # a year before as-of is the left edge
     assert drawn["as_of"] == scale.x(D)
-    acr = lane(drawn, "ACR criteria")["points"]
-    dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
+    acr = lane(drawn, ACR)["points"]
+    dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
     assert len(acr) == len(dated) == 5
     assert [p["x"] for p in acr] == [scale.x(e.date) for e in dated]
     # with the whole width for one year, January is well right of the left edge
@@ -342,13 +352,11 @@ def test_the_bundled_cohort_has_one_timeline_without_seam(screening):
     """p15 has no ACR evidence and only this year's activity window: no seam; all the
     others have evidence from earlier years and a seam."""
     without = [
-        c.result.patient
-        for c in screening.candidates
-        if timeline(c, screening.as_of)["seam"] is None
+        c.result.patient for c in screening.candidates if draw(c, screening.as_of)["seam"] is None
     ]
     assert without == ["p15-synthea-200936003-only"]
     for c in screening.candidates:
-        assert (timeline(c, screening.as_of)["seam"] is None) == (
+        assert (draw(c, screening.as_of)["seam"] is None) == (
             expected_scale(c, screening.as_of).start is None
         )
 
@@ -358,10 +366,10 @@ def test_the_bundled_cohort_has_one_timeline_without_seam(screening):
 
 def test_every_dated_acr_evidence_item_is_a_point(screening):
     for c in screening.candidates:
-        drawn = timeline(c, screening.as_of)
+        drawn = draw(c, screening.as_of)
         scale = expected_scale(c, screening.as_of)
-        dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
-        points = lane(drawn, "ACR criteria")["points"]
+        dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
+        points = lane(drawn, ACR)["points"]
         assert [(p["x"], p["label"][:10]) for p in points] == [
             (scale.x(e.date), e.date.isoformat()) for e in dated
         ], c.result.patient
@@ -370,12 +378,16 @@ def test_every_dated_acr_evidence_item_is_a_point(screening):
 def test_undated_evidence_is_not_drawn(screening):
     """p24: the oral-ulcer Condition has neither onset nor recordedDate."""
     c = candidate(screening, P24)
-    (undated,) = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date is None]
-    assert undated.resource in {e.resource for e in c.result.acr.criteria["oral_ulcers"].evidence}
-    drawn = timeline(c, screening.as_of)
+    (undated,) = [
+        e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date is None
+    ]
+    assert undated.resource in {
+        e.resource for e in MisleView(c.result).acr.criteria["oral_ulcers"].evidence
+    }
+    drawn = draw(c, screening.as_of)
     labels = [p["label"] for lane_ in drawn["lanes"] for p in lane_["points"]]
-    dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
-    assert len(lane(drawn, "ACR criteria")["points"]) == len(dated) == 3
+    dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
+    assert len(lane(drawn, ACR)["points"]) == len(dated) == 3
     assert all(re.match(r"\d{4}-\d{2}-\d{2} ", label) for label in labels)
     assert not any((undated.display or undated.code) in label for label in labels)
     # ... but the card's table still lists it, as undated
@@ -385,7 +397,7 @@ def test_undated_evidence_is_not_drawn(screening):
 
 def test_the_rendered_timeline_puts_the_washout_end_on_the_eligible_line(screening):
     card = cards(render(screening))[P113]
-    drawn = timeline(candidate(screening, P113), screening.as_of)
+    drawn = draw(candidate(screening, P113), screening.as_of)
     plot = drawn["plot"]
     rect = re.search(r'<rect class="washout" x="(\d+)" y="\d+" width="(\d+)"', card)
     assert rect, card
@@ -493,7 +505,7 @@ def test_changes_since_the_previous_run(later, changes, expected):
     # p26's only SLE code is dated after 2026-06-30: listed for the first time now
     (new,) = by_kind["new"]
     assert new["patient"] == P26 and new["status"] == "needs-review"
-    assert new["why"].startswith("first listed: ACR 3 of 11")
+    assert new["why"].startswith("first listed: age met, acr not-met (3)")
 
     # the patients whose every washout ended between the runs: washout → eligible
     changed = {row["patient"]: row for row in by_kind["changed"]}

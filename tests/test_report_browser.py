@@ -265,7 +265,7 @@ def test_every_card_draws_its_timeline(page, screening):
     for card, c in zip(drawn, screening.candidates, strict=True):
         assert card["patient"] == f"({c.result.patient})"
         assert card["svgs"] == 1 and card["width"] > 0 and card["height"] > 0, card
-        lanes = timeline(c, screening.as_of)["lanes"]
+        lanes = timeline(c, screening.as_of, screening.trial)["lanes"]
         assert card["circles"] == sum(len(lane["points"]) for lane in lanes), card
         assert card["washouts"] == sum(b["washout"] for lane in lanes for b in lane["bars"])
     assert sum(card["washouts"] for card in drawn) >= 15

@@ -24,7 +24,7 @@ import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fake_fhir import route_searches, search_params
 
-from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.criteria.language import load as load_trial
 from fhir_cohort.sources.bulk import STATE, BulkSource
 from fhir_cohort.sources.rest import RestSource
 from fhir_cohort.transport import auth as auth_module

@@ -47,7 +47,8 @@ from sekmet_server import sekmet
 from fhir_cohort.changes import LISTED
 from fhir_cohort.cli import main
 from fhir_cohort.commands.common import bundled_fixtures
-from fhir_cohort.criteria.trial import load_trial, queries_dir
+from fhir_cohort.criteria.language import load as load_trial
+from fhir_cohort.criteria.language import queries_dir
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen as run_screen
 from fhir_cohort.sources import rest
@@ -401,7 +402,7 @@ def test_rest_incremental_equals_a_full_pull(server, tmp_path, sent, narrow_marg
     assert (hiv["before"], hiv["after"]) == ("eligible", "excluded")
     assert "hiv: excluded" in hiv["why"] and "Observation/inc-hiv-p01" in hiv["why"]
     gone = change(incremental, "dropped", "p15-synthea-200936003-only")
-    assert gone["after"] is None and "no lupus evidence" in gone["why"]
+    assert gone["after"] is None and "not in the candidate pool" in gone["why"]
     pyuria = change(incremental, "status_changed", "p68-activity-pyuria-exactly-4")
     assert (pyuria["before"], pyuria["after"]) == ("eligible", "needs-review")
     washout = change(incremental, "status_changed", "p94-belimumab-admin-40d")

@@ -69,8 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--trial",
-        default="misle",
-        help="trial name in queries/ (default: misle) or a path to a trial YAML",
+        action="append",
+        metavar="NAME|FILE",
+        help="trial name in queries/ (default: misle) or a path to a trial YAML; repeat for "
+        "several, or 'all' for every trial in queries/: the data is read once and each "
+        "trial's outputs go to OUT/<trial>/",
+    )
+    run.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="a site file adding local codes to the trials' value sets "
+        "(valuesets: {lab-hba1c: [{system: ..., code: ...}]})",
     )
     run.add_argument(
         "--source",
@@ -193,9 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate a trial file strictly (exit 2 naming file, line and entry) and "
         "print its criteria, value sets, what it reads and its server plan.",
     )
-    check.add_argument(
-        "trial", metavar="FILE|NAME", help="a trial name in queries/next/ or a YAML path"
-    )
+    check.add_argument("trial", metavar="FILE|NAME", help="a trial name in queries/ or a YAML path")
 
     seed = commands.add_parser(
         "seed",

@@ -2,7 +2,7 @@
 
 Rule: this is the only module that knows every stage; it wires them in one
 direction and holds no state between runs. The per-patient step
-(``Relevance.may_be_candidate`` on the patient's relevance bits, then
+(``PoolGate.may_be_candidate`` on the patient's pool bits, then
 ``normalise.patient_facts`` and ``criteria.evaluate``) is pure, so an engine
 that groups resources by patient some other way (Spark, a REST funnel) can
 call it and get identical results.
@@ -31,14 +31,14 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
-from .criteria.evaluator import evaluate
-from .criteria.relevance import CODED, PATIENT_DATA, Relevance
-from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
-from .criteria.trial import Trial
+from .criteria.funnel import TrialFunnel
+from .criteria.language import Trial
+from .criteria.plan import CODED, PATIENT_DATA, PoolGate, TrialGates
+from .criteria.rank_terms import Ranked, rank
+from .criteria.tree import TrialResult, evaluate
 from .normalise.elements import R4_RESOURCE_TYPES, show
 from .normalise.resources import patient_facts, unattached_facts, with_unattached
 from .quality import DataQuality, Note
-from .rank import Candidate, rank
 from .sources import (
     DOUBT_RECORD,
     PATIENT_REFERENCE_KEYS,
@@ -82,74 +82,20 @@ MAX_UNATTACHED = 10_000  # records naming no patient weighed on every candidate;
 _NOTED_BY_STORE = frozenset({"conflicting-duplicate"})  # in data_quality once, from the store
 
 
-@dataclass
-class Funnel:
-    """How many patients reached each step of the screen."""
-
-    trial: Trial
-    patients_read: int = 0
-    resources_read: dict[str, int] = field(default_factory=dict)
-    lupus_evidence: int = 0
-    inclusion: dict[str, Counter] = field(default_factory=dict)
-    exclusions: dict[str, Counter] = field(default_factory=dict)
-    status: Counter = field(default_factory=Counter)
-    not_read: int = 0  # known to a server, never fetched: no candidate search found them
-
-    def finish(self) -> None:
-        """Patients a server search ruled out count as read and not-a-candidate."""
-        self.patients_read += self.not_read
-        self.status[NOT_A_CANDIDATE] += self.not_read
-        self.not_read = 0
-
-    def count_outside_pool(self) -> None:
-        """A patient whose codes cannot put them in the candidate pool."""
-        self.patients_read += 1
-        self.status[NOT_A_CANDIDATE] += 1
-
-    def count(self, result: PatientResult) -> None:
-        self.patients_read += 1
-        self.status[result.status] += 1
-        if not result.candidate:
-            return
-        self.lupus_evidence += 1
-        for key, value in (
-            ("age", result.age.result),
-            ("acr", result.acr.result),
-            ("activity", result.activity.result),
-        ):
-            self.inclusion.setdefault(key, Counter())[value] += 1
-        for key, finding in result.exclusions.items():
-            self.exclusions.setdefault(key, Counter())[finding.result] += 1
-
-    def to_dict(self) -> dict:
-        return {
-            "patients_read": self.patients_read,
-            "resources_read": dict(sorted(self.resources_read.items())),
-            "lupus_evidence": self.lupus_evidence,
-            "inclusion": {
-                key: {
-                    "passed": self.inclusion.get(key, Counter())[MET],
-                    **dict(sorted(self.inclusion.get(key, Counter()).items())),
-                }
-                for key in ("age", "acr", "activity")
-            },
-            "exclusions": {
-                key: dict(sorted(self.exclusions.get(key, Counter()).items()))
-                for key in self.trial.exclusion_ids
-            },
-            "status": {s: self.status[s] for s in (*STATUSES, NOT_A_CANDIDATE)},
-        }
+def pool_gates(trials: list[Trial]) -> TrialGates:
+    """The ingest gates of the trials screened together."""
+    return TrialGates([PoolGate(t.spec, t.valuesets) for t in trials])
 
 
 @dataclass
 class Screening:
-    """The outcome of one run."""
+    """The outcome of one run for one trial."""
 
     trial: Trial
     as_of: date
-    funnel: Funnel
+    funnel: TrialFunnel
     data_quality: DataQuality
-    candidates: list[Candidate]
+    candidates: list[Ranked]
     retrieval: dict[str, int] = field(default_factory=dict)
     plan: dict | None = None  # how a server was asked (its source's ``retrieval_plan``)
 
@@ -172,7 +118,21 @@ def screen(
     workdir: Path | None = None,
     now: float | None = None,
 ) -> Screening:
-    """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
+    """Screen every patient in ``sources`` for ``trial`` as of ``as_of`` (see
+    :func:`screen_trials`)."""
+    return screen_trials(sources, [trial], as_of, progress, workdir, now)[0]
+
+
+def screen_trials(
+    sources: Iterable[ResourceSource],
+    trials: list[Trial],
+    as_of: date,
+    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
+    workdir: Path | None = None,
+    now: float | None = None,
+) -> list[Screening]:
+    """Screen every patient in ``sources`` for each of ``trials`` as of ``as_of``, reading
+    the data once (the store keeps the union of what the trials read).
 
     ``progress(label, total, unit)`` may return a callback that is told how much
     work was done; it is how the command line draws its progress bars.
@@ -182,9 +142,9 @@ def screen(
     """
     sources = list(sources)
     quality = DataQuality()
-    funnel = Funnel(trial)
-    relevance = Relevance(trial)
-    results: list[PatientResult] = []
+    funnels = [TrialFunnel(trial) for trial in trials]
+    gates = pool_gates(trials)
+    results: list[list[TrialResult]] = [[] for _ in trials]
     base = next((b for s in sources if (b := getattr(s, "base", None))), None)
 
     def no_progress(_: int) -> None:
@@ -192,9 +152,10 @@ def screen(
 
     retrieval: Counter = Counter()
     plan = None
+    not_read = 0
     with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
         unattached = _Unattached(quality, store)
-        classify, add = relevance.classify, store.add
+        classify, add = gates.classify, store.add
         for source in sources:
             advance = (
                 progress("reading", source.total_work(), source.progress_unit)
@@ -211,7 +172,7 @@ def screen(
                     add(raw, 0)
                 else:
                     unattached.unreadable(raw)
-            funnel.not_read += source.patients_not_read()
+            not_read += source.patients_not_read()
             retrieval.update(source.stats())
             plan = getattr(source, "retrieval_plan", None)
         store.finish()
@@ -230,35 +191,48 @@ def screen(
         for note in everyone.notes:
             quality.add(note)
         partial = partial_input_doubts(quality)
-        funnel.resources_read = store.resources_by_type
         advance = (
             progress("screening", store.patient_count(), "patients") if progress else no_progress
         )
+        indexes = range(len(trials))
         for record in store.patients():
             advance(1)
-            if not relevance.may_be_candidate(record.touches):
-                funnel.count_outside_pool()
+            wanted = [i for i in indexes if gates.may_be_candidate(i, record.touches)]
+            for i in indexes:
+                if i not in wanted:
+                    funnels[i].count_outside_pool()
+            if not wanted:
                 continue
             facts = patient_facts(record.patient_id, record.resources(), store.medication, base)
             if partial:
                 facts = replace(facts, doubts=facts.doubts + partial)
-            result = evaluate(with_unattached(facts, everyone), trial, as_of)
-            funnel.count(result)
-            for note in result.notes:
+            facts = with_unattached(facts, everyone)
+            found: list[Note] = []
+            for i in wanted:
+                result = evaluate(facts, trials[i], as_of)
+                funnels[i].count(result)
+                found += [n for n in result.notes if not found or n not in found]
+                if result.candidate:
+                    results[i].append(result)
+            for note in found:
                 if note.code not in _NOTED_BY_STORE:
                     quality.add(note)
-            if result.candidate:
-                results.append(result)
-    funnel.finish()
-    return Screening(
-        trial,
-        as_of,
-        funnel,
-        quality,
-        rank(results, trial.ranking),
-        dict(retrieval),
-        plan() if plan else None,
-    )
+    screenings = []
+    for trial, funnel, listed in zip(trials, funnels, results, strict=True):
+        funnel.resources_read = dict(store.resources_by_type)
+        funnel.count_outside_pool(not_read)
+        screenings.append(
+            Screening(
+                trial,
+                as_of,
+                funnel,
+                quality,
+                rank(listed, trial),
+                dict(retrieval),
+                plan() if plan else None,
+            )
+        )
+    return screenings
 
 
 def _other_subject(resource: dict) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..criteria.trial import queries_dir
+from ..criteria.language import queries_dir
 from ..errors import UsageError
 from ..transport.auth import (
     Auth,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 
-from ..criteria.trial import load_trial
+from ..criteria.language import load
 from ..errors import Exit
 from ..sources import patient_of, reference_to
 from ..sources.plan import ServerPlan
@@ -335,8 +335,8 @@ def probe(client: FhirClient, plan: ServerPlan) -> tuple[list[Finding], Retrieva
 
 
 def run(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
-    findings, strategy = probe(server_client(args), server_plan(trial))
+    trial = load(args.trial)
+    findings, strategy = probe(server_client(args), server_plan([trial]))
     print(f"fhir-cohort probe of {args.server} for {trial.id}")
     print("\n".join(f.line() for f in findings))
     print("the plan a screen follows:")

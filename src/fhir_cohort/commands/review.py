@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from ..criteria.trial import load_trial
+from ..criteria.language import load
 from ..errors import Exit
 from ..outputs.terminal import review_lines
 from ..sources import SourceError
@@ -23,7 +23,7 @@ def _login() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
+    trial = load(args.trial)
     with State(args.state or default_state_dir()) as state:
         if args.list:
             print("\n".join(review_lines(state.reviews(trial.id, args.patient), trial.id)))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 from ..errors import UsageError
+from ..normalise.codes import canonical_code, canonical_system
 from ..sources.plan import ServerPlan
 from .valuesets import ValueSet, ValueSetError, load_valueset
 
@@ -266,7 +268,9 @@ class AnyRule(_Combinator):
 
     any: list[Rule] = Field(min_length=1)
     occasions: int = Field(
-        1, ge=1, description="met on N distinct dated days across the leaves (undated never count)"
+        1,
+        ge=1,
+        description="met on N distinct dated days, over all the leaves (undated never count)",
     )
 
 
@@ -612,6 +616,29 @@ class TrialFile(_Model):
     )
     funnel: Funnel | None = Field(None, description="labels of the funnel's steps")
     server: Server | None = Field(None, description="how a live server is searched")
+    icd_without_dot: Literal["counts", "ignored"] = Field(
+        "counts",
+        description="an ICD code sent without its dot (E119 for E11.9): counts as the "
+        "dotted code, or is ignored (a page that matches codes 'as published')",
+    )
+
+
+class SiteCode(_Model):
+    """One local code: a coding as the site's systems send it."""
+
+    system: str = Field(min_length=1, description="the code system URI")
+    code: str = Field(min_length=1, description="the code")
+    display: str | None = Field(None, description="what it means, for people")
+
+
+class SiteFile(_Model):
+    """A site file (``--site FILE``): local codes added to named value sets of the trials,
+    without editing them (most hospitals report some labs under local codes)."""
+
+    site: str | None = Field(None, description="the site's name, for people")
+    valuesets: dict[str, list[SiteCode]] = Field(
+        min_length=1, description="value set name → the local codes it also holds"
+    )
 
 
 VOCABULARY = frozenset(
@@ -638,6 +665,8 @@ VOCABULARY = frozenset(
         Server,
         Funnel,
         TrialFile,
+        SiteCode,
+        SiteFile,
     )
     for key, info in model.model_fields.items()
     for name in (info.alias or key,)
@@ -1000,18 +1029,18 @@ def resolve(spec: TrialFile, path: str):
 
 
 def _valueset_dir(path: Path) -> Path:
-    """``valuesets/`` beside the file, else beside its folder (``queries/next/x.yaml``)."""
+    """``valuesets/`` beside the file, else beside its folder."""
     for folder in (path.parent, path.parent.parent):
         if (folder / "valuesets").is_dir():
             return folder / "valuesets"
     return path.parent / "valuesets"
 
 
-def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
-    """Validate a trial file's text completely; every problem is a :class:`TrialError`."""
+def _validated(model, text: str, where: str) -> tuple[Any, yaml.Node]:
+    """A YAML document validated by ``model``; every problem with its file, line and path."""
     data, node = _compose(text, where)
     try:
-        spec = TrialFile.model_validate(data)
+        return model.model_validate(data), node
     except ValidationError as error:
         raise TrialError(
             [
@@ -1019,10 +1048,24 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
                 for e in error.errors()
             ]
         ) from None
+
+
+def parse_trial(
+    text: str, where: str, stem: str, valueset_dir: Path, site: SiteFile | None = None
+) -> Trial:
+    """Validate a trial file's text completely; every problem is a :class:`TrialError`.
+    ``site``'s local codes join the value sets of the same name that the trial reads."""
+    spec, node = _validated(TrialFile, text, where)
     checker = _Checker(spec, valueset_dir)
     if spec.trial != stem:
         checker.fail(("trial",), f"the id must be the file's name {stem!r}")
     checker.check()
+    for name, local in site.valuesets.items() if site else ():
+        if name in checker.valuesets:
+            found = checker.valuesets[name]
+            added = {f"{system}|{canonical_code(system, c.code)}" for c in local
+                     for system in (canonical_system(c.system),)}  # fmt: skip
+            checker.valuesets[name] = replace(found, codes=found.codes | added)
     server = None
     if spec.server is not None and not checker.problems:
         from .plan import completeness_problem, server_plan
@@ -1036,6 +1079,10 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
         raise TrialError(
             [f"{where}:{_line(node, loc)}: {dotted(loc)}: {why}" for loc, why in checker.problems]
         )
+    if spec.icd_without_dot == "ignored":
+        checker.valuesets = {
+            name: replace(vs, dotted_only=True) for name, vs in checker.valuesets.items()
+        }
     drugs = {
         name: Drug(
             name,
@@ -1050,26 +1097,54 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
     return Trial(spec, where, checker.valuesets, drugs, server)
 
 
-def next_queries_dir() -> Path:
-    """The trials written in this language (phase A: ``queries/next/``)."""
-    from .trial import queries_dir
+def queries_dir() -> Path:
+    """The trial definitions shipped with fhir-cohort (checkout or installed wheel)."""
+    checkout = Path(__file__).resolve().parents[3] / "queries"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("fhir_cohort") / "_bundled" / "queries"))
 
-    return queries_dir() / "next"
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrialError([f"{what} {path} does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrialError([f"{path}: cannot be read ({error})"]) from None
 
 
-def load(name_or_path: str, folder: Path | None = None) -> Trial:
+def load_site(path: Path) -> tuple[SiteFile, dict[str, int]]:
+    """A site file, validated as strictly as a trial; and the line of each value set."""
+    site, node = _validated(SiteFile, _read(path, "site file"), path.name)
+    return site, {name: _line(node, ("valuesets", name)) for name in site.valuesets}
+
+
+def check_site(path: Path, lines: dict[str, int], trials: list[Trial]) -> None:
+    """Every value set the site file names must be read by a trial screened: a name no
+    trial reads (a typo) is exit 2, never silently ignored."""
+    read = {name for trial in trials for name in trial.valuesets}
+    problems = []
+    for name, line in lines.items():
+        if name not in read:
+            close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                f"{path.name}:{line}: valuesets.{name}: no trial screened reads this value set"
+                + hint
+            )
+    if problems:
+        raise TrialError(problems)
+
+
+def load(name_or_path: str, folder: Path | None = None, site: SiteFile | None = None) -> Trial:
     """Load a trial by name (a file in ``folder``) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        folder = folder or next_queries_dir()
+        folder = folder or queries_dir()
         path = folder / f"{name_or_path}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in folder.glob("*.yaml"))
             raise TrialError([f"unknown trial {name_or_path!r}; known trials: {', '.join(known)}"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrialError([f"trial file {path} does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrialError([f"{path}: cannot be read ({error})"]) from None
-    return parse_trial(text, path.name, path.stem, _valueset_dir(path))
+    text = _read(path, "trial file")
+    return parse_trial(text, path.name, path.stem, _valueset_dir(path), site)

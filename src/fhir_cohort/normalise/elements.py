@@ -37,6 +37,7 @@ OBSERVATION_STATUS = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled"}
     | {"entered-in-error", "unknown"}
 )
+FAMILY_HISTORY_STATUS = frozenset({"partial", "completed", "entered-in-error", "health-unknown"})
 PROCEDURE_STATUS = frozenset(
     {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed"}
     | {"entered-in-error", "unknown"}

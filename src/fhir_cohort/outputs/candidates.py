@@ -18,9 +18,10 @@ import orjson
 
 from .. import __version__
 from ..changes import Changes, flags
-from ..criteria.results import MET, UNKNOWN
+from ..criteria.language import Trial
+from ..criteria.rank_terms import Ranked
+from ..criteria.tree import NodeResult
 from ..pipeline import Screening
-from ..rank import Candidate
 from ..text import printable
 
 CSV_COLUMNS = (
@@ -31,12 +32,9 @@ CSV_COLUMNS = (
     "eligible_from",
     "rank_score",
     "age",
-    "acr_count",
-    "acr_met",
-    "acr_missing",
-    "activity",
-    "activity_score",
-    "latest_activity_date",
+    "inclusions_met",
+    "inclusions_open",
+    "latest_evidence_date",
     "exclusions_flagged",
     "to_verify",
     "needs_review_because",
@@ -49,7 +47,7 @@ CSV_COLUMNS = (
 )
 
 
-def candidate_dict(candidate: Candidate) -> dict:
+def candidate_dict(candidate: Ranked) -> dict:
     return {"rank": candidate.rank, "score": candidate.score, **candidate.result.to_dict()}
 
 
@@ -86,35 +84,50 @@ def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
     return orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
 
 
-def flagged(candidate: Candidate) -> list[str]:
+def flagged(candidate: Ranked) -> list[str]:
     """Failed inclusions and exclusions that are not clear ('biologic_washout until 2026-08-28')."""
     return flags(candidate.result)
 
 
-def to_verify(candidate: Candidate) -> list[str]:
+def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
+    """An inclusion that is not met, in the trial's words ("… (3 of 11 on record;
+    missing: …)" for an ``at_least``, else its result).
+    """
+    label = trial.label(key)
+    if node.kind == "at_least":
+        missing = [p.id for p in node.parts if not p.value]
+        return (
+            f"{label} ({len(node.met)} of {len(node.parts)} on record; "
+            f"missing: {', '.join(map(str, missing))})"
+        )
+    return f"{label} ({node.result})"
+
+
+def to_verify(candidate: Ranked, trial: Trial) -> list[str]:
     """What the coordinator should check in the chart."""
     result = candidate.result
-    items = []
-    if result.age.result == UNKNOWN:
-        items.append("date of birth")
-    if result.acr.result != MET:
-        items.append(
-            f"ACR criteria ({result.acr.count} of 11 on record; missing: "
-            f"{', '.join(result.acr.missing)})"
-        )
-    if result.activity.result != MET:
-        items.append(f"disease activity (SLEDAI-2K labs {result.activity.result})")
+    items = [
+        shortfall(trial, key, node)
+        for key, node in result.inclusions.items()
+        if node.value is not True
+    ]
     items += [
-        f"{key} ({finding.result})"
+        f"{trial.label(key)} ({finding.result})"
         for key, finding in result.exclusions.items()
         if finding.result == "review"
     ]
     return items
 
 
-def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None = None) -> dict:
+def latest_evidence(candidate: Ranked):
+    """The date of the newest evidence behind the inclusions, or None."""
+    dates = [d for node in candidate.result.inclusions.values() if (d := node.latest_evidence())]
+    return max(dates, default=None)
+
+
+def csv_row(candidate: Ranked, screening: Screening, changes: Changes | None = None) -> dict:
     result = candidate.result
-    latest = result.activity.latest_evidence
+    latest = latest_evidence(candidate)
     review = changes.reviews.get(result.patient) if changes else None
     return {
         "record_id": result.patient,
@@ -123,15 +136,16 @@ def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None 
         "screen_status": result.status,
         "eligible_from": result.eligible_from.isoformat() if result.eligible_from else "",
         "rank_score": candidate.score,
-        "age": "" if result.age.age is None else result.age.age,
-        "acr_count": result.acr.count,
-        "acr_met": "; ".join(result.acr.met),
-        "acr_missing": "; ".join(result.acr.missing),
-        "activity": result.activity.result,
-        "activity_score": result.activity.score,
-        "latest_activity_date": latest.isoformat() if latest else "",
+        "age": "" if result.age is None else result.age,
+        "inclusions_met": "; ".join(k for k, n in result.inclusions.items() if n.value),
+        "inclusions_open": "; ".join(
+            shortfall(screening.trial, k, n)
+            for k, n in result.inclusions.items()
+            if n.value is not True
+        ),
+        "latest_evidence_date": latest.isoformat() if latest else "",
         "exclusions_flagged": "; ".join(flagged(candidate)),
-        "to_verify": "; ".join(to_verify(candidate)),
+        "to_verify": "; ".join(to_verify(candidate, screening.trial)),
         "needs_review_because": "; ".join(result.reasons),
         "review_status": review.review.status if review else "",
         "review_date": review.review.at[:10] if review else "",

@@ -18,10 +18,12 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..changes import Changes
+from ..criteria.language import Trial
+from ..criteria.rank_terms import Ranked
 from ..criteria.results import STATUSES, WASHOUT, Evidence
+from ..criteria.tree import NodeResult
 from ..pipeline import Screening
 from ..private_files import write_private
-from ..rank import Candidate
 from .candidates import candidate_dict, flagged, to_verify
 
 BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH = 22, 6, 640, 230
@@ -65,15 +67,28 @@ def _point_label(e: Evidence) -> str:
     )
 
 
-def timeline(candidate: Candidate, as_of: date) -> dict:
-    """A candidate's dated evidence by lane, with washout windows to their end date."""
+def _dated(node: NodeResult) -> list[Evidence]:
+    """The dated evidence a rule shows: its named sub-rules' own, else its own."""
+    named = [p for p in node.parts if p.id]
+    if node.kind in ("at_least", "score") and named:
+        return [e for p in named for e in p.evidence if e.date]
+    return [e for e in node.evidence if e.date]
+
+
+def _windows(node: NodeResult) -> list[tuple[date, date, str]]:
+    """The time windows a rule and its sub-rules set (drawn as bands)."""
+    own = [(node.window[0], node.window[1], "window")] if node.window else []
+    return own + [w for p in node.parts for w in _windows(p)]
+
+
+def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict:
+    """A candidate's dated evidence by lane (one per inclusion but age, one per exclusion
+    with evidence), with time windows and washout windows to their end date."""
     result = candidate.result
     lanes: list[tuple[str, list[Evidence], list[tuple[date, date, str]]]] = []
-    acr = [e for f in result.acr.criteria.values() for e in f.evidence if e.date]
-    lanes.append(("ACR criteria", acr, []))
-    activity = [e for e in result.activity.evidence if e.date]
-    window = (result.activity.window_start, result.activity.window_end, "activity window")
-    lanes.append(("activity (SLEDAI-2K)", activity, [window]))
+    for key, node in result.inclusions.items():
+        if node.kind != "age":
+            lanes.append((trial.label(key), _dated(node), _windows(node)[:1]))
     for key, finding in result.exclusions.items():
         dated = [e for e in finding.evidence if e.date]
         bars = []
@@ -114,7 +129,7 @@ def timeline(candidate: Candidate, as_of: date) -> dict:
                         "x": scale.x(start),
                         "width": max(2, scale.x(stop) - scale.x(start)),
                         "label": text,
-                        "washout": text != "activity window",
+                        "washout": text != "window",
                     }
                     for start, stop, text in bars
                 ],
@@ -127,11 +142,8 @@ def timeline(candidate: Candidate, as_of: date) -> dict:
 def funnel_bars(screening: Screening) -> list[dict]:
     """The funnel as labelled bars (label, count, width in px) for the SVG."""
     funnel = screening.funnel.to_dict()
-    rows = [
-        ("patients read", funnel["patients_read"]),
-        ("lupus evidence", funnel["lupus_evidence"]),
-    ]
-    rows += [(f"passed {k}", v["passed"]) for k, v in funnel["inclusion"].items()]
+    rows = [("patients read", funnel["patients_read"])]
+    rows += [(step["label"], step["count"]) for step in funnel["steps"]]
     rows += [
         (f"{k}: {r}", n)
         for k, counts in funnel["exclusions"].items()
@@ -159,20 +171,22 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
     )
     bars = funnel_bars(screening)
     reviews = changes.reviews if changes else {}
+    trial = screening.trial
     candidates = [
         {
             **candidate_dict(c),
             "flagged": flagged(c),
-            "to_verify": to_verify(c),
+            "to_verify": to_verify(c, trial),
             "review": review.describe() if (review := reviews.get(c.result.patient)) else "",
             "review_note": review.review.note if review else "",
             "change": changes.for_patient(c.result.patient) if changes else "",
-            "timeline": timeline(c, screening.as_of),
-            "acr_near_miss": (
-                f"{c.result.acr.count} of 11: missing {', '.join(c.result.acr.missing)}"
-                if c.result.acr.result != "met"
-                else ""
-            ),
+            "timeline": timeline(c, screening.as_of, trial),
+            "cells": [_cell(node) for node in c.result.inclusions.values()],
+            "rows": [
+                row
+                for key, node in c.result.inclusions.items()
+                for row in criterion_rows(trial, key, node)
+            ],
         }
         for c in screening.candidates
     ]
@@ -187,6 +201,8 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
             "height": len(bars) * (BAR_HEIGHT + BAR_GAP),
         },
         candidates=candidates,
+        inclusions=[trial.label(key) for key in trial.spec.inclusions],
+        labels={key: trial.label(key) for key in trial.spec.exclusions},
         statuses=STATUSES,
         notes=screening.data_quality.to_list(),
         retrieval=screening.retrieval,
@@ -195,6 +211,41 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
         unreadable=screening.unreadable_data(),
         doubted=sum(c.result.doubted for c in screening.candidates),
     )
+
+
+def _cell(node: NodeResult) -> str:
+    """An inclusion in the list's table: its result, with a count or a score.
+
+    >>> _cell(NodeResult("score", False, score=2)), _cell(NodeResult("age", True, shown=36))
+    ('not-met (score 2)', 'met')
+    """
+    if node.kind == "at_least":
+        return f"{node.result} ({len(node.met)}/{len(node.parts)})"
+    scores = [n.score for n in (node, *node.parts) if n.kind == "score"]
+    return f"{node.result} (score {scores[0]})" if scores else node.result
+
+
+def criterion_rows(trial: Trial, key: str, node: NodeResult, depth: int = 0) -> list[dict]:
+    """An inclusion's card rows: the rule, then its named sub-rules, in the trial's words."""
+    window = (
+        f" ({node.window[0].isoformat()} to {node.window[1].isoformat()})" if node.window else ""
+    )
+    row = {
+        "label": trial.label(key) + window,
+        "depth": depth,
+        "result": node.result,
+        "shown": _cell(node),
+        "evidence": [e.to_dict() for e in node.evidence],
+    }
+    return [
+        row,
+        *(
+            r
+            for part in node.parts
+            if part.id
+            for r in criterion_rows(trial, part.id, part, depth + 1)
+        ),
+    ]
 
 
 def write_report(screening: Screening, path: Path, changes: Changes | None = None) -> None:

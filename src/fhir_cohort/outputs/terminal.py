@@ -99,10 +99,9 @@ def summary(
     lines = [
         f"fhir-cohort: {screening.trial.id} as of {screening.as_of.isoformat()}",
         f"  patients read        {funnel['patients_read']:>7}",
-        f"  lupus evidence       {funnel['lupus_evidence']:>7}",
     ]
-    for key in ("age", "acr", "activity"):
-        lines.append(f"  passed {key:<13} {funnel['inclusion'][key]['passed']:>7}")
+    for step in funnel["steps"]:
+        lines.append(f"  {step['label'][:36]:<36} {step['count']:>7}")
     for key, counts in funnel["exclusions"].items():
         hits = ", ".join(f"{n} {r}" for r, n in counts.items() if r != "clear")
         if hits:
@@ -110,7 +109,7 @@ def summary(
     lines.append("  " + "  ".join(f"{s}: {status[s]}" for s in (*STATUSES, "not-a-candidate")))
     if screening.candidates:
         lines.append("")
-        lines.append(f"  {'rank':>4}  {'patient':<36} {'status':<13} {'ACR':>3} {'act':>4}  notes")
+        lines.append(f"  {'rank':>4}  {'patient':<36} {'status':<13} {'met':>5}  notes")
         for candidate in screening.candidates[:TOP]:
             result = candidate.result
             notes = "; ".join(flagged(candidate))
@@ -118,9 +117,12 @@ def summary(
                 notes = f"eligible from {result.eligible_from.isoformat()}" + (
                     f"; {notes}" if notes else ""
                 )
+            met = (
+                f"{sum(bool(n.value) for n in result.inclusions.values())}/{len(result.inclusions)}"
+            )
             lines.append(
                 f"  {candidate.rank:>4}  {result.patient[:36]:<36} {result.status:<13} "
-                f"{result.acr.count:>3} {result.activity.score:>4}  {notes}"
+                f"{met:>5}  {notes}"
             )
         if len(screening.candidates) > TOP:
             lines.append(f"  ... {len(screening.candidates) - TOP} more in candidates.csv")
