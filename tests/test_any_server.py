@@ -505,3 +505,22 @@ def test_shorter_code_chunks_where_urls_are_limited(tmp_path, honest):
     assert run.code == 0, run.stderr
     assert judgements(run) == honest
     assert refused and longest > 600  # tried, refused, then halved
+
+
+class TypedOnlyUnchanged(TypedOnly):
+    """...and nothing changed since any ``_lastUpdated`` asked for."""
+
+    def search(self, kind: str, params: dict[str, str]) -> list[dict]:
+        return [] if "_lastUpdated" in params else super().search(kind, params)
+
+
+def test_an_incremental_run_with_no_changes_still_names_patients_right(tmp_path, honest):
+    """An incremental run whose candidate searches find no change has no candidate's record
+    to check how patients are named: it checks on a sample of the server's records, so the
+    previous pool is fetched with typed references and judged as before."""
+    with serve(TypedOnlyUnchanged(PATIENTS)) as server:
+        first = screen(tmp_path, server.base)
+        second = screen(tmp_path, server.base)
+    assert (first.code, second.code) == (0, 0), second.stderr
+    assert judgements(second) == honest
+    assert second.result()["retrieval"]["plan"]["patients"] == "patient=Patient/a,Patient/b"

@@ -75,6 +75,7 @@ from .strategy import (
     confirm_ids,
     confirm_patients,
     read_capabilities,
+    sample_hits,
 )
 
 CODES_PER_REQUEST = 100
@@ -602,6 +603,9 @@ class RestSource:
             for patient in sorted(self._hits)
             for kind, rid in sorted(self._hits[patient])
         ]
+        if len(self._hits) < 2:  # too few found (an incremental run): records of anyone
+            kinds = (s.resource for s in self.plan_.candidate_searches)
+            hits += sample_hits(self.client, kinds)
         self.strategy = confirm_patients(self.client, hits, self.strategy)
         self.strategy = confirm_ids(self.client, self._candidates, self.strategy)
         if not self.strategy.patient_filter:
