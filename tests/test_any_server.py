@@ -20,7 +20,7 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from hostile_servers import P01, P02, Call, MiniFhir, _codes, bundle, screen, serve
+from hostile_servers import P01, P02, Call, MiniFhir, _codes, _owner, bundle, screen, serve
 
 from fhir_cohort.cli import main
 
@@ -210,6 +210,7 @@ def test_ignored_include_reads_the_medication_by_id(tmp_path, honest):
     assert run.code == 0, run.stderr
     assert judgements(run) == honest
     assert medication_reads  # asked for by id, since no answer included it
+    assert run.result()["retrieval"]["medications_read_by_id"] == 1
 
 
 def test_a_medication_that_cannot_be_had_puts_its_patient_to_review(tmp_path, honest):
@@ -405,3 +406,121 @@ def test_probe_tests_paging_on_a_search_with_more_results(capsys):
         code, printed = probe(server.base, capsys)
     assert "[FAIL] paging" in printed and "_offset does not" in printed
     assert code == 4
+
+
+# -- a patient whose records do not come back ---------------------------------------------
+EVERYTHING = {
+    "resourceType": "CapabilityStatement",
+    "fhirVersion": "4.0.1",
+    "rest": [
+        {
+            "resource": [
+                {
+                    "type": kind,
+                    "interaction": [{"code": "search-type"}],
+                    **({"operation": [{"name": "everything"}]} if kind == "Patient" else {}),
+                }
+                for kind in (
+                    "Patient",
+                    "Condition",
+                    "Observation",
+                    "Procedure",
+                    "MedicationStatement",
+                    "MedicationRequest",
+                    "MedicationAdministration",
+                    "Medication",
+                )
+            ]
+        }
+    ],
+}
+
+
+class NoPatientSearch(Declares):
+    """Searches by patient or subject find nothing, however the patient is named;
+    ``Patient/<id>/$everything`` is declared, and answered when ``everything`` is set."""
+
+    def __init__(self, patients, everything: bool):
+        super().__init__(patients, EVERYTHING if everything else READ_ONLY_NONE)
+        self.everything = everything
+
+    def search(self, kind: str, params: dict[str, str]) -> list[dict]:
+        if {"patient", "subject"} & params.keys():
+            return []
+        return super().search(kind, params)
+
+    def __call__(self, call: Call) -> None:
+        if self.everything and call.path.endswith("/$everything"):
+            patient = call.path.split("/")[-2]
+            found = [r for r in self.resources if _owner(r) == patient]
+            call.json(bundle(found + list(self.medications.values())))
+        else:
+            super().__call__(call)
+
+
+READ_ONLY_NONE = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
+
+
+def test_patient_everything_is_the_last_try(tmp_path, honest):
+    """What to build 1: when no way of naming patients brings their records back,
+    ``Patient/<id>/$everything`` (declared) does, and the answer is the files' one."""
+    with serve(NoPatientSearch(PATIENTS, everything=True)) as server:
+        run = screen(tmp_path, server.base)
+        asked = [p for p in server.paths() if p.endswith("/$everything")]
+    assert run.code == 0, run.stderr
+    assert judgements(run) == honest
+    assert len(asked) == len(PATIENTS)
+
+
+def test_records_that_never_come_back_put_those_patients_to_review(tmp_path):
+    """Finding 1 (the rule): candidates found by a code search who come back with none of
+    the records that found them are needs-review with the reason, and the run exits 4."""
+    with serve(NoPatientSearch(PATIENTS, everything=False)) as server:
+        run = screen(tmp_path, server.base)
+    assert run.code == 4
+    assert {s for s, _ in judgements(run).values()} == {"needs-review"}
+    assert run.quality()["incomplete-patient"] == len(PATIENTS)
+    assert "however it was asked" in reasons(run, P01)
+
+
+class ShortUrls(Honest):
+    """Refuses POST _search (405) and any URL longer than 600 characters (414)."""
+
+    def __call__(self, call: Call) -> None:
+        if call.method == "POST":
+            call.json({"resourceType": "OperationOutcome", "issue": []}, status=405)
+        elif len(call.path) + len(urlencode(call.params, safe="|,:")) > 600:
+            call.send(414, b"URI Too Long", content_type="text/plain")
+        else:
+            super().__call__(call)
+
+
+def test_shorter_code_chunks_where_urls_are_limited(tmp_path, honest):
+    """What to build 2: GET where POST is refused, in chunks short enough for the server's
+    URL limit (a 414 halves the code list)."""
+    with serve(ShortUrls(PATIENTS), max_requests=2000) as server:
+        run = screen(tmp_path, server.base)
+        longest = max(len(s.path) for s in server.seen if s.method == "GET")
+        refused = sum(1 for s in server.seen if s.method == "GET" and len(s.path) > 600)
+    assert run.code == 0, run.stderr
+    assert judgements(run) == honest
+    assert refused and longest > 600  # tried, refused, then halved
+
+
+class TypedOnlyUnchanged(TypedOnly):
+    """...and nothing changed since any ``_lastUpdated`` asked for."""
+
+    def search(self, kind: str, params: dict[str, str]) -> list[dict]:
+        return [] if "_lastUpdated" in params else super().search(kind, params)
+
+
+def test_an_incremental_run_with_no_changes_still_names_patients_right(tmp_path, honest):
+    """An incremental run whose candidate searches find no change has no candidate's record
+    to check how patients are named: it checks on a sample of the server's records, so the
+    previous pool is fetched with typed references and judged as before."""
+    with serve(TypedOnlyUnchanged(PATIENTS)) as server:
+        first = screen(tmp_path, server.base)
+        second = screen(tmp_path, server.base)
+    assert (first.code, second.code) == (0, 0), second.stderr
+    assert judgements(second) == honest
+    assert second.result()["retrieval"]["plan"]["patients"] == "patient=Patient/a,Patient/b"

@@ -75,12 +75,14 @@ from .strategy import (
     confirm_ids,
     confirm_patients,
     read_capabilities,
+    sample_hits,
 )
 
 CODES_PER_REQUEST = 100
 PAGE_SIZE = 500
 CHECKPOINT_MARGIN = timedelta(minutes=5)  # writes in flight at the start, clock skew
 REFUSED = frozenset({400, 404, 405, 422, 501})  # a search the server will not do (401/403: exit 3)
+URI_TOO_LONG = 414  # a GET longer than this server takes: the code list is halved
 NO_POST = frozenset({404, 405, 501})  # POST _search is not there (a 400 is about parameters)
 MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 
@@ -189,6 +191,20 @@ def fetch_requests(
     ]
 
 
+def halves(request: Request) -> list[Request]:
+    """The request with its code list split in two.
+
+    >>> [r.params["code"] for r in halves(Request("Condition", {"code": "a,b,c"}, "find"))]
+    ['a', 'b,c']
+    """
+    values = request.params["code"].split(",")
+    half = len(values) // 2
+    return [
+        replace(request, params={**request.params, "code": ",".join(codes)})
+        for codes in (values[:half], values[half:])
+    ]
+
+
 def fitting(request: Request, fits: Callable[[Request], bool]) -> list[Request]:
     """The request, or its code list split in halves until each part ``fits``.
 
@@ -196,17 +212,9 @@ def fitting(request: Request, fits: Callable[[Request], bool]) -> list[Request]:
     >>> [x.params["code"] for x in fitting(r, lambda x: len(x.params["code"]) < 4)]
     ['a', 'b,c']
     """
-    values = request.params.get("code", "").split(",")
-    if fits(request) or len(values) < 2:
+    if fits(request) or "," not in request.params.get("code", ""):
         return [request]
-    half = len(values) // 2
-    return [
-        part
-        for codes in (values[:half], values[half:])
-        for part in fitting(
-            replace(request, params={**request.params, "code": ",".join(codes)}), fits
-        )
-    ]
+    return [part for half in halves(request) for part in fitting(half, fits)]
 
 
 def _codes(resource: dict) -> set[str]:
@@ -291,6 +299,16 @@ def _key(resource: dict) -> tuple[str, str]:
     return str(resource.get("resourceType")), str(resource.get("id"))
 
 
+@contextlib.contextmanager
+def _unless_refused() -> Iterator[None]:
+    """Go on after a request the server refuses (4xx but 401/403): another way follows."""
+    try:
+        yield
+    except ServerError as error:
+        if error.status not in REFUSED:
+            raise
+
+
 @dataclass
 class _Fetched:
     """A batch's records, and the patients who may lack some, with why."""
@@ -322,11 +340,12 @@ class RestSource:
         self.strategy = RetrievalPlan()
         self._total: int | None = None
         self._candidates: list[str] = []
-        self._hits: dict[str, set[tuple[str, str]]] = {}  # patient -> records that found them
+        self._hits: dict[str, Records] = {}  # patient -> the records that found them
         self._by_type: dict[str, Records] | None = None  # a server that ignores patient=
         self._set_aside: Counter = Counter()
         self._refused: dict[str, str] = {}  # fetched type -> why the server will not search it
         self._incomplete = 0
+        self._read_by_id = 0  # Medications no answer included, read by id
         self._lock = threading.Lock()
         self._medications_seen: set[str] = set()
         self._takers: dict[str, set[tuple[str, str]]] = {}  # Medication id -> (patient, record)
@@ -402,6 +421,8 @@ class RestSource:
             found["offset_pages"] = counter.by_kind["offset-page"]
         if self._incomplete:
             found["patients_incomplete"] = self._incomplete
+        if self._read_by_id:
+            found["medications_read_by_id"] = self._read_by_id
         return found
 
     def _count_patients(self) -> int | None:
@@ -429,6 +450,10 @@ class RestSource:
                     self.client.search(part.resource, part.params, kind=kind, incomplete=incomplete)
                 )
             except ServerError as error:
+                if error.status == URI_TOO_LONG and "," in part.params.get("code", ""):
+                    for half in halves(part):  # a server with a shorter URL limit
+                        found += self._search(half, kind, asked, incomplete)
+                    continue
                 if not self._post_refused(part, error):
                     raise
                 found += self._search(part, kind, asked, incomplete)
@@ -525,7 +550,8 @@ class RestSource:
                 if patient:
                     found.add(patient)
                     if expected and isinstance(resource.get("id"), str):
-                        self._hits.setdefault(patient, set()).add(_key(resource))
+                        hits = self._hits.setdefault(patient, {})
+                        hits[_key(resource)] = (resource, request.resource)
                 elif foreign:
                     self.client.note(
                         "foreign-reference",
@@ -577,6 +603,9 @@ class RestSource:
             for patient in sorted(self._hits)
             for kind, rid in sorted(self._hits[patient])
         ]
+        if len(self._hits) < 2:  # too few found (an incremental run): records of anyone
+            kinds = (s.resource for s in self.plan_.candidate_searches)
+            hits += sample_hits(self.client, kinds)
         self.strategy = confirm_patients(self.client, hits, self.strategy)
         self.strategy = confirm_ids(self.client, self._candidates, self.strategy)
         if not self.strategy.patient_filter:
@@ -646,8 +675,9 @@ class RestSource:
         records: Records = {}
         if self.strategy.several_ids:
             request = Request("Patient", {"_id": ",".join(patients), "_count": str(PAGE_SIZE)}, "")
-            for resource in self._search(request, "fetch", frozenset(patients), cut.append):
-                records[_key(resource)] = (resource, "Patient")
+            with _unless_refused():  # then one read each
+                for resource in self._search(request, "fetch", frozenset(patients), cut.append):
+                    records[_key(resource)] = (resource, "Patient")
         for patient in patients:
             if ("Patient", patient) not in records:
                 found = self._read("Patient", patient)
@@ -682,13 +712,13 @@ class RestSource:
             if not self._missing(patient, {**records, **found}):
                 return found
         if self.strategy.everything:
-            request = Request(f"Patient/{patient}/$everything", {}, "everything")
-            for entry in self.client.search(request.resource, {}, kind="everything"):
-                resource = entry["resource"]
-                if patient_of(resource, self.client.base)[0] == patient or (
-                    resource.get("resourceType") == "Medication"
-                ):
-                    found[_key(resource)] = (resource, "Patient")
+            with _unless_refused():
+                for entry in self.client.search(f"Patient/{patient}/$everything", {}, kind="all"):
+                    resource = entry["resource"]
+                    if patient_of(resource, self.client.base)[0] == patient or (
+                        resource.get("resourceType") == "Medication"
+                    ):
+                        found[_key(resource)] = (resource, "Patient")
         return found
 
     def _fetch(self, patients: list[str]) -> _Fetched:
@@ -699,7 +729,9 @@ class RestSource:
             if self._missing(patient, batch.records):
                 batch.records.update(self._alone(patient, batch.records))
             missing = sorted(self._missing(patient, batch.records))
-            if missing:
+            if missing:  # what the candidate search gave keeps them in the pool, in doubt
+                hits = self._hits.get(patient, {})
+                batch.records.update({k: hits[k] for k in missing if k in hits})
                 named = ", ".join(f"{k}/{i}" for k, i in missing[:3])
                 batch.doubts[patient] = (
                     f"the server did not give {named} (found by the candidate search or the "
@@ -774,7 +806,7 @@ class RestSource:
         ]
         for chunk in chunks if self.strategy.several_ids else ():
             request = Request("Medication", {"_id": ",".join(chunk), "_count": str(PAGE_SIZE)}, "")
-            with contextlib.suppress(ServerError):
+            with _unless_refused():
                 for resource in self._search(request, "medications", None):
                     if resource.get("id") in chunk:
                         found[resource["id"]] = resource
@@ -783,6 +815,7 @@ class RestSource:
         for rid in wanted:
             if rid not in found and (resource := self._read("Medication", rid)) is not None:
                 found[rid] = resource
+        self._read_by_id = len(found)
         for rid in wanted:
             if rid in found:
                 yield from self._raw(found[rid], f"{origin}/Medication")

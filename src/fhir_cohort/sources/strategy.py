@@ -310,6 +310,19 @@ def confirm_patients(client: FhirClient, hits: Sequence[Hit], plan: RetrievalPla
     return replace(plan, form=FORMS[-1], checks=tuple(checks))
 
 
+def sample_hits(client: FhirClient, kinds: Iterable[str]) -> list[Hit]:
+    """Known answers when no candidate search found any (an incremental run with no
+    change): the first records of each type that name a patient of this server."""
+    hits = []
+    for kind in dict.fromkeys(kinds):
+        answer = _first_page(client, kind, {"_count": str(PROBE_PAGE)})
+        for resource in answer[0] if not isinstance(answer, str) else ():
+            patient, _ = patient_of(resource, client.base)
+            if patient and resource.get("resourceType") == kind and resource.get("id"):
+                hits.append(Hit(patient, kind, str(resource["id"])))
+    return hits
+
+
 def confirm_ids(client: FhirClient, patients: Sequence[str], plan: RetrievalPlan) -> RetrievalPlan:
     """Does ``Patient?_id=a,b`` bring exactly those two?"""
     if len(patients) < 2:
