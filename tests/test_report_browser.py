@@ -234,6 +234,12 @@ def test_the_probes_catch_what_they_look_for(driver, tmp_path):
         "<script>window.__pwned = 1; alert('pwned')</script>"
     )
     load(driver, path.as_uri())
+    # On a loaded machine the page may still be opening its dialog when get() returns:
+    # wait for it, so it is accepted here and not left open to abort the next test's load.
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(expected_conditions.alert_is_present())
     assert open_alert_text(driver) == "pwned"
     assert driver.execute_script("return window.__pwned") == 1
     assert remote_fetches(driver) == ["http://127.0.0.1:9/x.png"]

@@ -516,8 +516,9 @@ def rsps():
 
 
 def refusing_server(rsps, seen: list, status: int) -> None:
-    """5 patients; candidate searches find p1 and p2, p1 has an SLE code; any search
-    with ``_lastUpdated`` is answered ``status`` with an OperationOutcome."""
+    """5 patients; candidate searches find p1 and p2 (by records the fetch brings back
+    too), p1 has an SLE code; any search with ``_lastUpdated`` is answered ``status`` with
+    an OperationOutcome."""
 
     def bundle(*resources: dict, total: int | None = None) -> str:
         body: dict = {
@@ -574,6 +575,16 @@ def refusing_server(rsps, seen: list, status: int) -> None:
                     )
                 ),
             )
+        found = [
+            {
+                "resourceType": kind,
+                "id": f"{kind}-{p}",
+                "subject": {"reference": f"Patient/{p}"},
+                **({"status": "final", "code": {"text": "a lab"}} if kind == "Observation" else {}),
+            }
+            for p in patients
+            if p in ("p1", "p2") and kind in ("Condition", "Observation")
+        ]
         if kind == "Condition" and "p1" in patients:
             sle = {
                 "resourceType": "Condition",
@@ -582,8 +593,8 @@ def refusing_server(rsps, seen: list, status: int) -> None:
                 "subject": {"reference": "Patient/p1"},
                 "onsetDateTime": "2020-01-01",
             }
-            return 200, {}, bundle(sle)
-        return 200, {}, bundle()
+            found.append(sle)
+        return 200, {}, bundle(*found)
 
     route_searches(rsps, BASE, answer)
 

@@ -57,9 +57,11 @@ PARTIAL_DATA = (
     "unattributed-record",
     "missing-data",
 )
-# Notes saying a record some patients' data refers to could not be had (a Medication their
-# records reference): only those patients carry the doubt; the run is partial (exit 4).
-PATIENT_GAPS = ("missing-record",)
+# Notes saying some named patients' records could not all be had: a server that answered
+# for everyone else (``incomplete-patient``), or a record their data refers to, such as a
+# Medication (``missing-record``). The run is partial (exit 4), and only those patients,
+# who carry a doubt from their source, are needs-review.
+PATIENT_GAPS = ("incomplete-patient", "missing-record")
 # Notes about records that were read but not for certain (they never count in a patient's
 # favour; the run stays complete).
 UNREADABLE_DATA = (
@@ -149,11 +151,12 @@ class Screening:
     data_quality: DataQuality
     candidates: list[Candidate]
     retrieval: dict[str, int] = field(default_factory=dict)
+    plan: dict | None = None  # how a server was asked (its source's ``retrieval_plan``)
 
     def missing_data(self) -> dict[str, int]:
         """Notes saying part of the input was not read (the run is then *partial*)."""
         counts = self.data_quality.counts
-        return {code: counts[code] for code in PARTIAL_DATA + PATIENT_GAPS if counts.get(code)}
+        return {code: counts[code] for code in (*PARTIAL_DATA, *PATIENT_GAPS) if counts.get(code)}
 
     def unreadable_data(self) -> dict[str, int]:
         """Notes about records read but not for certain (the run stays complete)."""
@@ -188,6 +191,7 @@ def screen(
         return None
 
     retrieval: Counter = Counter()
+    plan = None
     with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
         unattached = _Unattached(quality, store)
         classify, add = relevance.classify, store.add
@@ -209,6 +213,7 @@ def screen(
                     unattached.unreadable(raw)
             funnel.not_read += source.patients_not_read()
             retrieval.update(source.stats())
+            plan = getattr(source, "retrieval_plan", None)
         store.finish()
         if store.duplicates:
             quality.counts["duplicate-resource"] += store.duplicates
@@ -245,7 +250,15 @@ def screen(
             if result.candidate:
                 results.append(result)
     funnel.finish()
-    return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), dict(retrieval))
+    return Screening(
+        trial,
+        as_of,
+        funnel,
+        quality,
+        rank(results, trial.ranking),
+        dict(retrieval),
+        plan() if plan else None,
+    )
 
 
 def _other_subject(resource: dict) -> str | None:

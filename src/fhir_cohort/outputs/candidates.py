@@ -63,7 +63,10 @@ def screening_dict(screening: Screening, changes: Changes | None = None) -> dict
         "as_of": screening.as_of.isoformat(),
         "generator": f"fhir-cohort {__version__}",
         "funnel": screening.funnel.to_dict(),
-        "retrieval": screening.retrieval,
+        "retrieval": {
+            **screening.retrieval,
+            **({"plan": screening.plan} if screening.plan else {}),
+        },
         "data_quality": screening.data_quality.to_list(),
         "changes": changes.to_dict() if changes else None,
         "candidates": [
