@@ -243,6 +243,8 @@ def test_unreadable_medication_is_partial_for_its_patients_not_a_failed_run(
     assert any("Medication/med-rituximab" in r and "HTTP 404" in r for r in patient["reasons"])
     (note,) = quality(output, "missing-record")
     assert "Medication/med-rituximab" in note and "1 patient(s)" in note
+    plan = output["retrieval"]["plan"]
+    assert (plan["bulk"], plan["medications_not_found"]) == ("patient", ["med-rituximab"])
     # searched by id, then read by id, both refused: nothing else was asked
     asked = [
         path
@@ -372,6 +374,9 @@ def test_kickoff_refusing_types_is_retried_without_them(rsps, tmp_path, files_sc
     }
     assert set(statuses(output).values()) <= {"needs-review", "excluded"}
     assert [d for d in diff(files_screen, output) if d.favourable] == []
+    plan = output["retrieval"]["plan"]  # candidates.json says what was asked and left out
+    assert set(plan["left_out"]) == medication_types
+    assert not set(plan["types"]) & medication_types
 
 
 def test_capability_statement_limits_the_types_asked_for(rsps, tmp_path):

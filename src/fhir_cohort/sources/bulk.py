@@ -172,6 +172,7 @@ class BulkSource:
         self.transaction_time: str | None = None
         self.pull = "full"  # or how the incremental pull went, in words
         self._files: FileSource | None = None
+        self._job: dict | None = None  # the export this run screens, once read
 
     @property
     def baseline(self) -> Path:
@@ -556,6 +557,7 @@ class BulkSource:
         if found:
             lines = b"".join(orjson.dumps(found[m]) + b"\n" for m in sorted(found))
             write_private(self.staged / "Medication.referenced.ndjson", lines)
+        job["unresolved"] = sorted(unresolved)
         for medication, why in sorted(unresolved.items()):
             patients = sorted(wanted[medication])
             job["problems"].append(
@@ -643,6 +645,7 @@ class BulkSource:
             "params": params,
             "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3),
             "status_url": location,
+            "omitted": omitted,
             "problems": [
                 [
                     "missing-data",
@@ -766,9 +769,23 @@ class BulkSource:
     def total_work(self) -> int | None:
         return None
 
+    def retrieval_plan(self) -> dict:
+        """How this export was asked for and what it left out (for candidates.json)."""
+        job = self._job or {}
+        return {
+            "bulk": self.level,
+            "pull": self.pull,
+            "types": job.get("params", {}).get("_type", "").split(","),
+            "left_out": job.get("omitted", {}),
+            "type_filter": "_typeFilter" in job.get("params", {}),
+            "since": job.get("since"),
+            "transaction_time": self.transaction_time,
+            "medications_not_found": job.get("unresolved", []),
+        }
+
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         self.export(note, progress)
-        job = self._load()["job"]
+        job = self._job = self._load()["job"]
         self._files = FileSource(self.staged)
         for raw in self._files.read(note, lambda _: None):
             if raw.foreign is not None:  # files know no base: the server's own URLs are local
