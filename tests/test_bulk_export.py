@@ -68,6 +68,7 @@ class FakeBulk:
         self.listed: set[str] | None = options.get("listed")  # types the manifest keeps
         self.counts: dict[str, int] = options.get("counts", {})
         self.held: dict[str, bytes] = options.get("held", {})  # counted by patient
+        self.claimed: dict[str, int] = {}  # an output item's count, where it says one
         self.medications: dict[str, dict] = options.get("medications", {})
         self.errors: bytes | None = options.get("errors")
         self.deleted: bytes | None = options.get("deleted")
@@ -138,7 +139,11 @@ class FakeBulk:
             "transactionTime": self.moment,
             "request": f"{BASE}/$export",
             "requiresAccessToken": False,
-            "output": [{"type": k, "url": f"{BASE}/files/{k}"} for k in kinds],
+            "output": [
+                {"type": k, "url": f"{BASE}/files/{k}"}
+                | ({"count": self.claimed[k]} if k in self.claimed else {})
+                for k in kinds
+            ],
             "error": [{"type": "OperationOutcome", "url": f"{BASE}/files/errors"}]
             if self.errors
             else [],
@@ -238,6 +243,8 @@ def test_unreadable_medication_is_partial_for_its_patients_not_a_failed_run(
     assert any("Medication/med-rituximab" in r and "HTTP 404" in r for r in patient["reasons"])
     (note,) = quality(output, "missing-record")
     assert "Medication/med-rituximab" in note and "1 patient(s)" in note
+    plan = output["retrieval"]["plan"]
+    assert (plan["bulk"], plan["medications_not_found"]) == ("patient", ["med-rituximab"])
     # searched by id, then read by id, both refused: nothing else was asked
     asked = [
         path
@@ -367,6 +374,9 @@ def test_kickoff_refusing_types_is_retried_without_them(rsps, tmp_path, files_sc
     }
     assert set(statuses(output).values()) <= {"needs-review", "excluded"}
     assert [d for d in diff(files_screen, output) if d.favourable] == []
+    plan = output["retrieval"]["plan"]  # candidates.json says what was asked and left out
+    assert set(plan["left_out"]) == medication_types
+    assert not set(plan["types"]) & medication_types
 
 
 def test_capability_statement_limits_the_types_asked_for(rsps, tmp_path):
@@ -641,3 +651,18 @@ def test_group_export_missing_a_type_is_counted_among_its_members(rsps, tmp_path
     assert all(ref.startswith("Patient/") for batch in batches for ref in batch)
     (note,) = export(patients)
     assert f"the server holds {len(procedures.splitlines())} for the group's" in note
+
+
+def test_file_shorter_than_its_manifest_count_is_partial(rsps, tmp_path, files_screen):
+    """A run is never done with fewer records than the server said it had: an output
+    item's `count` is checked against the file downloaded."""
+    server = FakeBulk(rsps, cohort_files())
+    lines = {k: len(v.splitlines()) for k, v in cohort_files().items()}
+    server.claimed = {"Patient": lines["Patient"], "Observation": lines["Observation"] + 3}
+    code, output = run(tmp_path, "out", "--bulk", "system")
+    assert code == 4
+    assert quality(output, "export-error") == [
+        f"bulk export manifest: the export's Observation file holds {lines['Observation']} "
+        f"resources where the manifest says {lines['Observation'] + 3}: records may be missing"
+    ]
+    assert [d for d in diff(files_screen, output) if d.favourable] == []

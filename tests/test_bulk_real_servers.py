@@ -68,7 +68,7 @@ def everyone_group(base: str) -> None:
 @pytest.mark.parametrize("level", ["system", f"group:{GROUP}"])  # patient: test_server_integration
 @pytest.mark.parametrize("cohort_server", ["sekmet"], indirect=True)
 def test_sekmet_bulk_equals_the_file_screen_and_builds_on_it(
-    cohort_server, cohort_output, tmp_path, level
+    cohort_server, cohort_output, tmp_path, level, capsys
 ):
     if level.startswith("group:"):
         everyone_group(cohort_server.base)
@@ -85,9 +85,12 @@ def test_sekmet_bulk_equals_the_file_screen_and_builds_on_it(
     assert (code, diff(cohort_output, output)) == (0, [])
     second = json.loads((folder / ".bulk-state.json").read_text())["baseline"]
     assert second["transactionTime"] > first["baseline"]["transactionTime"]
+    capsys.readouterr()
     assert "pull: incremental: resources changed since" in run_summary(
         cohort_server.base, tmp_path, level
     )
+    told = capsys.readouterr().err
+    assert "resuming" not in told and "did not release" not in told  # DELETE answered 2xx
 
 
 @pytest.fixture(scope="module")

@@ -1063,6 +1063,9 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     assert all(auth_header(c) == f"Bearer {TOKEN}" for c in rsps.calls)
     # Screened from the staged export; it becomes the baseline once the run is complete.
     assert sorted(p.name for p in folder.iterdir()) == [STATE, "incoming", "staged"]
+    for path in (folder / "staged").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((folder / "staged").stat().st_mode) == 0o700
     source.settle(complete=True)
     assert sorted(p.name for p in folder.iterdir()) == [STATE, "baseline"]
     baseline = folder / "baseline"

@@ -32,7 +32,8 @@ baseline on incremental runs. Once everything is downloaded the status URL is
 sent a ``DELETE`` so the server can drop the files (a refusal is only told).
 
 The manifest is checked against the request: a full export that lists no
-file at all is a failure (exit 3); a requested type absent from ``output`` is
+file at all is a failure (exit 3); a file holding fewer resources than its
+manifest ``count`` is ``export-error``; a requested type absent from ``output`` is
 confirmed with ``Type?_summary=count`` (with the type's ``_typeFilter`` codes
 when one was sent): none on the server is fine, some (or no answer) is
 ``missing-data``. Servers leave types without data out of the manifest, so an
@@ -100,6 +101,7 @@ from .bulk_files import (
     offered_types,
     read_manifest,
     replace_folder,
+    resources_in,
     summarise_errors,
 )
 from .files import FileSource
@@ -170,6 +172,7 @@ class BulkSource:
         self.transaction_time: str | None = None
         self.pull = "full"  # or how the incremental pull went, in words
         self._files: FileSource | None = None
+        self._job: dict | None = None  # the export this run screens, once read
 
     @property
     def baseline(self) -> Path:
@@ -433,12 +436,16 @@ class BulkSource:
             self.on_status(f"the server did not release the export's files: {error}")
         job["released"] = True
 
-    def _absent_types(self, manifest: Manifest, job: dict) -> None:
-        """A requested type missing from a full export's manifest: counted on the server
-        (for a Group, among the exported members), a problem unless it holds none."""
-        if job["since"] or job.get("checked"):
-            return  # a _since manifest lists only the types that changed
+    def _check_manifest(self, manifest: Manifest, job: dict) -> None:
+        """The export against the request: a file shorter than its ``count``; a requested
+        type missing from a full export's manifest, counted on the server (for a Group,
+        among the exported members): a problem unless it holds none."""
+        if job.get("checked"):
+            return
         job["checked"] = True
+        self._short_files(manifest, job)
+        if job["since"]:
+            return  # a _since manifest lists only the types that changed
         listed = {kind for kind, _ in manifest.output}
         members = self._members() if self.level.startswith("group:") else None
         for kind in job["params"]["_type"].split(","):
@@ -463,6 +470,23 @@ class BulkSource:
                     "bulk export manifest",
                 ]
             )
+
+    def _short_files(self, manifest: Manifest, job: dict) -> None:
+        """A file holding fewer resources than the manifest's ``count`` says is a problem."""
+        for (kind, url), said in zip(manifest.output, manifest.counts, strict=False):
+            name = job["downloaded"].get(url)
+            if said is None or name is None:
+                continue
+            held = resources_in(self.incoming / name)
+            if held < said:
+                job["problems"].append(
+                    [
+                        "export-error",
+                        f"the export's {shown(kind, 40)} file holds {held} resources where the "
+                        f"manifest says {said}: records may be missing",
+                        "bulk export manifest",
+                    ]
+                )
 
     def _members(self) -> list[str]:
         """The ids of the Patients the export under way holds (a Group's members)."""
@@ -533,6 +557,7 @@ class BulkSource:
         if found:
             lines = b"".join(orjson.dumps(found[m]) + b"\n" for m in sorted(found))
             write_private(self.staged / "Medication.referenced.ndjson", lines)
+        job["unresolved"] = sorted(unresolved)
         for medication, why in sorted(unresolved.items()):
             patients = sorted(wanted[medication])
             job["problems"].append(
@@ -620,6 +645,7 @@ class BulkSource:
             "params": params,
             "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + secrets.token_hex(3),
             "status_url": location,
+            "omitted": omitted,
             "problems": [
                 [
                     "missing-data",
@@ -706,7 +732,7 @@ class BulkSource:
                 ) from None
             self._side_files(manifest, job)
             self._release(job)
-            self._absent_types(manifest, job)
+            self._check_manifest(manifest, job)
             self._save(state)  # what the server has been told and answered is kept
             self._stage(job)
             if not holds_data(self.staged):
@@ -743,9 +769,23 @@ class BulkSource:
     def total_work(self) -> int | None:
         return None
 
+    def retrieval_plan(self) -> dict:
+        """How this export was asked for and what it left out (for candidates.json)."""
+        job = self._job or {}
+        return {
+            "bulk": self.level,
+            "pull": self.pull,
+            "types": job.get("params", {}).get("_type", "").split(","),
+            "left_out": job.get("omitted", {}),
+            "type_filter": "_typeFilter" in job.get("params", {}),
+            "since": job.get("since"),
+            "transaction_time": self.transaction_time,
+            "medications_not_found": job.get("unresolved", []),
+        }
+
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
         self.export(note, progress)
-        job = self._load()["job"]
+        job = self._job = self._load()["job"]
         self._files = FileSource(self.staged)
         for raw in self._files.read(note, lambda _: None):
             if raw.foreign is not None:  # files know no base: the server's own URLs are local

@@ -44,6 +44,7 @@ class Manifest:
     output: tuple[tuple[str, str], ...]  # (type, url) of each file
     errors: tuple[str, ...]  # the url of each error file
     deleted: tuple[str, ...] = ()  # the url of each Bundle of deleted resources
+    counts: tuple[int | None, ...] = ()  # each output file's resources, where the server says
 
     @property
     def reach(self) -> Reach:
@@ -89,7 +90,17 @@ not a list
         tuple((str(i.get("type", "")), i["url"]) for i in parts["output"]),
         tuple(i["url"] for i in parts["error"]),
         tuple(i["url"] for i in parts["deleted"]),
+        tuple(_count(i.get("count")) for i in parts["output"]),
     )
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def resources_in(path: Path) -> int:
+    """How many non-empty lines an NDJSON file holds (each one resource, read or not)."""
+    return sum(1 for line in bounded_lines(path) if line.strip())
 
 
 def named_types(message: str, asked: list[str]) -> list[str]:
