@@ -190,7 +190,7 @@ def funnel_summary(screening) -> dict:
     return {
         "patients_read": funnel["patients_read"],
         "resources_read": sum(funnel["resources_read"].values()),
-        "lupus_evidence": funnel["lupus_evidence"],
+        "pool": funnel["steps"][0]["count"],  # the candidate pool
         "status": funnel["status"],
         "candidates": len(screening.candidates),
         "data_quality_notes": sum(screening.data_quality.counts.values()),
@@ -466,7 +466,7 @@ def markdown(
         f = r["funnel"]
         s = f["status"]
         out.append(
-            f"| {r['name']} | {f['patients_read']:,} | {f['lupus_evidence']} | "
+            f"| {r['name']} | {f['patients_read']:,} | {f['pool']} | "
             f"{s.get('eligible', 0)} | {s.get('washout', 0)} | "
             f"{s.get('needs-review', 0)} | {s.get('excluded', 0)} | "
             f"{s.get('not-a-candidate', 0):,} | {f['data_quality_notes']} |"

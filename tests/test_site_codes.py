@@ -71,3 +71,13 @@ def test_a_bad_site_file_is_exit_2_naming_line_and_entry(tmp_path, capsys, site,
     assert code == 2
     assert err.startswith("fhir-cohort: error: ") and message in err, err
     assert not (tmp_path / "out" / "candidates.json").exists()
+
+
+def test_check_trial_shows_the_site_codes_in_the_value_set(tmp_path, capsys):
+    (tmp_path / "site.yaml").write_text(SITE)
+    assert main(["check-trial", "surpass2"]) == 0
+    without = next(x for x in capsys.readouterr().out.splitlines() if "  lab-hba1c: " in x)
+    assert main(["check-trial", "surpass2", "--site", str(tmp_path / "site.yaml")]) == 0
+    with_site = next(x for x in capsys.readouterr().out.splitlines() if "  lab-hba1c: " in x)
+    count = int(without.split(": ")[1].split(";")[0])
+    assert with_site.split(": ")[1].startswith(f"{count + 1};")

@@ -204,6 +204,9 @@ def _parser() -> argparse.ArgumentParser:
         "print its criteria, value sets, what it reads and its server plan.",
     )
     check.add_argument("trial", metavar="FILE|NAME", help="a trial name in queries/ or a YAML path")
+    check.add_argument(
+        "--site", type=Path, metavar="FILE", help="with a site file's local codes (checked too)"
+    )
 
     seed = commands.add_parser(
         "seed",

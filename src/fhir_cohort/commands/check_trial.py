@@ -32,8 +32,10 @@ from ..criteria.language import (
     ScoreRule,
     Trial,
     TrialError,
+    check_site,
     children,
     load,
+    load_site,
     node_id,
 )
 from ..criteria.plan import codes, covered, resource_types
@@ -168,7 +170,10 @@ def describe(trial: Trial) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trial = load(args.trial)
+        site, lines = load_site(args.site) if args.site else (None, {})
+        trial = load(args.trial, site=site)
+        if args.site:
+            check_site(args.site, lines, [trial])
     except TrialError as error:
         for problem in error.problems:
             print(f"fhir-cohort: error: {problem}", file=sys.stderr)

@@ -353,6 +353,8 @@ class TrialGates:
                 f"these trials' candidate pools read {shift} value sets; one pass can gate "
                 f"on at most {self.MAX_BITS}: screen them in separate runs"
             )
+        if len(gates) == 1:  # the usual run: no shifting on the hot path of ingest
+            self.classify = gates[0].classify  # type: ignore[method-assign]
 
     def classify(self, resource: dict) -> int:
         bits = 0

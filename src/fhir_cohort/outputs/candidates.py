@@ -90,7 +90,7 @@ def flagged(candidate: Ranked) -> list[str]:
 
 
 def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
-    """An inclusion that is not met, in the trial's words ("… (3 of 11 on record;
+    """An inclusion that is not met, in the trial's words ("… (3 of 5 on record;
     missing: …)" for an ``at_least``, else its result).
     """
     label = trial.label(key)
