@@ -1,0 +1,44 @@
+"""``fhir-cohort serve``: the coordinators' workbench, served by waitress.
+
+Rule: it binds 127.0.0.1 unless told otherwise and will not start (exit 2) while the
+state has no active user: a web service over patient data is never open to anyone who
+finds the port. Behind a TLS reverse proxy, ``--trusted-proxy ADDRESS`` makes waitress
+believe the X-Forwarded-For/-Proto/-Host headers of requests from that address only
+(one hop; from anyone else they are removed) and marks the session cookie Secure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import Exit, UsageError
+from ..state import State, default_state_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.state or default_state_dir()
+    with State(folder) as state:
+        if not any(not user.disabled for user in state.users()):
+            raise UsageError(
+                f"no one can sign in to the workbench over {folder}: add a user first "
+                "(fhir-cohort users add NAME --role coordinator --state ...)"
+            )
+    import waitress
+
+    from ..web.app import create_app
+
+    behind = args.trusted_proxy
+    app = create_app(folder, secure=bool(behind), trial_files=tuple(args.trial or ()))
+    print(f"fhir-cohort workbench on http://{args.host}:{args.port}/", file=sys.stderr)
+    proxy = (
+        {
+            "trusted_proxy": behind,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
+        }
+        if behind
+        else {}
+    )
+    waitress.serve(app, host=args.host, port=args.port, threads=4, ident="", **proxy)
+    return Exit.OK
