@@ -11,6 +11,7 @@ Pages are Jinja2 templates with autoescaping on; none runs a script.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -49,7 +50,10 @@ class Workbench:
     trial_files: tuple[Path, ...]
     clock: Callable[[], float] = time.time
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    throttles: tuple[auth.Throttle, auth.Throttle] = field(default_factory=auth.throttles)
+    throttles: tuple[auth.Throttle, auth.Throttle] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.throttles = auth.throttles(self.clock)
 
     def labels_of(self, trial: str) -> dict[str, str]:
         if trial not in self.labels:
@@ -334,7 +338,7 @@ def _forms(app: Flask, bench: Workbench) -> None:
         per_account, per_address = bench.throttles
         wait = max(per_account.wait(name.casefold()), per_address.wait(address))
         if wait > 0:
-            message = f"too many failed sign-ins: try again in {int(wait) + 1} seconds"
+            message = f"too many failed sign-ins: try again in {math.ceil(wait)} seconds"
             return render_template("login.html", next=target, error=message), 429
         user = g.state.user(name)
         if not auth.password_matches(user.password if user else None, password) or (

@@ -90,6 +90,6 @@ class Throttle:
             self._failures.pop(key, None)
 
 
-def throttles() -> tuple[Throttle, Throttle]:
+def throttles(clock: Callable[[], float] = time.monotonic) -> tuple[Throttle, Throttle]:
     """(per account, per address): an account waits at most a minute, an address 15."""
-    return Throttle(free=5, cap=60.0), Throttle(free=10, cap=900.0)
+    return Throttle(5, 60.0, clock), Throttle(10, 900.0, clock)
