@@ -31,6 +31,7 @@ from .labels import label, trial_labels
 IDLE_SECONDS = 30 * 60
 SESSION_HOURS = 8
 WRITERS = frozenset({"coordinator", "admin"})
+SIGNED_IN = ("user", "key", "seen")
 OPEN_ENDPOINTS = frozenset({"login", "login_post", "static"})
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -127,7 +128,8 @@ def _guard(app: Flask, bench: Workbench) -> None:
         now = bench.clock()
         fresh = now - float(session.get("seen", 0)) < IDLE_SECONDS
         if user is None or user.disabled or session.get("key") != fingerprint(user) or not fresh:
-            session.clear()
+            for key in SIGNED_IN:  # the sign-in form's token stays: a favicon fetch must
+                session.pop(key, None)  # not spoil the form open in the same browser
             return redirect(url_for("login", next=request.full_path.rstrip("?")))
         session["seen"] = now
         g.user = user
