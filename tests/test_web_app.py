@@ -24,6 +24,7 @@ from fhir_cohort.state import SCHEMA, SCHEMA_VERSION, State
 from fhir_cohort.web.app import create_app, trial_rows
 
 ELIGIBLE = "p01-eligible-baseline"
+RECORD_FORM = '<form method="post" action="/patients/'
 PAGES = ("/", "/?tab=declined", f"/patients/{ELIGIBLE}", "/my-work", "/do-not-contact",
          "/log", "/log.csv")  # fmt: skip
 
@@ -242,7 +243,8 @@ def test_a_viewer_reads_but_cannot_decide(state_dir):
     client = signed_in(state_dir, "vic")
     page = client.get("/?trial=misle")
     assert page.status_code == 200 and ELIGIBLE in page.text
-    assert 'class="record"' not in page.text  # no forms to decide with
+    assert RECORD_FORM not in page.text  # no forms to decide with
+    assert RECORD_FORM in signed_in(state_dir, "ana").get("/?trial=misle").text
     answer = record(client, ELIGIBLE, decision="enrolled")
     assert answer.status_code == 403
     answer = client.post("/do-not-contact", data={"csrf": token(page.text), "patient": ELIGIBLE,
@@ -306,7 +308,7 @@ def test_do_not_contact_keeps_a_patient_off_the_list_and_says_why_on_look_up(sta
     assert '<tr data-patient="' + ELIGIBLE not in found
     patient = client.get(f"/patients/{ELIGIBLE}?trial=misle").text
     assert 'id="dnc-banner"' in patient and "opted out by phone" in patient
-    assert 'class="record"' not in patient  # nothing to record while on the list
+    assert RECORD_FORM not in patient  # nothing to record while on the list
     client.post("/do-not-contact", data={**form, "listed": "0", "reason": "consented again"})
     assert f'data-patient="{ELIGIBLE}"' in client.get("/?trial=misle").text
 
@@ -435,3 +437,25 @@ def test_an_old_state_is_migrated_and_keeps_its_runs_and_decisions(tmp_path):
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("INSERT INTO page_views (user, at, trial, patient) VALUES ('a','b','c','d')")
         db.execute("DELETE FROM page_views")
+
+
+def test_every_trial_in_the_state_is_served_and_the_patient_page_shows_each(state_dir):
+    with State(state_dir) as state:
+        run = state.latest_run("misle")
+        results, snapshots = state.results(run.id), state.snapshots(run.id)
+        state.record_run(
+            trial="other-trial", scope="s", as_of=run.as_of, started_at=run.started_at,
+            outcome="partial", checkpoint=None, funnel={"status": {"eligible": 1}},
+            candidates=[(ELIGIBLE, snapshots[ELIGIBLE], dict(results[ELIGIBLE], rank=7))],
+        )  # fmt: skip
+    client = signed_in(state_dir, "ana")
+    home = client.get("/").text
+    assert 'data-trial="misle"' in home and 'data-trial="other-trial"' in home
+    other = client.get("/?trial=other-trial").text
+    assert other.count("<tr data-patient=") == 1 and 'id="partial"' in other  # never silent
+    page = client.get(f"/patients/{ELIGIBLE}?trial=misle").text
+    standing = page.split('id="standing"')[1].split("</section>")[0]
+    assert 'data-trial="misle"' in standing and 'data-trial="other-trial"' in standing
+    assert "rank 7" in standing
+    with State(state_dir) as state:
+        assert sorted(v[2] for v in state.views(ELIGIBLE)) == ["misle", "other-trial"]

@@ -182,3 +182,18 @@ def test_patient_page_views_are_audited(site, driver, state_dir):
         views = state.views()
     assert [(v[0], v[2], v[3]) for v in views] == [("vic", "misle", ELIGIBLE)]
     assert json.dumps(views).count("Z") == 1  # one UTC instant
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_pages_read_without_sideways_scrolling(site, driver, width):
+    sign_in(driver, site, "ana")
+    try:
+        driver.set_window_size(width, 900)
+        for path in ("/", f"/patients/{ELIGIBLE}?trial=misle", "/my-work", "/log"):
+            driver.get(site + path)
+            wide = driver.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert wide <= 0, (path, wide)
+    finally:
+        driver.set_window_size(1280, 1024)
