@@ -459,3 +459,19 @@ def test_every_trial_in_the_state_is_served_and_the_patient_page_shows_each(stat
     assert "rank 7" in standing
     with State(state_dir) as state:
         assert sorted(v[2] for v in state.views(ELIGIBLE)) == ["misle", "other-trial"]
+
+
+def test_the_do_not_contact_cli_shares_the_list_with_the_workbench(state_dir):
+    folder = str(state_dir)
+    code, _, err = cli("do-not-contact", "add", ELIGIBLE, "--state", folder)
+    assert code == 2 and "--reason" in err
+    code, out, _ = cli("do-not-contact", "add", ELIGIBLE, "--reason", "asked by letter",
+                       "--by", "desk", "--state", folder)  # fmt: skip
+    assert code == 0 and "is on the do-not-contact list" in out
+    assert "asked by letter" in cli("do-not-contact", "list", "--state", folder)[1]
+    client = signed_in(state_dir)
+    assert f'data-patient="{ELIGIBLE}"' not in client.get("/?trial=misle").text
+    assert "asked by letter" in client.get("/do-not-contact").text
+    assert cli("do-not-contact", "remove", ELIGIBLE, "--by", "desk", "--state", folder)[0] == 0
+    assert "nobody is on" in cli("do-not-contact", "list", "--state", folder)[1]
+    assert f'data-patient="{ELIGIBLE}"' in client.get("/?trial=misle").text

@@ -260,6 +260,18 @@ def _workbench_commands(commands: argparse._SubParsersAction) -> None:
     )
     _state_option(serve)
 
+    blocked = commands.add_parser(
+        "do-not-contact",
+        allow_abbrev=False,
+        help="keep patients who opted out of research contact off every worklist",
+        description="Append-only records in the state, shared with the workbench.",
+    )
+    blocked.add_argument("action", choices=("add", "remove", "list"))
+    blocked.add_argument("patient", nargs="?", metavar="PATIENT_ID")
+    blocked.add_argument("--reason", default="", metavar="TEXT", help="why (required with add)")
+    blocked.add_argument("--by", metavar="NAME", help="who recorded it (default: the login name)")
+    _state_option(blocked)
+
     purge = commands.add_parser(
         "purge",
         allow_abbrev=False,
