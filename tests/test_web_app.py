@@ -475,3 +475,11 @@ def test_the_do_not_contact_cli_shares_the_list_with_the_workbench(state_dir):
     assert cli("do-not-contact", "remove", ELIGIBLE, "--by", "desk", "--state", folder)[0] == 0
     assert "nobody is on" in cli("do-not-contact", "list", "--state", folder)[1]
     assert f'data-patient="{ELIGIBLE}"' in client.get("/?trial=misle").text
+
+
+def test_admins_read_the_audit_of_patient_page_views_and_no_one_else(state_dir):
+    signed_in(state_dir, "vic").get(f"/patients/{ELIGIBLE}?trial=misle")
+    assert signed_in(state_dir, "ana").get("/audit").status_code == 403
+    page = signed_in(state_dir, "root").get(f"/audit?patient={ELIGIBLE}").text
+    row = page.split('<table id="audit">')[1].split("<tbody>")[1].split("</tr>")[0]
+    assert "<td>vic</td><td>misle</td>" in row and ELIGIBLE in row

@@ -29,6 +29,7 @@ from . import auth, patient, screening_log, worklist
 from .labels import label, trial_labels
 
 IDLE_SECONDS = 30 * 60
+AUDIT_ROWS = 1000
 SESSION_HOURS = 8
 WRITERS = frozenset({"coordinator", "admin"})
 SIGNED_IN = ("user", "key", "seen")
@@ -295,6 +296,17 @@ def _pages(app: Flask, bench: Workbench) -> None:
         period = screening_log.period(request.args.get("from"), request.args.get("to"))
         counts = screening_log.counts(g.state, trial, period) if trial else None
         return render_template("log.html", trial=trial, trials=trials, period=period, counts=counts)
+
+    @app.get("/audit")
+    def audit() -> str:
+        if _user().role != "admin":
+            abort(403, "the audit of patient-page views is for admins")
+        trial, trials = _trial(g.state)
+        patient_id = request.args.get("patient", "").strip() or None
+        views = list(reversed(g.state.views(patient_id)))[:AUDIT_ROWS]
+        return render_template(
+            "audit.html", trial=trial, trials=trials, views=views, patient=patient_id or ""
+        )
 
     @app.get("/log.csv")
     def log_csv() -> Response:

@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 MIN_PASSWORD = 10
+KEPT = 10_000  # failure records kept before those whose wait is over are dropped
 _HASHER = PasswordHasher()
 # A hash of a password nobody knows: signing in as an unknown user costs the same time.
 _DUMMY = _HASHER.hash(secrets.token_urlsafe(24))
@@ -63,7 +64,13 @@ def same_token(expected: str | None, given: str | None) -> bool:
 @dataclass
 class Throttle:
     """Failures per key; after ``free`` failures each try waits twice as long as the
-    last, from one second up to ``cap`` seconds. A success clears the key."""
+    last, from one second up to ``cap`` seconds. A success clears the key.
+
+    >>> clock = iter([0.0, 0.0, 0.5, 1.0]).__next__
+    >>> t = Throttle(1, 60.0, clock)
+    >>> t.failed("ann"); t.wait("ann"), t.wait("ann"), t.wait("bob")
+    (1.0, 0.5, 0.0)
+    """
 
     free: int
     cap: float
@@ -82,8 +89,13 @@ class Throttle:
 
     def failed(self, key: str) -> None:
         with self._lock:
+            now = self.clock()
+            if len(self._failures) >= KEPT:  # made-up names cannot grow memory without end
+                self._failures = {
+                    k: (n, last) for k, (n, last) in self._failures.items() if now - last < self.cap
+                }
             count, _ = self._failures.get(key, (0, 0.0))
-            self._failures[key] = (count + 1, self.clock())
+            self._failures[key] = (count + 1, now)
 
     def succeeded(self, key: str) -> None:
         with self._lock:
