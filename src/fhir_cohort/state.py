@@ -387,14 +387,19 @@ class State:
             )
         return review
 
+    def _oldest_first(self, query: str, trial: str, patient: str | None) -> sqlite3.Cursor:
+        """``query`` (``... WHERE trial = ?``) for one patient or all, in the order written."""
+        if patient is None:
+            return self._db.execute(query + " ORDER BY id", (trial,))
+        return self._db.execute(query + " AND patient = ? ORDER BY id", (trial, patient))
+
     def reviews(self, trial: str, patient: str | None = None) -> list[Review]:
         """Every decision for ``trial`` (or one patient), oldest first."""
-        query = "SELECT patient, status, note, by, at, evidence_seen FROM reviews WHERE trial = ?"
-        params: tuple = (trial,)
-        if patient is not None:
-            query += " AND patient = ?"
-            params += (patient,)
-        rows = self._db.execute(query + " ORDER BY id", params)
+        rows = self._oldest_first(
+            "SELECT patient, status, note, by, at, evidence_seen FROM reviews WHERE trial = ?",
+            trial,
+            patient,
+        )
         return [
             Review(p, status, note, by, at, frozenset(orjson.loads(seen)))
             for p, status, note, by, at, seen in rows
@@ -492,12 +497,10 @@ class State:
 
     def actions(self, trial: str, patient: str | None = None) -> list[Action]:
         """The follow-up records of ``trial`` (or one patient), oldest first."""
-        query = "SELECT patient, kind, value, due, by, at FROM actions WHERE trial = ?"
-        params: tuple = (trial,)
-        if patient is not None:
-            query += " AND patient = ?"
-            params += (patient,)
-        return [Action(*row) for row in self._db.execute(query + " ORDER BY id", params)]
+        rows = self._oldest_first(
+            "SELECT patient, kind, value, due, by, at FROM actions WHERE trial = ?", trial, patient
+        )
+        return [Action(*row) for row in rows]
 
     def set_do_not_contact(self, patient: str, listed: bool, reason: str, by: str) -> None:
         """Put a patient on the do-not-contact list (or take them off): a new record."""
