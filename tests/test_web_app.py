@@ -145,6 +145,16 @@ def test_a_session_expires_after_half_an_hour_idle(state_dir):
     assert client.get("/").headers["Location"].startswith("/login")
 
 
+def test_a_session_ends_after_eight_hours_however_busy(state_dir):
+    clock = Clock()
+    client = signed_in(state_dir, "ana", clock)
+    for _ in range(16):  # a request every 29 minutes: never idle
+        clock.now += 29 * 60
+        assert client.get("/").status_code == 200, clock.now
+    clock.now += 29 * 60  # 8 h 3 min after signing in
+    assert client.get("/").headers["Location"].startswith("/login")
+
+
 def test_a_post_without_the_sessions_csrf_token_is_refused(state_dir):
     client = signed_in(state_dir)
     for data in ({}, {"csrf": "forged"}, {"csrf": ""}):
@@ -259,7 +269,8 @@ def test_unknown_decisions_owners_and_due_dates_are_refused(state_dir):
     assert record(client, ELIGIBLE, decision="approved").status_code == 400
     assert record(client, ELIGIBLE, owner="vic").status_code == 400  # a viewer owns nothing
     assert record(client, ELIGIBLE, next_action="call", due="next week").status_code == 400
-    assert record(client, "no-such-patient", decision="contacted").status_code == 400
+    assert record(client, "no-such-patient", decision="contacted").status_code == 404
+    assert record(client, "no-such-patient", note="x", owner="ana").status_code == 404
     with State(state_dir) as state:
         assert state.reviews("misle") == [] and state.actions("misle") == []
 

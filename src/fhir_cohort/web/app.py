@@ -32,7 +32,7 @@ IDLE_SECONDS = 30 * 60
 AUDIT_ROWS = 1000
 SESSION_HOURS = 8
 WRITERS = frozenset({"coordinator", "admin"})
-SIGNED_IN = ("user", "key", "seen")
+SIGNED_IN = ("user", "key", "seen", "since")
 OPEN_ENDPOINTS = frozenset({"login", "login_post", "static"})
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -127,7 +127,10 @@ def _guard(app: Flask, bench: Workbench) -> None:
             return None
         user = g.state.user(session.get("user") or "")
         now = bench.clock()
-        fresh = now - float(session.get("seen", 0)) < IDLE_SECONDS
+        fresh = (
+            now - float(session.get("seen", 0)) < IDLE_SECONDS
+            and now - float(session.get("since", 0)) < SESSION_HOURS * 3600
+        )
         if user is None or user.disabled or session.get("key") != fingerprint(user) or not fresh:
             for key in SIGNED_IN:  # the sign-in form's token stays: a favicon fetch must
                 session.pop(key, None)  # not spoil the form open in the same browser
@@ -370,6 +373,7 @@ def _forms(app: Flask, bench: Workbench) -> None:
             user=user.name,
             key=fingerprint(user),
             seen=bench.clock(),
+            since=bench.clock(),
             csrf=secrets.token_urlsafe(32),
         )
         return redirect(target)
@@ -386,6 +390,8 @@ def _forms(app: Flask, bench: Workbench) -> None:
         trial, _ = _trial(state)
         if trial is None:
             abort(404)
+        if state.latest_snapshot(trial, pid) is None:
+            abort(404, f"no recorded screen of {trial} lists this patient")
         back = safe_back(request.form.get("back"), url_for("patient_page", pid=pid, trial=trial))
         at = utc_now()
         decision = _field("decision", 40)
