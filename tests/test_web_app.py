@@ -88,6 +88,12 @@ def test_users_refuse_short_passwords_unknown_variables_and_duplicates(tmp_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("long-enough-pw\n"))
     code, _, err = cli("users", "add", "amy", "--state", folder)
     assert code == 2 and "exists" in err
+    code, _, err = cli("users", "disable", "--state", folder)
+    assert code == 2 and "users disable needs NAME" in err
+    code, _, err = cli("users", "disable", "nobody", "--state", folder)
+    assert code == 2 and "no user 'nobody'" in err
+    code, _, err = cli("users", "add", "bad\x1bname", "--state", folder)
+    assert code == 2 and "printable" in err
     with pytest.raises(SystemExit):  # no option takes a password as an argument
         cli("users", "add", "x", "--password", "secret-secret")
 

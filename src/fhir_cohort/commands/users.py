@@ -36,7 +36,9 @@ def _password(args: argparse.Namespace) -> str:
     return password
 
 
-def _name(text: str) -> str:
+def _name(text: str | None, action: str) -> str:
+    if text is None:
+        raise UsageError(f"users {action} needs NAME")
     name = text.strip()
     if not name or name != printable(name) or len(name) > 64:
         raise UsageError(f"a user name is 1 to 64 printable characters, not {text!r}")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 mark = "  (disabled)" if user.disabled else ""
                 print(f"{user.name:<24} {user.role:<12} since {user.created_at}{mark}")
             return Exit.OK
-        name = _name(args.name)
+        name = _name(args.name, args.action)
         if args.action == "add":
             state.add_user(name, args.role, hash_password(_password(args)))
             print(f"added {name} ({args.role})")
