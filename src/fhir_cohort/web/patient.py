@@ -92,7 +92,7 @@ def folded_exclusions(exclusions: list[Node]) -> tuple[str, list[Node]]:
 
 def checklist(result: dict, labels: dict[str, str]) -> list[str]:
     """What to verify in the chart: every criterion or exclusion the screen could not
-    settle (unknown, review, a washout's end), then the run's reasons."""
+    settle (unknown, review, a washout's end); where there is none, the run's reasons."""
     items: list[str] = []
 
     def walk(found: list[Node] | tuple[Node, ...]) -> None:
@@ -103,7 +103,7 @@ def checklist(result: dict, labels: dict[str, str]) -> list[str]:
 
     walk(nodes(result.get("criteria"), labels))
     walk(nodes(result.get("exclusions"), labels))
-    return items + [str(r) for r in result.get("reasons") or [] if str(r) not in items]
+    return items or [str(r) for r in result.get("reasons") or []]
 
 
 def timeline(result: dict, labels: dict[str, str]) -> list[tuple[str, str, dict]]:
