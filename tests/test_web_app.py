@@ -500,3 +500,17 @@ def test_admins_read_the_audit_of_patient_page_views_and_no_one_else(state_dir):
     page = signed_in(state_dir, "root").get(f"/audit?patient={ELIGIBLE}").text
     row = page.split('<table id="audit">')[1].split("<tbody>")[1].split("</tr>")[0]
     assert "<td>vic</td><td>misle</td>" in row and ELIGIBLE in row
+
+
+def test_labels_come_from_the_trial_file_else_from_the_key(state_dir, tmp_path):
+    own = tmp_path / "site-misle.yaml"
+    own.write_text("trial: misle\nlabels:\n  dialysis: Long-term dialysis (site wording)\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("trial: another\nlabels:\n  dialysis: Not this trial's words\n")
+    app = create_app(state_dir, clock=Clock(), trial_files=(other, own))
+    client = app.test_client()
+    sign_in(client, "ana")
+    clear = client.get(f"/patients/{ELIGIBLE}?trial=misle").text.split('id="clear-exclusions">')[1]
+    assert clear.startswith("no exclusion found: ") and "Long-term dialysis (site wording)" in clear
+    assert "Not this trial" not in clear
+    assert "Hepatitis b" in clear  # no label in that file: the key in words

@@ -255,8 +255,9 @@ def _workbench_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--trial",
         action="append",
-        metavar="NAME|YAML",
-        help="a trial file whose labels to show (default: the bundled trial of each name)",
+        metavar="YAML",
+        help="a trial file whose labels to show; repeat for several (default: the bundled "
+        "trial of each name in the state)",
     )
     _state_option(serve)
 

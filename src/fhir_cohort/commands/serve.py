@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import Exit, UsageError
 from ..state import State, default_state_dir
@@ -29,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from ..web.app import create_app
 
     behind = args.trusted_proxy
-    app = create_app(folder, secure=bool(behind), trial_files=tuple(args.trial or ()))
+    files = tuple(Path(name) for name in args.trial or ())
+    app = create_app(folder, secure=bool(behind), trial_files=files)
     print(f"fhir-cohort workbench on http://{args.host}:{args.port}/", file=sys.stderr)
     proxy = (
         {
