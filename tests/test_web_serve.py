@@ -14,7 +14,7 @@ import threading
 import time
 
 import requests
-from web_support import COHORT, PASSWORDS, cli, served, token
+from web_support import COHORT, PASSWORDS, Clock, cli, served, token
 
 
 def free_port() -> int:
@@ -81,3 +81,40 @@ def test_the_worklist_keeps_answering_while_a_screen_records_a_run(state_dir, tm
     assert code == 0, err
     assert statuses and set(statuses) == {200}, statuses
     assert runs == {"2", "3"}  # the list moved to the new run without a restart
+
+
+def test_serve_on_a_taken_port_is_a_usage_error(state_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = cli("serve", "--state", str(state_dir), "--port", str(port))
+    assert code == 2 and err.startswith(f"fhir-cohort: error: cannot listen on 127.0.0.1:{port}")
+
+
+def failing_sign_ins(site: str, forwarded_for: str, count: int) -> list[int]:
+    """Status codes of ``count`` wrong sign-ins sent as if through a proxy for a client
+    (the session cookie is sent by hand: a Secure one is not sent over http otherwise)."""
+    headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+    page = requests.get(f"{site}/login", headers=headers)
+    headers["Cookie"] = page.headers["Set-Cookie"].split(";")[0]
+    return [
+        requests.post(f"{site}/login", headers=headers, data={
+            "csrf": token(page.text), "name": f"x{n}", "password": "wrong"}).status_code
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def test_behind_a_trusted_proxy_the_clients_address_counts_and_cookies_are_secure(state_dir):
+    with served(state_dir, trusted_proxy="127.0.0.1", clock=Clock()) as site:
+        assert failing_sign_ins(site, "10.1.2.3", 11) == [401] * 10 + [429]
+        assert failing_sign_ins(site, "10.9.9.9", 1) == [401]  # another client is not held up
+        cookie = requests.get(f"{site}/login").headers["Set-Cookie"]
+        assert cookie.startswith("__Host-fhir-cohort=") and "; Secure" in cookie
+
+
+def test_without_a_trusted_proxy_forwarded_headers_are_not_believed(state_dir):
+    with served(state_dir, clock=Clock()) as site:
+        assert failing_sign_ins(site, "10.1.2.3", 10) == [401] * 10
+        assert failing_sign_ins(site, "10.9.9.9", 1) == [429]  # one address: 127.0.0.1
+        assert "Secure" not in requests.get(f"{site}/login").headers["Set-Cookie"]

@@ -22,6 +22,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from fhir_cohort.cli import main
+from fhir_cohort.commands.serve import make_server
 from fhir_cohort.state import State
 from fhir_cohort.web import auth
 from fhir_cohort.web.app import create_app
@@ -117,13 +118,11 @@ def signed_in(state_dir: Path, name: str = "ana", clock: Clock | None = None):
 
 
 @contextlib.contextmanager
-def served(state_dir: Path, **options) -> Iterator[str]:
-    """The workbench served by waitress on a free port of 127.0.0.1; yields its URL."""
-    import waitress.server
-
-    server = waitress.server.create_server(
-        create_app(state_dir, **options), host="127.0.0.1", port=0, threads=4
-    )
+def served(state_dir: Path, trusted_proxy: str | None = None, **options) -> Iterator[str]:
+    """The workbench served as ``serve`` serves it, on a free port of 127.0.0.1; yields
+    its URL."""
+    app = create_app(state_dir, secure=bool(trusted_proxy), **options)
+    server = make_server(app, "127.0.0.1", 0, trusted_proxy)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -11,10 +11,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Exit, UsageError
 from ..state import State, default_state_dir
+
+
+def make_server(app: Callable, host: str, port: int, trusted_proxy: str | None = None):
+    """A waitress server for ``app`` (not yet running); behind ``trusted_proxy``, the
+    forwarded headers of requests from that address (one hop) are believed."""
+    import waitress
+
+    proxy = (
+        {
+            "trusted_proxy": trusted_proxy,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
+        }
+        if trusted_proxy
+        else {}
+    )
+    return waitress.create_server(app, host=host, port=port, threads=4, ident="", **proxy)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,22 +43,15 @@ def run(args: argparse.Namespace) -> int:
                 f"no one can sign in to the workbench over {folder}: add a user first "
                 "(fhir-cohort users add NAME --role coordinator --state ...)"
             )
-    import waitress
-
     from ..web.app import create_app
 
-    behind = args.trusted_proxy
     files = tuple(Path(name) for name in args.trial or ())
-    app = create_app(folder, secure=bool(behind), trial_files=files)
+    app = create_app(folder, secure=bool(args.trusted_proxy), trial_files=files)
+    try:
+        server = make_server(app, args.host, args.port, args.trusted_proxy)
+    except (OSError, ValueError) as error:  # the port is taken, the address is not ours
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
     print(f"fhir-cohort workbench on http://{args.host}:{args.port}/", file=sys.stderr)
-    proxy = (
-        {
-            "trusted_proxy": behind,
-            "trusted_proxy_count": 1,
-            "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto x-forwarded-host",
-        }
-        if behind
-        else {}
-    )
-    waitress.serve(app, host=args.host, port=args.port, threads=4, ident="", **proxy)
+    server.run()
     return Exit.OK
