@@ -342,6 +342,12 @@ def test_my_work_lists_what_a_coordinator_owns_by_due_day(state_dir):
     due = page.split('id="work-due"')[1].split("</section>")[0]
     assert ELIGIBLE in overdue and "call back" in overdue
     assert "p02-age-18-birthday-on-d" in due and "p05-age-65" not in page
+    record(client, "p02-age-18-birthday-on-d", decision="enrolled")  # closed: no one's work
+    page = client.get("/do-not-contact")
+    form = {"csrf": token(page.text), "patient": ELIGIBLE, "listed": "1", "reason": "opted out"}
+    client.post("/do-not-contact", data=form)
+    page = client.get("/my-work").text
+    assert ELIGIBLE not in page and "p02-age-18" not in page
 
 
 # -- the patient page and its audit ---------------------------------------------------------

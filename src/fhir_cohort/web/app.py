@@ -282,7 +282,11 @@ def _pages(app: Flask, bench: Workbench) -> None:
     def my_work() -> str:
         state = g.state
         trial, trials = _trial(state)
-        every = {t: trial_rows(state, t)[0] for t in trials}
+        blocked = state.do_not_contact()
+        every = {
+            t: [row for row in trial_rows(state, t)[0] if row.patient not in blocked]
+            for t in trials
+        }
         work = worklist.my_work(every, _user().name, date.fromtimestamp(bench.clock()))
         return render_template("mywork.html", trial=trial, trials=trials, work=work)
 

@@ -195,13 +195,14 @@ def worklist(
 def my_work(
     all_rows: dict[str, list[Row]], user: str, today: date
 ) -> dict[str, list[tuple[str, Row]]]:
-    """The (trial, row) pairs ``user`` owns: ``overdue``, ``due`` today, and ``later``
-    (a later day or none), each by due day."""
+    """The open cases ``user`` owns, as (trial, row) pairs: ``overdue``, ``due`` today and
+    ``later`` (a later day or none), each by due day; a closed case (declined, not
+    eligible, enrolled) is no one's work."""
     out: dict[str, list[tuple[str, Row]]] = {"overdue": [], "due": [], "later": []}
     day = today.isoformat()
     for trial, trial_rows in all_rows.items():
         for row in trial_rows:
-            if row.owner != user:
+            if row.owner != user or (row.decision and row.decision.status in CLOSING):
                 continue
             due = row.next_action.due if row.next_action else None
             when = "later" if not due or due > day else ("due" if due == day else "overdue")
