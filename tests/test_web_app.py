@@ -520,3 +520,12 @@ def test_labels_come_from_the_trial_file_else_from_the_key(state_dir, tmp_path):
     assert clear.startswith("no exclusion found: ") and "Long-term dialysis (site wording)" in clear
     assert "Not this trial" not in clear
     assert "Hepatitis b" in clear  # no label in that file: the key in words
+
+
+def test_a_state_that_cannot_be_read_is_503_without_its_path(state_dir):
+    client = signed_in(state_dir)
+    (state_dir / "state.sqlite3").write_bytes(b"not a database" * 100)
+    for path in ("/login", "/"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and str(state_dir) not in answer.text
+        assert "cannot be used just now" in answer.text

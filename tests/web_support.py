@@ -123,10 +123,20 @@ def served(state_dir: Path, trusted_proxy: str | None = None, **options) -> Iter
     its URL."""
     app = create_app(state_dir, secure=bool(trusted_proxy), **options)
     server = make_server(app, "127.0.0.1", 0, trusted_proxy)
-    thread = threading.Thread(target=server.run, daemon=True)
+    closing = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except OSError:  # its sockets closed under its select(): how waitress stops
+            if not closing.is_set():
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
+        closing.set()
         server.close()
         thread.join(timeout=5)

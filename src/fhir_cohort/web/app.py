@@ -24,7 +24,7 @@ from flask import Flask, Response, abort, g, redirect, render_template, request,
 from werkzeug.exceptions import HTTPException
 
 from ..changes import REVIEW_STATUSES
-from ..state import State, StateError, UserRecord, utc_now
+from ..state import RunRecord, State, StateError, UserRecord, utc_now
 from . import auth, patient, screening_log, worklist
 from .labels import label, trial_labels
 
@@ -153,7 +153,9 @@ def _guard(app: Flask, bench: Workbench) -> None:
 
     @app.errorhandler(StateError)
     def state_error(error: StateError) -> tuple[str, int]:
-        return render_template("error.html", message=str(error), code=400), 400
+        app.logger.error("%s", error)  # the folder and the cause: for whoever runs serve
+        message = "the screening state cannot be used just now; try again in a minute"
+        return render_template("error.html", message=message, code=503), 503
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int]:
@@ -170,7 +172,6 @@ def _guard(app: Flask, bench: Workbench) -> None:
             "user": user,
             "can_write": bool(user and user.role in WRITERS),
             "decisions": worklist.DECISIONS,
-            "closing": worklist.CLOSING,
         }
 
 
@@ -184,7 +185,7 @@ def _trial(state: State) -> tuple[str | None, list[str]]:
     return trial, trials
 
 
-def trial_rows(state: State, trial: str) -> tuple[list[worklist.Row], object]:
+def trial_rows(state: State, trial: str) -> tuple[list[worklist.Row], RunRecord | None]:
     """The worklist rows of ``trial``'s latest run, and that run."""
     run = state.latest_run(trial)
     if run is None:
