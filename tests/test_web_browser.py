@@ -44,13 +44,31 @@ def css(driver, selector: str):
     return driver.find_elements("css selector", selector)
 
 
-def click(driver, element) -> None:
-    """Click what loads a new page, and wait until the old page is gone."""
-    from selenium.webdriver.support import expected_conditions
+def gone(element) -> bool:
+    """Whether ``element``'s page has been replaced (chromedriver says so in two ways)."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        element.is_enabled()
+    except WebDriverException:  # stale, or "node does not belong to the document"
+        return True
+    return False
+
+
+def new_page(driver, old) -> None:
+    """Wait until the page holding ``old`` is replaced and the new one has loaded."""
     from selenium.webdriver.support.wait import WebDriverWait
 
+    WebDriverWait(driver, 20).until(lambda _: gone(old))
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+
+
+def click(driver, element) -> None:
+    """Click what loads a new page, and wait for it."""
     element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(element))
+    new_page(driver, element)
 
 
 def sign_in(driver, url: str, name: str, password: str | None = None) -> None:
@@ -67,9 +85,6 @@ def row(driver, pid: str):
 
 def post_form(driver, action: str, fields: dict[str, str]) -> None:
     """Build a form in the page and submit it, as a forged or scripted request would."""
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
-
     page = css(driver, "body")[0]
     driver.execute_script(
         """const [action, fields] = arguments;
@@ -83,7 +98,7 @@ def post_form(driver, action: str, fields: dict[str, str]) -> None:
         action,
         fields,
     )
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    new_page(driver, page)
 
 
 def test_sign_in_work_the_list_record_a_decision_and_see_it_in_review_list(site, driver, state_dir):

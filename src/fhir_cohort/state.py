@@ -122,7 +122,6 @@ CREATE TABLE IF NOT EXISTS page_views (
 """
 APPEND_ONLY = ("actions", "do_not_contact", "page_views")
 ROLES = ("coordinator", "viewer", "admin")
-ACTION_KINDS = ("owner", "next", "note", "close")
 
 
 RUN_COLUMNS = "id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint, searches"
