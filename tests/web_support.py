@@ -138,5 +138,7 @@ def served(state_dir: Path, trusted_proxy: str | None = None, **options) -> Iter
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
         closing.set()
-        server.close()
+        for channel in list(server._map.values()):  # the browser's keep-alive connections
+            channel.close()  # too, or waitress's loop runs on while they are open
+        server.task_dispatcher.shutdown()
         thread.join(timeout=5)
