@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from real_servers import cohort_server, real_server  # noqa: F401 (session fixtures for all tests)
+from web_support import screened_state, state_dir, users_state  # noqa: F401 (the workbench's)
 
 from fhir_cohort.criteria.language import load
 from fhir_cohort.outputs.candidates import screening_dict

@@ -21,7 +21,18 @@ from .criteria.results import ELIGIBLE, NEEDS_REVIEW, WASHOUT, Evidence
 from .criteria.tree import NodeResult, TrialResult
 
 LISTED = (ELIGIBLE, WASHOUT, NEEDS_REVIEW)
-REVIEW_STATUSES = ("contacted", "declined", "not-eligible", "enrolled", "deferred")
+# The decisions a coordinator records, in the order a case moves; "reopened" undoes the
+# one before it (a newer record: the history is never edited).
+REVIEW_STATUSES = (
+    "contacted",
+    "scheduled",
+    "screened",
+    "declined",
+    "not-eligible",
+    "enrolled",
+    "deferred",
+    "reopened",
+)
 SET_ASIDE = ("declined", "not-eligible")
 SOON_DAYS = 30
 SHOWN_EVIDENCE = 3

@@ -30,6 +30,7 @@ from pathlib import Path
 from . import __version__
 from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .state import ROLES
 from .transport.redact import shown
 
 
@@ -196,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--trial", default="misle", help="trial name or YAML path")
     _state_option(review)
 
+    _workbench_commands(commands)
+
     check = commands.add_parser(
         "check-trial",
         allow_abbrev=False,
@@ -224,6 +227,79 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--yes", action="store_true", help="really write to the server")
     _server_options(seed, required=True)
     return parser
+
+
+def _workbench_commands(commands: argparse._SubParsersAction) -> None:
+    """``users``, ``serve`` and ``purge``: the coordinators' workbench and its upkeep."""
+    users = commands.add_parser(
+        "users",
+        allow_abbrev=False,
+        help="add, list, disable the people who may sign in to the workbench",
+        description="Passwords are read from standard input (or --password-env VAR), "
+        "never from an argument, and kept as argon2 hashes.",
+    )
+    users.add_argument("action", choices=("add", "list", "disable", "reset-password"))
+    users.add_argument("name", nargs="?", metavar="NAME", help="the user's sign-in name")
+    users.add_argument("--role", choices=ROLES, default="coordinator", help="with add")
+    users.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: standard input)",
+    )
+    _state_option(users)
+
+    serve = commands.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="the coordinators' workbench: a web service over the runs and decisions",
+        description="Serve the worklist, patient pages and screening log of every trial in "
+        "the state. Refuses to start until a user exists (fhir-cohort users add).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    serve.add_argument(
+        "--trusted-proxy",
+        metavar="ADDRESS",
+        help="behind a TLS reverse proxy at ADDRESS (e.g. 127.0.0.1): believe its "
+        "X-Forwarded-For/-Proto/-Host headers (one hop, from it only) and mark cookies Secure",
+    )
+    serve.add_argument(
+        "--trial",
+        action="append",
+        metavar="YAML",
+        help="a trial file whose labels to show; repeat for several (default: the bundled "
+        "trial of each name in the state)",
+    )
+    _state_option(serve)
+
+    blocked = commands.add_parser(
+        "do-not-contact",
+        allow_abbrev=False,
+        help="keep patients who opted out of research contact off every worklist",
+        description="Append-only records in the state, shared with the workbench.",
+    )
+    blocked.add_argument("action", choices=("add", "remove", "list"))
+    blocked.add_argument("patient", nargs="?", metavar="PATIENT_ID")
+    blocked.add_argument("--reason", default="", metavar="TEXT", help="why (required with add)")
+    blocked.add_argument("--by", metavar="NAME", help="who recorded it (default: the login name)")
+    _state_option(blocked)
+
+    purge = commands.add_parser(
+        "purge",
+        allow_abbrev=False,
+        help="remove old runs' patient data from the state (and old output files)",
+        description="Retention: runs finished more than DAYS ago lose their patient data; "
+        "their counts stay. The latest complete run of each screen is kept whatever its age.",
+    )
+    purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    purge.add_argument(
+        "--out",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="an output folder whose files older than DAYS are removed too; repeat for several",
+    )
+    _state_option(purge)
 
 
 def _state_option(command: argparse.ArgumentParser) -> None:

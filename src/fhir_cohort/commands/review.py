@@ -15,7 +15,8 @@ from ..sources import SourceError
 from ..state import State, default_state_dir
 
 
-def _login() -> str:
+def login_name() -> str:
+    """The login name, for --by; a one-line error where it is unknown."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.patient or not args.status:
             raise SourceError("review needs PATIENT_ID and --status (or --list)")
         review = state.add_review(
-            trial.id, args.patient, args.status, args.note, args.by or _login()
+            trial.id, args.patient, args.status, args.note, args.by or login_name()
         )
     print(
         f"recorded: {review.patient} {review.status} by {review.by} at {review.at}"
