@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..criteria.trial import queries_dir
+from ..criteria.language import queries_dir
 
 
 def humanised(key: str) -> str:
@@ -53,8 +53,8 @@ def _labels_in(path: Path) -> tuple[str | None, dict[str, str]]:
 
 def trial_labels(trial: str, files: tuple[Path, ...] = ()) -> dict[str, str]:
     """The label table for ``trial``: from one of ``files`` whose id it is, else from the
-    bundled trial of that name (the criteria-language file first); empty when none has one."""
-    bundled = (queries_dir() / f"{trial}.yaml", queries_dir() / "next" / f"{trial}.yaml")
+    bundled trial of that name; empty when none has one."""
+    bundled = (queries_dir() / f"{trial}.yaml",)
     for path in (*files, *bundled):
         found, labels = _labels_in(path)
         if labels and (found == trial or path in bundled):
