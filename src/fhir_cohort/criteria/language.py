@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 import yaml
 from pydantic import (
@@ -30,6 +31,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from ..errors import UsageError
 from ..normalise.codes import canonical_code, canonical_system
@@ -330,7 +332,7 @@ class IfRule(_Combinator):
     else_: Literal["met", "not-met", "unknown", "clear"] = Field("clear", alias="else")
 
 
-RULE_KEYS = {
+RULE_KEYS: dict[str, type[_Model]] = {
     "lab": LabRule,
     "measure": MeasureRule,
     "condition": ConditionRule,
@@ -351,20 +353,40 @@ RULE_KEYS = {
 _TAG = "{} rule"
 
 
-def _kind_of(value: Any, keys: dict[str, type]) -> str | None:
+def _kind_of(value: Any, keys: Mapping[str, type]) -> str | None:
     if isinstance(value, dict):
         return next((_TAG.format(k) for k in keys if k in value), None)
     return next((_TAG.format(k) for k, model in keys.items() if isinstance(value, model)), None)
 
 
-Rule = Annotated[
-    Union[tuple(Annotated[model, Tag(_TAG.format(key))] for key, model in RULE_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, RULE_KEYS),
-        custom_error_type="rule_kind",
-        custom_error_message="a rule is a mapping with one of: " + ", ".join(RULE_KEYS),
-    ),
-]
+if TYPE_CHECKING:  # the union that RULE_KEYS builds at run time, spelt out for mypy
+    Rule: TypeAlias = (
+        LabRule
+        | MeasureRule
+        | ConditionRule
+        | ProcedureRule
+        | FamilyHistoryRule
+        | ExposureRule
+        | CriterionRule
+        | AgeRule
+        | GenderRule
+        | DeceasedRule
+        | AllRule
+        | AnyRule
+        | NotRule
+        | AtLeastRule
+        | ScoreRule
+        | IfRule
+    )
+else:
+    Rule = Annotated[
+        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RULE_KEYS.items())],  # noqa: UP007
+        Discriminator(
+            lambda value: _kind_of(value, RULE_KEYS),
+            custom_error_type="rule_kind",
+            custom_error_message="a rule is a mapping with one of: " + ", ".join(RULE_KEYS),
+        ),
+    ]
 for _model in (AllRule, AnyRule, NotRule, AtLeastRule, ScoreItem, ScoreRule, IfRule):
     _model.model_rebuild()
 
@@ -509,15 +531,18 @@ class WashoutExclusion(_Model):
     months: int = Field(ge=1)
 
 
-EXCLUSION_KEYS = {"rules": RulesExclusion, "washout": WashoutExclusion}
-Exclusion = Annotated[
-    Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in EXCLUSION_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, EXCLUSION_KEYS),
-        custom_error_type="exclusion_kind",
-        custom_error_message="an exclusion has rules: or washout:",
-    ),
-]
+EXCLUSION_KEYS: dict[str, type[_Model]] = {"rules": RulesExclusion, "washout": WashoutExclusion}
+if TYPE_CHECKING:  # the union that EXCLUSION_KEYS builds at run time, spelt out for mypy
+    Exclusion: TypeAlias = RulesExclusion | WashoutExclusion
+else:
+    Exclusion = Annotated[
+        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in EXCLUSION_KEYS.items())],  # noqa: UP007
+        Discriminator(
+            lambda value: _kind_of(value, EXCLUSION_KEYS),
+            custom_error_type="exclusion_kind",
+            custom_error_message="an exclusion has rules: or washout:",
+        ),
+    ]
 
 
 class PerMetChild(_Model):
@@ -550,7 +575,7 @@ class PerUnknownChild(_Model):
     points: int
 
 
-RANK_KEYS = {
+RANK_KEYS: dict[str, type[_Model]] = {
     "per_met_child": PerMetChild,
     "per_score_point": PerScorePoint,
     "rule_met": RuleMet,
@@ -558,14 +583,19 @@ RANK_KEYS = {
     "per_unknown": PerUnknown,
     "per_unknown_child": PerUnknownChild,
 }
-RankTerm = Annotated[
-    Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RANK_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, RANK_KEYS),
-        custom_error_type="rank_kind",
-        custom_error_message="a ranking term has one of: " + ", ".join(RANK_KEYS),
-    ),
-]
+if TYPE_CHECKING:  # the union that RANK_KEYS builds at run time, spelt out for mypy
+    RankTerm: TypeAlias = (
+        PerMetChild | PerScorePoint | RuleMet | Recency | PerUnknown | PerUnknownChild
+    )
+else:
+    RankTerm = Annotated[
+        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RANK_KEYS.items())],  # noqa: UP007
+        Discriminator(
+            lambda value: _kind_of(value, RANK_KEYS),
+            custom_error_type="rank_kind",
+            custom_error_message="a ranking term has one of: " + ", ".join(RANK_KEYS),
+        ),
+    ]
 
 SEARCHABLE = Literal["Condition", "Observation", "Procedure", "FamilyMemberHistory"]
 
@@ -641,33 +671,34 @@ class SiteFile(_Model):
     )
 
 
+_MODELS: tuple[type[BaseModel], ...] = (
+    *RULE_KEYS.values(),
+    *EXCLUSION_KEYS.values(),
+    *RANK_KEYS.values(),
+    AgeBounds,
+    Range,
+    ScoreItem,
+    ScoreSpec,
+    UnitSpec,
+    Answers,
+    Words,
+    Band,
+    LabSpec,
+    DrugSpec,
+    Ratio,
+    MeasureSpec,
+    Inclusion,
+    OutcomeRule,
+    Search,
+    Server,
+    Funnel,
+    TrialFile,
+    SiteCode,
+    SiteFile,
+)
 VOCABULARY = frozenset(
     name
-    for model in (
-        *RULE_KEYS.values(),
-        *EXCLUSION_KEYS.values(),
-        *RANK_KEYS.values(),
-        AgeBounds,
-        Range,
-        ScoreItem,
-        ScoreSpec,
-        UnitSpec,
-        Answers,
-        Words,
-        Band,
-        LabSpec,
-        DrugSpec,
-        Ratio,
-        MeasureSpec,
-        Inclusion,
-        OutcomeRule,
-        Search,
-        Server,
-        Funnel,
-        TrialFile,
-        SiteCode,
-        SiteFile,
-    )
+    for model in _MODELS
     for key, info in model.model_fields.items()
     for name in (info.alias or key,)
 )
@@ -815,7 +846,7 @@ def dotted(loc: tuple) -> str:
     return out
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     kind, loc = error["type"], error["loc"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), VOCABULARY, n=1, cutoff=0.6)
@@ -873,7 +904,7 @@ class _Checker:
         for name, drug in spec.medications.items():
             self.valueset(drug.valueset, ("medications", name, "valueset"))
         for name, measure in spec.measures.items():
-            loc = ("measures", name)
+            loc: tuple[str | int, ...] = ("measures", name)
             if measure.lab is not None:
                 self.known(measure.lab, spec.labs, "lab", (*loc, "lab"))
             if measure.ratio is not None:
@@ -890,8 +921,8 @@ class _Checker:
             if isinstance(exclusion, WashoutExclusion):
                 self.known(exclusion.washout, spec.medications, "drug", (*loc, "washout"))
             else:
-                for i, part in enumerate(exclusion.rules):
-                    self.rule(part.rule, (*loc, "rules", i, "rule"))
+                for i, outcome in enumerate(exclusion.rules):
+                    self.rule(outcome.rule, (*loc, "rules", i, "rule"))
         for i, term in enumerate(spec.ranking):
             self.rank_term(term, ("ranking", i))
         if spec.funnel is not None:
@@ -927,8 +958,8 @@ class _Checker:
             self.known(rule.exposure, spec.medications, "drug", (*loc, "exposure"))
         if isinstance(rule, CriterionRule):
             self.known(rule.criterion, spec.inclusions, "inclusion", (*loc, "criterion"))
-        for key, child in children(rule):
-            self.rule(child, (*loc, *key))
+        for path, child in children(rule):
+            self.rule(child, (*loc, *path))
         if isinstance(rule, (AtLeastRule, ScoreRule)):
             for name in rule.of if isinstance(rule, AtLeastRule) else rule.score.items:
                 if name not in spec.labels:

@@ -514,7 +514,7 @@ class Patient:
         drug = self.trial.drugs[drug_name]
         if drug.spec.intervals == "day":
             return self._day_spans(drug_name)
-        found = []
+        found: list[tuple[date, date, object, str | None]] = []
         for record in self.records:
             matched = drug.matches(record.codes, record.names)
             if not matched and not record.any_drug:
@@ -536,7 +536,7 @@ class Patient:
         """The exposures as the first rules page reads them (an unreadable record at its
         worst: ongoing when its status or dates leave it open)."""
         drug = self.trial.drugs[drug_name]
-        found = []
+        found: list[tuple[date, date, object, str | None]] = []
         for exposure in self.facts.exposures:
             matched = drug.matches(exposure.codes, exposure.names)
             if not matched and not exposure.any_drug:
@@ -692,10 +692,10 @@ def _occasion(facts: list[LabFact], rule: LabRule) -> list[LabFact]:
     them when none is dated), and any result that cannot be read unless certainly older."""
     if rule.occasion != "latest" or not facts:
         return facts
-    dated = [f for f in facts if f.date and not f.unreadable]
+    dated = [f.date for f in facts if f.date and not f.unreadable]
     if not dated:
         return facts
-    last = max(f.date for f in dated)  # type: ignore[type-var]
+    last = max(dated)
     return [
         f for f in facts if f.date == last or (f.unreadable and (f.date is None or f.date >= last))
     ]

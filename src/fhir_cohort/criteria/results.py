@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 MET, NOT_MET, UNKNOWN = "met", "not-met", "unknown"
 EXCLUDED, REVIEW, CLEAR, WASHOUT = "excluded", "review", "clear", "washout"
@@ -53,7 +54,10 @@ class Finding:
     until: date | None = None
 
     def to_dict(self) -> dict:
-        out = {"result": self.result, "evidence": [e.to_dict() for e in self.evidence]}
+        out: dict[str, Any] = {
+            "result": self.result,
+            "evidence": [e.to_dict() for e in self.evidence],
+        }
         if self.until is not None or self.result == WASHOUT:
             out["until"] = _iso(self.until)
         return out

@@ -20,7 +20,7 @@ in a washout.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -338,7 +338,8 @@ class _Evaluation:
         return Finding(worst, tuple(dict.fromkeys(evidence)))
 
 
-_LEAVES = {  # rule -> (kind, how the patient reads it, whether a window applies)
+# rule -> (kind, how the patient reads it, whether a window applies)
+_LEAVES: dict[type, tuple[str, Callable[..., Found], bool]] = {
     ConditionRule: ("condition", Patient.coded_found, True),
     ProcedureRule: ("procedure", Patient.coded_found, True),
     FamilyHistoryRule: ("familyhistory", Patient.coded_found, True),
@@ -350,7 +351,7 @@ _LEAVES = {  # rule -> (kind, how the patient reads it, whether a window applies
 }
 
 
-_DISPATCH = {
+_DISPATCH: dict[type, Callable[..., NodeResult]] = {
     **{leaf: _Evaluation.leaf for leaf in _LEAVES},
     AgeRule: _Evaluation.age,
     CriterionRule: _Evaluation.criterion,
