@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import date
+from typing import Any, TypeVar
 
 from ..quality import Note
 from ..sources import DOUBT, DOUBT_RECORD, NOTE_RECORD, reference_to
@@ -170,7 +171,10 @@ def _quantity(reading: Reading, value: object, path: str) -> Quantity | None:
     return Quantity(number, comparator, unit, text if text != unit else None)
 
 
-def _checked(reading: Reading, read: Callable[[], object]) -> tuple[object, bool]:
+T = TypeVar("T")
+
+
+def _checked(reading: Reading, read: Callable[[], T]) -> tuple[T, bool]:
     """Run one read; True when it found no problem."""
     before = len(reading.problems)
     value = read()
@@ -191,8 +195,8 @@ def condition(reading: Reading, source: Source) -> ConditionFact | None:
     clinical = _status_code(status_reading, "clinicalStatus", CLINICAL_STATUS, CLINICAL_SYSTEM)
     return ConditionFact(
         source=source,
-        codes=codes,  # type: ignore[arg-type]
-        text=text,  # type: ignore[arg-type]
+        codes=codes,
+        text=text,
         date=when,
         clinical_status=clinical,
         verification_status=verification,
@@ -274,8 +278,8 @@ def observation(reading: Reading, source: Source) -> LabFact | None:
     first = reading.dict_at(ranges[0], "referenceRange[0]") if ranges else {}
     return LabFact(
         source=source,
-        codes=codes,  # type: ignore[arg-type]
-        text=text,  # type: ignore[arg-type]
+        codes=codes,
+        text=text,
         date=when,
         status=status or "unreadable",
         quantity=quantity,
@@ -326,7 +330,7 @@ def procedure(reading: Reading, source: Source) -> ProcedureFact | None:
         reading, lambda: reading.concept(reading.resource.get("code"), "code")
     )
     when = _first_date(reading, PROCEDURE_DATES)
-    return ProcedureFact(source, codes, text, when, any_code=not code_read)  # type: ignore[arg-type]
+    return ProcedureFact(source, codes, text, when, any_code=not code_read)
 
 
 def _medication_concept(reading: Reading, medication: dict, prefix: str) -> tuple[list, list]:
@@ -510,7 +514,7 @@ def family_history(reading: Reading, source: Source) -> tuple[FamilyHistoryFact,
                     text,
                     when,
                     relationship,
-                    any_code=not code_read,  # type: ignore[arg-type]
+                    any_code=not code_read,
                 )
             )
     return tuple(found)
@@ -650,7 +654,10 @@ def _patient_name(reading: Reading) -> str | None:
 
 
 MEDICATION_KINDS = ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
-Reader = Callable[[Reading, Source, MedicationLookup, "str | None", list], object]
+Fact = ConditionFact | LabFact | ProcedureFact | ExposureFact | FamilyHistoryFact
+Reader = Callable[
+    [Reading, Source, MedicationLookup, "str | None", list], "Fact | tuple[Fact, ...] | None"
+]
 
 # resourceType -> (the PatientFacts field its facts go to, its reader)
 _READERS: dict[str, tuple[str, Reader]] = {
@@ -732,14 +739,15 @@ def patient_facts(
             facts["records"].append(replace(record, unreadable=tuple(problems)))
         for one in fact if isinstance(fact, tuple) else () if fact is None else (fact,):
             if problems:
-                one = replace(one, unreadable=tuple(problems))  # type: ignore[type-var]
-            if getattr(one, "status_unreadable", None):
-                notes += _notes([one.status_unreadable], where)  # type: ignore[attr-defined]
+                one = replace(one, unreadable=tuple(problems))
+            if isinstance(one, ConditionFact) and one.status_unreadable:
+                notes += _notes([one.status_unreadable], where)
             facts[field].append(one)
+    records: dict[str, Any] = {field: tuple(found) for field, found in facts.items()}
     return PatientFacts(
         patient_id=patient_id,
         **_patient_fields(patient_id, patient or {}, notes),
-        **{field: tuple(found) for field, found in facts.items()},
+        **records,
         notes=tuple(notes),
         doubts=tuple(doubts),
     )
@@ -805,4 +813,5 @@ def unattached_facts(
             for f in items
         )
 
-    return replace(found, **{name: mark(getattr(found, name)) for name in _RECORD_FIELDS})
+    marked: dict[str, Any] = {name: mark(getattr(found, name)) for name in _RECORD_FIELDS}
+    return replace(found, **marked)
