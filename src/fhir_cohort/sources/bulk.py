@@ -703,8 +703,12 @@ class BulkSource:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = self._load()
         job = state.get("job")
-        resumable = job and job.get("level") == self.level and job.get("types") == self.types()
-        if resumable and (not job.get("ready") or holds_data(self.staged)):
+        if (
+            job
+            and job.get("level") == self.level
+            and job.get("types") == self.types()
+            and (not job.get("ready") or holds_data(self.staged))
+        ):
             self.on_status("resuming the export under way")  # a run died before finishing it
             job.setdefault("problems", [])  # a job kept by an earlier version
             job.setdefault("doubts", [])

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,7 +273,9 @@ def link_folder(source: Path, target: Path) -> None:
                 os.link(path, target / path.name)
 
 
-def merge_export(staged: Path, incoming: Path, deleted: set[tuple[str, str]] = frozenset()) -> int:
+def merge_export(
+    staged: Path, incoming: Path, deleted: AbstractSet[tuple[str, str]] = frozenset()
+) -> int:
     """Fold a ``_since`` export into ``staged`` (a linked copy of the baseline): a changed
     resource replaces its copy, a deleted one is dropped, a new one is added.
 

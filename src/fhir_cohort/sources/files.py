@@ -297,7 +297,8 @@ class _Reader:
             )
             self.note(Note(code, f"{why}; {whose}", where))
         reason = f"unreadable record on {place} ({why})"
-        for patient in names or [None]:
+        patients: list[str | None] = [*names] or [None]
+        for patient in patients:
             yield RawResource({}, self.name, patient, number, unreadable=reason)
 
     # -- resources and Bundles ----------------------------------------------------

@@ -568,8 +568,8 @@ class RestSource:
                     )
         if refused and not answered:
             raise refused[0][1]
-        for kind, error in refused:
-            self._refuse(kind, error, "a candidate search")
+        for kind, refusal in refused:
+            self._refuse(kind, refusal, "a candidate search")
         return found
 
     # -- the strategy --------------------------------------------------------
@@ -654,8 +654,9 @@ class RestSource:
     def _ask(self, patients: list[str], form: PatientForm, cut: list[str]) -> Records:
         """These patients' records, asked for with ``form``; cut-short searches to ``cut``."""
         records: Records = {}
-        for patient in patients if self._by_type is not None else ():
-            records.update(self._by_type.get(patient, {}))
+        if self._by_type is not None:
+            for patient in patients:
+                records.update(self._by_type.get(patient, {}))
         requests = fetch_requests(self.plan_, patients, form) if self._by_type is None else []
         asked = frozenset(patients)
         for request in requests:
@@ -813,8 +814,8 @@ class RestSource:
                     else:
                         self._put_aside(resource, "id", "search Medication")
         for rid in wanted:
-            if rid not in found and (resource := self._read("Medication", rid)) is not None:
-                found[rid] = resource
+            if rid not in found and (medication := self._read("Medication", rid)) is not None:
+                found[rid] = medication
         self._read_by_id = len(found)
         for rid in wanted:
             if rid in found:
