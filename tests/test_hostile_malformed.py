@@ -15,7 +15,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hostile_servers import P01, MiniFhir, bundle, candidate_search, path_ends, screen, serve
 
 
@@ -191,6 +191,25 @@ def test_an_ec_p256_key_is_refused_naming_the_curve(tmp_path):
         )
     assert run.code == 2
     assert "EC key on curve secp256r1" in one_line(run) and "P-384" in run.stderr
+    assert server.seen == []
+
+
+def test_a_key_that_is_neither_rsa_nor_ec_is_refused_before_any_request(tmp_path):
+    key = tmp_path / "client.pem"
+    key.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    with serve(MiniFhir([P01])) as server:
+        run = screen(
+            tmp_path, server.base, "--auth", "smart", "--client-id", "c", "--private-key", str(key)
+        )
+    assert run.code == 2
+    assert f"{key}: SMART Backend Services needs an RSA or EC private key" in one_line(run)
     assert server.seen == []
 
 
