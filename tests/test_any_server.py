@@ -398,6 +398,26 @@ def test_probe_says_not_a_capability_statement_and_code_ignored(capsys):
     assert code == 0  # the screen adapts: complete (test_parameters_ignored_and_post_refused)
 
 
+class UntypedSearches(Honest):
+    """Answers a Condition search with a JSON object that names no resourceType."""
+
+    def __call__(self, call: Call) -> None:
+        if call.path == "/fhir/Condition":
+            call.send(body=b'{"entry": []}')
+        else:
+            super().__call__(call)
+
+
+def test_probe_says_a_search_answer_without_a_type_is_not_a_bundle(capsys):
+    """Before, probe crashed showing the missing resourceType (exit 1, found by mypy); now
+    the check fails with one line, and the other checks go on."""
+    with serve(UntypedSearches(PATIENTS)) as server:
+        code, printed = probe(server.base, capsys)
+    assert "[FAIL] paging: Condition?_count=2 -> not a Bundle (None)" in printed
+    assert "[ok  ] patient count: Patient?_summary=count -> total 3" in printed
+    assert code == 3  # the server failed a search a screen needs
+
+
 def test_probe_tests_paging_on_a_search_with_more_results(capsys):
     """Finding 9: before, "[ok] paging" came from a search with no result. Now paging is tried
     where the total is larger than ``_count``; with neither next links nor ``_offset`` a

@@ -57,6 +57,17 @@ def test_a_failed_entry_in_a_200_answer_is_named_and_partial(source, capsys):
     assert "Patient/s2: 400 invalid birthDate" in err
 
 
+def test_an_entry_status_that_is_not_text_is_named_not_a_crash(source, capsys):
+    """A status sent as a number (FHIR says a string) is not a confirmation: before, seed
+    crashed showing it (exit 1, found by mypy); now the entry is named as not written."""
+    scenario = answering(entry("201 Created"), {"response": {"status": 201}}, entry("200"))
+    with serve(scenario) as server:
+        code, err = seed(server.base, source, capsys)
+    assert code == 4
+    assert "seeded 2 of 3 resources" in err
+    assert "Patient/s2: 201" in err
+
+
 def test_every_entry_failed_is_a_server_failure(source, capsys):
     scenario = answering(*[entry("500", "database down")] * 3)
     with serve(scenario) as server:

@@ -73,9 +73,10 @@ def _get(client: FhirClient, resource: str, params: dict[str, str]) -> _Page | s
     except ServerError as error:
         return str(error)
     if body.get("resourceType") != "Bundle":
-        return f"not a Bundle ({shown(body.get('resourceType'), 40)})"
-    entries = body.get("entry") if isinstance(body.get("entry"), list) else []
-    links = body.get("link") if isinstance(body.get("link"), list) else []
+        return f"not a Bundle ({shown(str(body.get('resourceType')), 40)})"
+    entry, link = body.get("entry"), body.get("link")
+    entries = entry if isinstance(entry, list) else []
+    links = link if isinstance(link, list) else []
     total = body.get("total")
     return _Page(
         [

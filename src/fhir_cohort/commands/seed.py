@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from ..errors import Exit
 from ..quality import Note
+from ..sources import Progress
 from ..sources.files import FileSource
 from ..transport.client import FhirClient, ServerError, issue_text
 from ..transport.redact import shown
@@ -42,10 +43,10 @@ FAILURES_SHOWN = 10
 @dataclass
 class SeedReport:
     resources: int = 0
-    by_type: dict[str, int] | None = None
+    by_type: dict[str, int] = field(default_factory=dict)
     transactions: int = 0
     puts: int = 0
-    notes: list[Note] | None = None
+    notes: list[Note] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "Type/id: why", not confirmed written
 
 
@@ -79,7 +80,8 @@ def entry_failures(answer: object, sent: list[dict]) -> list[str]:
         outcome = response.get("outcome") if isinstance(response, dict) else None
         issues = outcome.get("issue") if isinstance(outcome, dict) else None
         why = "; ".join(filter(None, map(issue_text, issues if isinstance(issues, list) else [])))
-        failed.append(f"{name}: {shown(status, 20) or 'no status'} {shown(why, 160)}".rstrip())
+        said = shown("" if status is None else str(status), 20) or "no status"
+        failed.append(f"{name}: {said} {shown(why, 160)}".rstrip())
     return failed
 
 
@@ -115,15 +117,13 @@ def _transaction(resources: Iterable[dict]) -> dict:
     }
 
 
-def seed(
-    client: FhirClient, source: FileSource, progress: Callable[[int], None] = lambda _: None
-) -> SeedReport:
+def seed(client: FhirClient, source: FileSource, progress: Progress = lambda _: None) -> SeedReport:
     notes: list[Note] = []
     resources = collect(source, notes)
-    report = SeedReport(resources=len(resources), notes=notes, by_type={})
+    report = SeedReport(resources=len(resources), notes=notes)
     for resource in resources:
         kind = resource["resourceType"]
-        report.by_type[kind] = report.by_type.get(kind, 0) + 1  # type: ignore[index]
+        report.by_type[kind] = report.by_type.get(kind, 0) + 1
     use_transactions = True
     headers = {"Content-Type": "application/fhir+json"}
     for start in range(0, len(resources), BUNDLE_SIZE):
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(desc="seeding", unit="resources", leave=False, file=sys.stderr, disable=None)
     report = seed(server_client(args), source, bar.update)
     bar.close()
-    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted((report.by_type or {}).items()))
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.by_type.items()))
     how = (f"{report.transactions} transaction Bundles" if report.transactions else "") + (
         f"{' and ' if report.transactions and report.puts else ''}{report.puts} single PUTs"
         if report.puts
