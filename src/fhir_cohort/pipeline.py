@@ -26,7 +26,7 @@ doubt (their source marks them).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -42,6 +42,7 @@ from .quality import DataQuality, Note
 from .sources import (
     DOUBT_RECORD,
     PATIENT_REFERENCE_KEYS,
+    ProgressStart,
     RawResource,
     ResourceSource,
     elsewhere,
@@ -114,7 +115,7 @@ def screen(
     sources: Iterable[ResourceSource],
     trial: Trial,
     as_of: date,
-    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
+    progress: ProgressStart | None = None,
     workdir: Path | None = None,
     now: float | None = None,
 ) -> Screening:
@@ -127,7 +128,7 @@ def screen_trials(
     sources: Iterable[ResourceSource],
     trials: list[Trial],
     as_of: date,
-    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
+    progress: ProgressStart | None = None,
     workdir: Path | None = None,
     now: float | None = None,
 ) -> list[Screening]:
@@ -163,11 +164,11 @@ def screen_trials(
                 else no_progress
             )
             for raw in source.read(quality.add, advance):
-                wanted = classify(raw.resource)
-                if wanted:
+                mask = classify(raw.resource)
+                if mask:
                     if raw.patient is None:
                         unattached.take(raw)
-                    add(raw, wanted)
+                    add(raw, mask)
                 elif raw.unreadable is None and raw.resource["resourceType"] in R4_RESOURCE_TYPES:
                     add(raw, 0)
                 else:

@@ -59,7 +59,7 @@ def load_trials(names: list[str], site_file: Path | None = None) -> list[Trial]:
     site, lines = load_site(site_file) if site_file else (None, {})
     if "all" in names:
         names = [*sorted(p.stem for p in queries_dir().glob("*.yaml")), *names]
-    trials = {}
+    trials: dict[str, Trial] = {}
     for name in names:
         if name != "all":
             trial = load(name, site=site)
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         if previous is not None and len(trials) > 1:
             pools = [state.pool(r.id) for t in trials if (r := state.previous_run(t.id, scope))]
             for source in sources:
-                if getattr(source, "known", None) is not None and source.known:
+                if isinstance(source, RestSource) and source.known:
                     source.known = tuple(dict.fromkeys(p for pool in pools for p in pool))
         started = utc_now()
         results = screen_trials(

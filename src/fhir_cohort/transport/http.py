@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -302,7 +303,9 @@ class Transport:
                 "User-Agent": f"fhir-cohort/{__version__}",
             }
         )
-        base = routed_origin(self.session.prepare_request(requests.Request("GET", self.base)).url)
+        prepared = self.session.prepare_request(requests.Request("GET", self.base))
+        # types-requests leaves url Optional (unset before preparing); prepared, it is a str
+        base = routed_origin(cast(str, prepared.url))
         assert base is not None  # check_base made sure
         self.origin: Origin = base
 
