@@ -363,10 +363,10 @@ def compare(
         if _moved(before, now):
             changes.status_changed.append(_change(patient, before, now, reason))
     for patient, before in (previous or {}).items():
-        now = current.get(patient)
-        if before["status"] in LISTED and (now is None or now["status"] not in LISTED):
-            why = "; ".join(differences(before, now))
-            changes.dropped.append(_change(patient, before, now, why))
+        after = current.get(patient)
+        if before["status"] in LISTED and (after is None or after["status"] not in LISTED):
+            why = "; ".join(differences(before, after))
+            changes.dropped.append(_change(patient, before, after, why))
     changes.eligible_soon.sort(key=lambda c: (c.eligible_from or "", c.patient))
     return changes
 

@@ -342,6 +342,7 @@ class State:
                 ),
             )
             run_id = cursor.lastrowid
+            assert run_id is not None  # sqlite3 sets it after every INSERT
             db.executemany(
                 "INSERT INTO run_candidates (run_id, patient, snapshot, result) "
                 "VALUES (?, ?, ?, ?)",
@@ -354,7 +355,7 @@ class State:
                 "INSERT OR IGNORE INTO run_pool (run_id, patient) VALUES (?, ?)",
                 ((run_id, patient) for patient in pool),
             )
-        return int(run_id)
+        return run_id
 
     def latest_snapshot(self, trial: str, patient: str) -> dict | None:
         """The patient's candidate snapshot in the latest run of ``trial`` that listed them."""

@@ -110,7 +110,11 @@ def tree_lines(rule, trial: Trial, indent: int = 1) -> list[str]:
     for key, child in kids:
         name = node_id(rule, key, child)
         label = f"{trial.label(name)}: " if name else ""
-        weight = f"[{rule.score.items[name].weight}] " if isinstance(rule, ScoreRule) else ""
+        weight = (  # a score item is always named (node_id: its key)
+            f"[{rule.score.items[name].weight}] "
+            if isinstance(rule, ScoreRule) and name is not None
+            else ""
+        )
         sub = tree_lines(child, trial, indent + 1)
         sub[0] = f"{'  ' * (indent + 1)}{weight}{label}{sub[0].strip()}"
         lines += sub

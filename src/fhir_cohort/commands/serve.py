@@ -13,17 +13,26 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from ..errors import Exit, UsageError
 from ..state import State, default_state_dir
 
 
+class _Proxy(TypedDict, total=False):
+    """waitress's settings for one trusted proxy (none: no forwarded header is believed)."""
+
+    trusted_proxy: str
+    trusted_proxy_count: int
+    trusted_proxy_headers: str
+
+
 def make_server(app: Callable, host: str, port: int, trusted_proxy: str | None = None):
     """A waitress server for ``app`` (not yet running); behind ``trusted_proxy``, the
     forwarded headers of requests from that address (one hop) are believed."""
-    import waitress
+    from waitress.server import create_server
 
-    proxy = (
+    proxy: _Proxy = (
         {
             "trusted_proxy": trusted_proxy,
             "trusted_proxy_count": 1,
@@ -32,7 +41,7 @@ def make_server(app: Callable, host: str, port: int, trusted_proxy: str | None =
         if trusted_proxy
         else {}
     )
-    return waitress.create_server(app, host=host, port=port, threads=4, ident="", **proxy)
+    return create_server(app, host=host, port=port, threads=4, ident="", **proxy)
 
 
 def run(args: argparse.Namespace) -> int:

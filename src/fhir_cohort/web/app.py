@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WebResponse  # what redirect() returns
 
 from ..changes import REVIEW_STATUSES
 from ..state import RunRecord, State, StateError, UserRecord, utc_now
@@ -116,7 +117,7 @@ def _user() -> UserRecord:
 
 def _guard(app: Flask, bench: Workbench) -> None:
     @app.before_request
-    def open_state() -> Response | None:
+    def open_state() -> WebResponse | None:
         g.state = State(bench.folder)
         g.user = None
         if request.method == "POST" and not auth.same_token(
@@ -352,7 +353,7 @@ def _field(name: str, limit: int = 2000) -> str:
 
 def _forms(app: Flask, bench: Workbench) -> None:
     @app.post("/login")
-    def login_post() -> Response | tuple[str, int]:
+    def login_post() -> WebResponse | tuple[str, int]:
         name = request.form.get("name", "").strip()
         password = request.form.get("password", "")
         address = request.remote_addr or "?"
@@ -384,12 +385,12 @@ def _forms(app: Flask, bench: Workbench) -> None:
         return redirect(target)
 
     @app.post("/logout")
-    def logout() -> Response:
+    def logout() -> WebResponse:
         session.clear()
         return redirect(url_for("login"))
 
     @app.post("/patients/<path:pid>/record")
-    def record(pid: str) -> Response:
+    def record(pid: str) -> WebResponse:
         user = _writer()
         state = g.state
         trial, _ = _trial(state)
@@ -424,7 +425,7 @@ def _forms(app: Flask, bench: Workbench) -> None:
         return redirect(back)
 
     @app.post("/do-not-contact")
-    def do_not_contact_post() -> Response:
+    def do_not_contact_post() -> WebResponse:
         user = _writer()
         pid = _field("patient", 200)
         if not pid:
