@@ -359,6 +359,18 @@ def _kind_of(value: Any, keys: Mapping[str, type]) -> str | None:
     return next((_TAG.format(k) for k, model in keys.items() if isinstance(value, model)), None)
 
 
+def _tagged(keys: dict[str, type[_Model]], error_type: str, message: str) -> Any:
+    """The union of ``keys``' models, each told apart by the key a mapping has."""
+    return Annotated[
+        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in keys.items())],  # noqa: UP007
+        Discriminator(
+            lambda value: _kind_of(value, keys),
+            custom_error_type=error_type,
+            custom_error_message=message,
+        ),
+    ]
+
+
 if TYPE_CHECKING:  # the union that RULE_KEYS builds at run time, spelt out for mypy
     Rule: TypeAlias = (
         LabRule
@@ -379,14 +391,9 @@ if TYPE_CHECKING:  # the union that RULE_KEYS builds at run time, spelt out for 
         | IfRule
     )
 else:
-    Rule = Annotated[
-        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RULE_KEYS.items())],  # noqa: UP007
-        Discriminator(
-            lambda value: _kind_of(value, RULE_KEYS),
-            custom_error_type="rule_kind",
-            custom_error_message="a rule is a mapping with one of: " + ", ".join(RULE_KEYS),
-        ),
-    ]
+    Rule = _tagged(
+        RULE_KEYS, "rule_kind", "a rule is a mapping with one of: " + ", ".join(RULE_KEYS)
+    )
 for _model in (AllRule, AnyRule, NotRule, AtLeastRule, ScoreItem, ScoreRule, IfRule):
     _model.model_rebuild()
 
@@ -535,14 +542,7 @@ EXCLUSION_KEYS: dict[str, type[_Model]] = {"rules": RulesExclusion, "washout": W
 if TYPE_CHECKING:  # the union that EXCLUSION_KEYS builds at run time, spelt out for mypy
     Exclusion: TypeAlias = RulesExclusion | WashoutExclusion
 else:
-    Exclusion = Annotated[
-        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in EXCLUSION_KEYS.items())],  # noqa: UP007
-        Discriminator(
-            lambda value: _kind_of(value, EXCLUSION_KEYS),
-            custom_error_type="exclusion_kind",
-            custom_error_message="an exclusion has rules: or washout:",
-        ),
-    ]
+    Exclusion = _tagged(EXCLUSION_KEYS, "exclusion_kind", "an exclusion has rules: or washout:")
 
 
 class PerMetChild(_Model):
@@ -588,14 +588,7 @@ if TYPE_CHECKING:  # the union that RANK_KEYS builds at run time, spelt out for 
         PerMetChild | PerScorePoint | RuleMet | Recency | PerUnknown | PerUnknownChild
     )
 else:
-    RankTerm = Annotated[
-        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RANK_KEYS.items())],  # noqa: UP007
-        Discriminator(
-            lambda value: _kind_of(value, RANK_KEYS),
-            custom_error_type="rank_kind",
-            custom_error_message="a ranking term has one of: " + ", ".join(RANK_KEYS),
-        ),
-    ]
+    RankTerm = _tagged(RANK_KEYS, "rank_kind", "a ranking term has one of: " + ", ".join(RANK_KEYS))
 
 SEARCHABLE = Literal["Condition", "Observation", "Procedure", "FamilyMemberHistory"]
 
