@@ -208,13 +208,13 @@ class Reading:
 
     def string(self, value: object, path: str) -> str | None:
         if value is None or type(value) is str:
-            return value  # type: ignore[return-value]
+            return value
         self.bad(path, value, "is not a string")
         return None
 
     def boolean(self, value: object, path: str) -> bool | None:
         if value is None or type(value) is bool:
-            return value  # type: ignore[return-value]
+            return value
         self.bad(path, value, "is not true or false")
         return None
 

@@ -178,7 +178,7 @@ class _Watched:
     def _attach(self) -> None:
         watch = getattr(_CURRENT, "watch", None)
         if watch is not None:
-            watch.attach(self)  # type: ignore[arg-type]
+            watch.attach(self)
 
     def connect(self) -> None:
         self._attach()
