@@ -496,3 +496,55 @@ def test_printing_hides_the_filters_and_shows_every_row(changes_page, changes_re
 
     print_media("")
     assert len(visible_statuses(changes_page)) == washout  # on screen the filter applies again
+
+
+# -- size: a page a coordinator can read on a desktop and on a phone ---------------------
+
+
+@pytest.fixture
+def window(driver):
+    """Sets the browser window's size for one test, then puts the default back."""
+    default = driver.get_window_size()
+    try:
+        yield lambda width, height: driver.set_window_size(width, height)
+    finally:
+        driver.set_window_size(default["width"], default["height"])
+
+
+def page_size(driver) -> dict:
+    return driver.execute_script(
+        "const d = document.documentElement;"
+        "return {height: d.scrollHeight, width: d.scrollWidth, inner: d.clientWidth};"
+    )
+
+
+def test_the_bundled_report_is_under_25000_px_tall_at_1400_px(driver, report_url, window):
+    window(1400, 1000)
+    load(driver, report_url)
+    size = page_size(driver)
+    assert size["inner"] > 1300  # laid out at the desktop width
+    assert size["height"] < 25_000, size
+    assert size["width"] <= size["inner"]
+    # the folds are what keeps it short: not-met rows and evidence are in closed <details>
+    folded = driver.execute_script(
+        "return [...document.querySelectorAll('.card details')].filter(d => !d.open).length"
+    )
+    assert folded >= len(driver.find_elements("css selector", ".card"))
+
+
+def test_the_bundled_report_reads_at_390_px_without_sideways_scrolling(driver, report_url, window):
+    window(390, 844)
+    load(driver, report_url)
+    viewport = driver.find_element("css selector", 'meta[name="viewport"]')
+    assert "width=device-width" in viewport.get_attribute("content")
+    size = page_size(driver)
+    assert size["inner"] <= 390
+    assert size["width"] <= size["inner"], size
+    # the funnel and an opened timeline shrink to the screen rather than overflow
+    driver.execute_script("document.querySelector('.card details.evidence-box').open = true")
+    widths = driver.execute_script(
+        "return [...document.querySelectorAll('svg#funnel, .card svg.timeline')]"
+        ".filter(s => s.getClientRects().length).map(s => s.getBoundingClientRect().right)"
+    )
+    assert len(widths) >= 2 and max(widths) <= size["inner"]
+    assert page_size(driver)["width"] <= size["inner"]

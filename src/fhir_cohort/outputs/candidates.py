@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from datetime import date
 
@@ -77,6 +78,43 @@ def work_order(candidates: Sequence[Ranked], changes: Changes | None) -> list[Ra
     """The candidates as a coordinator works them: not yet acted on first, then those
     already acted on, each part in rank order."""
     return sorted(candidates, key=lambda c: acted_on(c.result.patient, changes) is not None)
+
+
+UCUM_WORDS = {"degF": "°F", "degC": "°C", "in_i": "in", "lb_av": "lb", "ft_i": "ft"}
+_UCUM = re.compile(r"\[([A-Za-z_]+)\]")
+_UP_TO = re.compile(r"\(reference\s*[–-]\s*([^()–]+)\)")
+_FROM = re.compile(r"\(reference\s+([^()–]+?)\s*[–-]\s*\)")
+_BETWEEN = re.compile(r"\(reference\s+([^()–]+?)\s*[–]\s*([^()–]+)\)")
+
+
+def plain_value(text: str) -> str:
+    """A value as sent, for people: UCUM annotations without brackets and reference
+    ranges that cannot read as a negative number.
+
+    >>> plain_value("85 [IU]/mL (reference –30 [IU]/mL)")
+    '85 IU/mL (reference: up to 30 IU/mL)'
+    >>> plain_value("70 mg/dL (reference 90 mg/dL–180 mg/dL)"), plain_value("101.3 [degF]")
+    ('70 mg/dL (reference: 90 mg/dL to 180 mg/dL)', '101.3 °F')
+    >>> plain_value("5 (reference 2–)")
+    '5 (reference: 2 or more)'
+    """
+    text = _UCUM.sub(lambda m: UCUM_WORDS.get(m[1], m[1]), text)
+    text = _UP_TO.sub(lambda m: f"(reference: up to {m[1].strip()})", text)
+    text = _FROM.sub(lambda m: f"(reference: {m[1].strip()} or more)", text)
+    return _BETWEEN.sub(lambda m: f"(reference: {m[1].strip()} to {m[2].strip()})", text)
+
+
+def reasons(candidate: Ranked, trial: Trial) -> list[str]:
+    """Why a patient needs review, in the trial's words: a reason that starts with an
+    exclusion's id starts with its label, and values read plainly (:func:`plain_value`).
+    """
+    out = []
+    for reason in candidate.result.reasons:
+        key, _, rest = reason.partition(" ")
+        if key in trial.spec.exclusions and rest:
+            reason = f"{trial.label(key)} {rest}"
+        out.append(plain_value(reason))
+    return out
 
 
 def candidate_dict(candidate: Ranked) -> dict:
@@ -190,7 +228,7 @@ def csv_row(candidate: Ranked, screening: Screening, changes: Changes | None = N
         "latest_evidence_date": latest.isoformat() if latest else "",
         "exclusions_flagged": "; ".join(flagged(candidate, screening.trial)),
         "to_verify": "; ".join(to_verify(candidate, screening.trial)),
-        "needs_review_because": "; ".join(result.reasons),
+        "needs_review_because": "; ".join(reasons(candidate, screening.trial)),
         "review_status": review.review.status if review else "",
         "review_date": review.review.at[:10] if review else "",
         "review_by": review.review.by if review else "",

@@ -11,7 +11,7 @@ toggles rows, so the page reads the same printed or without scripts.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -25,7 +25,15 @@ from ..criteria.results import STATUSES, WASHOUT, Evidence
 from ..criteria.tree import NodeResult
 from ..pipeline import Screening
 from ..private_files import write_private
-from .candidates import acted_on, candidate_dict, flagged, to_verify, work_order
+from .candidates import (
+    acted_on,
+    candidate_dict,
+    flagged,
+    plain_value,
+    reasons,
+    to_verify,
+    work_order,
+)
 
 LANE_HEIGHT, LANE_LABEL, TIMELINE_WIDTH, TIMELINE_AXIS = 20, 170, 720, 30
 TIMELINE_MARGIN = 70  # room right of the plot for half a centred date label
@@ -62,17 +70,29 @@ class TimeScale:
 def _point_label(e: Evidence) -> str:
     return " ".join(
         part
-        for part in (e.date.isoformat() if e.date else None, e.display or e.code, e.value)
+        for part in (
+            e.date.isoformat() if e.date else None,
+            e.display or e.code,
+            plain_value(e.value) if e.value else None,
+        )
         if part
     )
 
 
-def _dated(node: NodeResult) -> list[Evidence]:
+Dated = list[tuple[date, Evidence]]
+
+
+def _with_dates(evidence: Iterable[Evidence]) -> Dated:
+    """The dated evidence, each with its date (undated evidence is not drawn)."""
+    return [(e.date, e) for e in evidence if e.date]
+
+
+def _dated(node: NodeResult) -> Dated:
     """The dated evidence a rule shows: its named sub-rules' own, else its own."""
     named = [p for p in node.parts if p.id]
     if node.kind in ("at_least", "score") and named:
-        return [e for p in named for e in p.evidence if e.date]
-    return [e for e in node.evidence if e.date]
+        return _with_dates(e for p in named for e in p.evidence)
+    return _with_dates(node.evidence)
 
 
 def _windows(node: NodeResult) -> list[tuple[date, date, str]]:
@@ -81,24 +101,24 @@ def _windows(node: NodeResult) -> list[tuple[date, date, str]]:
     return own + [w for p in node.parts for w in _windows(p)]
 
 
-def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict[str, object]:
+def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict:
     """A candidate's dated evidence by lane (one per inclusion but age, one per exclusion
     with evidence), with time windows and washout windows to their end date."""
     result = candidate.result
-    lanes: list[tuple[str, list[Evidence], list[tuple[date, date, str]]]] = []
+    lanes: list[tuple[str, Dated, list[tuple[date, date, str]]]] = []
     for key, node in result.inclusions.items():
         if node.kind != "age":
             lanes.append((trial.label(key), _dated(node), _windows(node)[:1]))
     for key, finding in result.exclusions.items():
-        dated = [e for e in finding.evidence if e.date]
+        dated = _with_dates(finding.evidence)
         bars = []
         if finding.result == WASHOUT and finding.until:
-            last = max((e.date for e in dated if e.date), default=as_of)
+            last = max((day for day, _ in dated), default=as_of)
             label = f"{trial.label(key)} until {finding.until.isoformat()}"
             bars.append((last, finding.until, label))
         if dated or bars:
             lanes.append((trial.label(key), dated, bars))
-    days = [e.date for _, points, _ in lanes for e in points] + [
+    days = [day for _, points, _ in lanes for day, _ in points] + [
         day for _, _, bars in lanes for bar in bars for day in bar[:2]
     ]
     end = max([as_of, *days]) + timedelta(days=15)
@@ -124,7 +144,7 @@ def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict[str, object]:
             {
                 "label": label,
                 "y": index * LANE_HEIGHT,
-                "points": [{"x": scale.x(e.date), "label": _point_label(e)} for e in points],
+                "points": [{"x": scale.x(day), "label": _point_label(e)} for day, e in points],
                 "bars": [
                     {
                         "x": scale.x(start),
@@ -143,31 +163,9 @@ def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict[str, object]:
 FUNNEL_ROW, FUNNEL_WIDTH = 34, 640
 SIDE_BY_SIDE = ("eligible", "washout")  # the funnel's last steps, drawn on one row
 STEP_WORDS = {"eligible": "eligible now", "washout": "in washout"}
-UCUM_WORDS = {"degF": "°F", "degC": "°C", "in_i": "in", "lb_av": "lb", "ft_i": "ft"}
-_UCUM = re.compile(r"\[([A-Za-z_]+)\]")
-_UP_TO = re.compile(r"\(reference\s*[–-]\s*([^()–]+)\)")
-_FROM = re.compile(r"\(reference\s+([^()–]+?)\s*[–-]\s*\)")
-_BETWEEN = re.compile(r"\(reference\s+([^()–]+?)\s*[–]\s*([^()–]+)\)")
 
 
-def plain_value(text: str) -> str:
-    """A value as sent, for people: UCUM annotations without brackets and reference
-    ranges that cannot read as a negative number.
-
-    >>> plain_value("85 [IU]/mL (reference –30 [IU]/mL)")
-    '85 IU/mL (reference: up to 30 IU/mL)'
-    >>> plain_value("70 mg/dL (reference 90 mg/dL–180 mg/dL)"), plain_value("101.3 [degF]")
-    ('70 mg/dL (reference: 90 mg/dL to 180 mg/dL)', '101.3 °F')
-    >>> plain_value("5 (reference 2–)")
-    '5 (reference: 2 or more)'
-    """
-    text = _UCUM.sub(lambda m: UCUM_WORDS.get(m[1], m[1]), text)
-    text = _UP_TO.sub(lambda m: f"(reference: up to {m[1].strip()})", text)
-    text = _FROM.sub(lambda m: f"(reference: {m[1].strip()} or more)", text)
-    return _BETWEEN.sub(lambda m: f"(reference: {m[1].strip()} to {m[2].strip()})", text)
-
-
-def evidence_rows(evidence: list[Evidence]) -> list[dict]:
+def evidence_rows(evidence: Iterable[Evidence]) -> list[dict]:
     """Evidence as the cards print it: date, what, the value in plain words, the record."""
     return [
         {
@@ -270,6 +268,7 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
             "flagged": flagged(c, trial),
             "to_verify": to_verify(c, trial),
             "acted": acted_on(c.result.patient, changes),
+            "reasons": reasons(c, trial),
             "review": review.describe() if (review := reviews.get(c.result.patient)) else "",
             "review_note": review.review.note if review else "",
             "change": changes.for_patient(c.result.patient) if changes else "",
