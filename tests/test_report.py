@@ -690,3 +690,11 @@ def test_review_and_change_text_is_escaped(screening):
         f"<strong>Review:</strong> declined 2026-07-01 by Mallory {escaped}" in cards(page)[patient]
     )
     assert f"Since the last run:</strong> new: first listed {escaped}" in cards(page)[patient]
+
+
+def test_changes_and_reviews_print_values_plainly(later, changes):
+    page = render(later, changes)
+    section = text(changes_section(page))
+    assert "85 IU/mL (reference: up to 30 IU/mL)" in section  # p74's new anti-dsDNA
+    assert "[IU]" not in section and "reference –" not in section
+    assert "[IU]" not in text(cards(page)[P74])

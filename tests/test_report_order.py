@@ -20,6 +20,7 @@ from conftest import COHORT, EXPECTED
 from test_report import candidate_rows, cards, snapshots, text
 
 from fhir_cohort.changes import REVIEW_STATUSES, Review, compare
+from fhir_cohort.criteria.results import STATUSES
 from fhir_cohort.outputs.candidates import ACTED_ON, csv_bytes, reasons
 from fhir_cohort.outputs.report import render
 from fhir_cohort.outputs.terminal import TOP, summary
@@ -58,7 +59,7 @@ def terminal_ids(screening, changes) -> list[str]:
     ids = []
     for line in lines[start + 1 :]:
         parts = line.split()
-        if not parts or not parts[0].isdigit():
+        if len(parts) < 3 or not parts[0].isdigit() or parts[2] not in STATUSES:
             break
         ids.append(parts[1])
     return ids
@@ -184,3 +185,12 @@ def test_the_terminal_prints_whole_patient_ids(screening):
         ]
     )
     assert terminal_ids(shown, None)[0] == long_id
+
+
+def test_when_everyone_is_acted_on_the_terminal_lists_nobody_to_contact(screening):
+    everyone = {c.result.patient: "contacted" for c in screening.candidates}
+    changes = decided(screening, everyone)
+    assert terminal_ids(screening, changes) == []
+    assert f"  {len(everyone)} already acted on" in summary(screening, changes=changes)
+    rows = candidate_rows(render(screening, changes))
+    assert {row["table"] for row in rows.values()} == {"acted"}

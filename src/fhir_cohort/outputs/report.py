@@ -170,7 +170,7 @@ def evidence_rows(evidence: Iterable[Evidence]) -> list[dict]:
     return [
         {
             "date": e.date.isoformat() if e.date else "undated",
-            "what": e.display or e.code,
+            "what": e.display or e.code or "",
             "value": plain_value(e.value) if e.value else "",
             "resource": e.resource,
             "note": e.note or "",
@@ -259,6 +259,7 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
         loader=PackageLoader("fhir_cohort.outputs", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
+    environment.filters["plain"] = plain_value  # text from changes.py and reviews
     funnel = funnel_rows(screening)
     reviews = changes.reviews if changes else {}
     trial = screening.trial

@@ -92,7 +92,7 @@ def top_lines(screening: Screening, changes: Changes | None) -> list[str]:
     of the rest and of those already acted on."""
     order = work_order(screening.candidates, changes)
     to_contact = [c for c in order if acted_on(c.result.patient, changes) is None]
-    width = max(len("patient"), *(len(c.result.patient) for c in to_contact[:TOP]))
+    width = max([len("patient"), *(len(c.result.patient) for c in to_contact[:TOP])])
     lines = [f"  {'rank':>4}  {'patient':<{width}} {'status':<13} {'met':>5}  notes"]
     for candidate in to_contact[:TOP]:
         result = candidate.result
