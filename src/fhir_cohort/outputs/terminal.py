@@ -122,7 +122,7 @@ def summary(
     status = funnel["status"]
     lines = [
         f"fhir-cohort: {screening.trial.id} as of {screening.as_of.isoformat()}",
-        f"  patients read        {funnel['patients_read']:>7}",
+        f"  {'patients read':<36} {funnel['patients_read']:>7}",
     ]
     for step in funnel["steps"]:
         lines.append(f"  {step['label']:<36} {step['count']:>7}")
