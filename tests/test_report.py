@@ -20,7 +20,7 @@ from fhir_cohort.outputs.report import (
     RECENT_SHARE,
     TIMELINE_WIDTH,
     TimeScale,
-    funnel_bars,
+    funnel_rows,
     render,
     timeline,
 )
@@ -39,6 +39,7 @@ P24 = "p24-undated-conditions"
 P26 = "p26-sle-code-recorded-after-d"
 P74 = "p74-activity-after-d"
 P113 = "p113-statement-stopped-start-only"
+BIOLOGICS = "Other biologics in the last 6 months"  # the trial's label for biologic_washout
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +104,25 @@ def change_rows(page: str) -> list[dict]:
 
 
 def candidate_rows(page: str) -> dict[str, dict]:
-    """The candidates table by patient id: review and since-last-run cells as text."""
-    table = page.split('<table id="candidates">', 1)[1].split("</table>", 1)[0]
+    """Both candidate tables ("candidates" to contact, "acted" already acted on) by
+    patient id, in page order: the table, review, reason and since-last-run cells as text."""
     rows = {}
-    for row in re.findall(r'<tr data-status="[a-z-]+">(.*?)</tr>', table, re.S):
-        patient = htmllib.unescape(re.search(r"<small>(.*?)</small>", row).group(1))
-        cells = re.findall(r"<td(?: class=\"[a-z-]+\")?>(.*?)</td>", row, re.S)
-        review = re.search(r'<td class="review">(.*?)</td>', row, re.S).group(1)
-        rows[patient] = {"review": text(review), "review_html": review, "since": text(cells[-1])}
+    for table_id in ("candidates", "acted"):
+        if f'<table id="{table_id}">' not in page:
+            continue
+        table = page.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+        for row in re.findall(r'<tr data-status="[a-z-]+">(.*?)</tr>', table, re.S):
+            patient = htmllib.unescape(re.search(r"<small>(.*?)</small>", row).group(1))
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            review = re.search(r'<td class="review"[^>]*>(.*?)</td>', row, re.S).group(1)
+            reason = re.search(r'<td class="reason"[^>]*>(.*?)</td>', row, re.S).group(1)
+            rows[patient] = {
+                "table": table_id,
+                "review": text(review),
+                "review_html": review,
+                "reason": text(reason),
+                "since": text(cells[-1]),
+            }
     return rows
 
 
@@ -141,16 +153,45 @@ def test_report_is_self_contained(screening):
 
 def test_funnel_chart_and_one_card_per_candidate(screening):
     html = render(screening)
-    bars = funnel_bars(screening)
-    assert bars[0]["label"] == "patients read" and bars[0]["count"] == 120
-    assert {k: v for k, v in bars[-5].items() if k in ("label", "count")} == {
-        "label": "eligible",
-        "count": 55,
-    }
-    assert html.count("<rect x=") == len(bars)
+    rows = funnel_rows(screening)
+    bars = [bar for row in rows for bar in row]
+    funnel = screening.funnel.to_dict()
+    steps = {s["id"]: s for s in funnel["steps"]}
+    # read, then each step of funnel.steps in order, the last two side by side
+    assert [(b["label"], b["count"]) for b in bars] == [
+        ("patients read", funnel["patients_read"]),
+        *((s["label"], s["count"]) for s in funnel["steps"][:-2]),
+        ("eligible now", steps["eligible"]["count"]),
+        ("in washout", steps["washout"]["count"]),
+    ]
+    assert [b["label"] for b in rows[-1]] == ["eligible now", "in washout"]
+    assert [b["label"] for b in bars[1:5]] == [
+        "lupus evidence",
+        "Age 18–65",
+        "ACR 1997 criteria (4 or more of 11)",
+        "Clinically active SLE",
+    ]
+    # a real funnel: each row no wider than the one above it, each centred
+    widths = [sum(b["width"] for b in row) for row in rows]
+    assert widths == sorted(widths, reverse=True)
+    for row in rows[:-1]:
+        (bar,) = row
+        assert abs(2 * bar["x"] + bar["width"] - 640) <= 1
+    assert html.count('class="funnel-bar"') == len(bars)
     assert html.count('class="card"') == len(screening.candidates) == 115
     first = screening.candidates[0].result
     assert 'id="p-1"' in html and first.patient in html
+
+
+def test_exclusion_counts_are_apart_from_the_funnel_in_plain_words(screening):
+    html = render(screening)
+    funnel_svg = html.split('<svg id="funnel"', 1)[1].split("</svg>", 1)[0]
+    counts = text(html.split('<p id="exclusion-counts">', 1)[1].split("</p>", 1)[0])
+    washouts = screening.funnel.to_dict()["exclusions"]["belimumab_washout"]["washout"]
+    assert f"Belimumab in the last 2 months ({washouts} washout)" in counts
+    assert "Belimumab" not in funnel_svg and "excluded" not in funnel_svg
+    for key in screening.trial.spec.exclusions:
+        assert key not in counts
 
 
 # -- timeline(): the scale ------------------------------------------------------------
@@ -226,12 +267,12 @@ def test_washout_bar_runs_from_the_last_exposure_to_the_end_of_the_washout(scree
 
     drawn = draw(c, as_of)
     scale = expected_scale(c, as_of)
-    washout = lane(drawn, "biologic washout")
+    washout = lane(drawn, BIOLOGICS)
     (bar,) = washout["bars"]
     assert bar["washout"] is True
     assert bar["x"] == scale.x(exposure.date)
     assert bar["x"] + bar["width"] == scale.x(until)
-    assert "biologic_washout" in bar["label"] and until.isoformat() in bar["label"]
+    assert bar["label"] == f"{BIOLOGICS} until {until.isoformat()}"
     # the last exposure is drawn as a point where the bar starts
     assert [p["x"] for p in washout["points"]] == [bar["x"]]
     assert washout["points"][0]["label"].startswith(exposure.date.isoformat())
@@ -266,10 +307,10 @@ def test_every_washout_in_the_fixture_is_drawn_to_its_end_date(screening, expect
         drawn = draw(c, screening.as_of)
         scale = expected_scale(c, screening.as_of)
         last = max(e.date for e in c.result.exclusions[key].evidence if e.date)
-        (bar,) = lane(drawn, key.replace("_", " "))["bars"]
+        (bar,) = lane(drawn, screening.trial.label(key))["bars"]
         assert bar["x"] == scale.x(last), (patient, key)
         assert bar["x"] + bar["width"] == scale.x(until), (patient, key)
-        assert bar["label"] == f"{key} until {until.isoformat()}"
+        assert bar["label"] == f"{screening.trial.label(key)} until {until.isoformat()}"
         eligible = date.fromisoformat(expected["patients"][patient]["eligible_from"])
         assert drawn["eligible"] == scale.x(eligible) >= bar["x"] + bar["width"], patient
         assert drawn["as_of"] == scale.x(screening.as_of), patient
@@ -280,8 +321,8 @@ def test_two_washouts_each_end_at_their_own_date(screening):
     c = candidate(screening, "p110-two-washouts-later-wins")
     drawn = draw(c, screening.as_of)
     scale = expected_scale(c, screening.as_of)
-    (biologic,) = lane(drawn, "biologic washout")["bars"]
-    (belimumab,) = lane(drawn, "belimumab washout")["bars"]
+    (biologic,) = lane(drawn, BIOLOGICS)["bars"]
+    (belimumab,) = lane(drawn, "Belimumab in the last 2 months")["bars"]
     assert biologic["x"] + biologic["width"] == scale.x(date(2026, 7, 15))
     assert belimumab["x"] + belimumab["width"] == scale.x(date(2026, 8, 1)) == drawn["eligible"]
     assert biologic["x"] + biologic["width"] < drawn["eligible"]
@@ -406,7 +447,7 @@ def test_the_rendered_timeline_puts_the_washout_end_on_the_eligible_line(screeni
     assert re.search(rf'<line x1="{right}" x2="{right}" y1="0" y2="\d+" stroke="#0a6b2b"', card)
     assert right == plot + drawn["eligible"]
     assert 'stroke-dasharray="2,3"' in card  # the seam
-    assert "<title>biologic_washout until 2026-07-20</title>" in card
+    assert f"<title>{BIOLOGICS} until 2026-07-20</title>" in card
     # p15's timeline has no seam line
     assert 'stroke-dasharray="2,3"' not in cards(render(screening))["p15-synthea-200936003-only"]
 
@@ -649,3 +690,11 @@ def test_review_and_change_text_is_escaped(screening):
         f"<strong>Review:</strong> declined 2026-07-01 by Mallory {escaped}" in cards(page)[patient]
     )
     assert f"Since the last run:</strong> new: first listed {escaped}" in cards(page)[patient]
+
+
+def test_changes_and_reviews_print_values_plainly(later, changes):
+    page = render(later, changes)
+    section = text(changes_section(page))
+    assert "85 IU/mL (reference: up to 30 IU/mL)" in section  # p74's new anti-dsDNA
+    assert "[IU]" not in section and "reference –" not in section
+    assert "[IU]" not in text(cards(page)[P74])

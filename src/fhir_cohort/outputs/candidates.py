@@ -1,5 +1,8 @@
 """candidates.json and candidates.csv: the ranked list with its evidence.
 
+The CSV lists candidates in work order: those not yet acted on first, then those
+whose latest review decision acts on or closes the case (:data:`ACTED_ON`).
+
 The JSON is the complete record (funnel, data-quality notes, every criterion
 with its evidence, the changes since the previous run and each patient's
 latest review decision); the CSV is the screening log, one row per candidate,
@@ -13,13 +16,17 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Sequence
+from datetime import date
 
 import orjson
 
 from .. import __version__
-from ..changes import Changes, flags
+from ..changes import REVIEW_STATUSES, SET_ASIDE, Changes
 from ..criteria.language import Trial
 from ..criteria.rank_terms import Ranked
+from ..criteria.results import WASHOUT
 from ..criteria.tree import NodeResult
 from ..pipeline import Screening
 from ..text import printable
@@ -45,6 +52,69 @@ CSV_COLUMNS = (
     "screen_as_of",
     "trial_id",
 )
+
+
+# Decisions that close a case or act on it: the patient leaves the "to contact" order.
+# Only "reopened" (a newer record undoing the one before) puts a patient back.
+ACTED_ON = frozenset(REVIEW_STATUSES) - {"reopened"}
+
+
+def acted_on(patient: str, changes: Changes | None) -> str | None:
+    """The decision that took ``patient`` out of the "to contact" order, or None.
+
+    A patient set aside (declined, not eligible) returns to the order when evidence
+    appears that was not on record at the decision: the change since the last run
+    says so.
+    """
+    state = changes.reviews.get(patient) if changes else None
+    if state is None or state.review.status not in ACTED_ON:
+        return None
+    if state.review.status in SET_ASIDE and state.new_evidence:
+        return None
+    return state.review.status
+
+
+def work_order(candidates: Sequence[Ranked], changes: Changes | None) -> list[Ranked]:
+    """The candidates as a coordinator works them: not yet acted on first, then those
+    already acted on, each part in rank order."""
+    return sorted(candidates, key=lambda c: acted_on(c.result.patient, changes) is not None)
+
+
+UCUM_WORDS = {"degF": "°F", "degC": "°C", "in_i": "in", "lb_av": "lb", "ft_i": "ft"}
+_UCUM = re.compile(r"\[([A-Za-z_]+)\]")
+_UP_TO = re.compile(r"\(reference\s*[–-]\s*([^()–]+)\)")
+_FROM = re.compile(r"\(reference\s+([^()–]+?)\s*[–-]\s*\)")
+_BETWEEN = re.compile(r"\(reference\s+([^()–]+?)\s*[–]\s*([^()–]+)\)")
+
+
+def plain_value(text: str) -> str:
+    """A value as sent, for people: UCUM annotations without brackets and reference
+    ranges that cannot read as a negative number.
+
+    >>> plain_value("85 [IU]/mL (reference –30 [IU]/mL)")
+    '85 IU/mL (reference: up to 30 IU/mL)'
+    >>> plain_value("70 mg/dL (reference 90 mg/dL–180 mg/dL)"), plain_value("101.3 [degF]")
+    ('70 mg/dL (reference: 90 mg/dL to 180 mg/dL)', '101.3 °F')
+    >>> plain_value("5 (reference 2–)")
+    '5 (reference: 2 or more)'
+    """
+    text = _UCUM.sub(lambda m: UCUM_WORDS.get(m[1], m[1]), text)
+    text = _UP_TO.sub(lambda m: f"(reference: up to {m[1].strip()})", text)
+    text = _FROM.sub(lambda m: f"(reference: {m[1].strip()} or more)", text)
+    return _BETWEEN.sub(lambda m: f"(reference: {m[1].strip()} to {m[2].strip()})", text)
+
+
+def reasons(candidate: Ranked, trial: Trial) -> list[str]:
+    """Why a patient needs review, in the trial's words: a reason that starts with an
+    exclusion's id starts with its label, and values read plainly (:func:`plain_value`).
+    """
+    out = []
+    for reason in candidate.result.reasons:
+        key, _, rest = reason.partition(" ")
+        if key in trial.spec.exclusions and rest:
+            reason = f"{trial.label(key)} {rest}"
+        out.append(plain_value(reason))
+    return out
 
 
 def candidate_dict(candidate: Ranked) -> dict:
@@ -84,9 +154,21 @@ def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
     return orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
 
 
-def flagged(candidate: Ranked) -> list[str]:
-    """Failed inclusions and exclusions that are not clear ('biologic_washout until 2026-08-28')."""
-    return flags(candidate.result)
+def flagged(candidate: Ranked, trial: Trial) -> list[str]:
+    """An age outside the range and exclusions that are not clear, in the trial's words
+    ("Other biologics in the last 6 months until 2026-08-28")."""
+    result = candidate.result
+    out = [
+        f"{trial.label(key)}: {node.shown} outside the trial's range"
+        for key, node in result.inclusions.items()
+        if node.value is False and node.kind == "age"
+    ]
+    for key, finding in result.exclusions.items():
+        if finding.result == WASHOUT and finding.until:
+            out.append(f"{trial.label(key)} until {finding.until.isoformat()}")
+        elif finding.result != "clear":
+            out.append(f"{trial.label(key)}: {finding.result}")
+    return out
 
 
 def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
@@ -95,10 +177,10 @@ def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
     """
     label = trial.label(key)
     if node.kind == "at_least":
-        missing = [p.id for p in node.parts if not p.value]
+        missing = [trial.label(p.id) for p in node.parts if p.id and not p.value]
         return (
             f"{label} ({len(node.met)} of {len(node.parts)} on record; "
-            f"missing: {', '.join(map(str, missing))})"
+            f"missing: {', '.join(missing)})"
         )
     return f"{label} ({node.result})"
 
@@ -112,14 +194,14 @@ def to_verify(candidate: Ranked, trial: Trial) -> list[str]:
         if node.value is not True
     ]
     items += [
-        f"{trial.label(key)} ({finding.result})"
+        f"{trial.label(key)} (a record needs review)"
         for key, finding in result.exclusions.items()
         if finding.result == "review"
     ]
     return items
 
 
-def latest_evidence(candidate: Ranked):
+def latest_evidence(candidate: Ranked) -> date | None:
     """The date of the newest evidence behind the inclusions, or None."""
     dates = [d for node in candidate.result.inclusions.values() if (d := node.latest_evidence())]
     return max(dates, default=None)
@@ -144,9 +226,9 @@ def csv_row(candidate: Ranked, screening: Screening, changes: Changes | None = N
             if n.value is not True
         ),
         "latest_evidence_date": latest.isoformat() if latest else "",
-        "exclusions_flagged": "; ".join(flagged(candidate)),
+        "exclusions_flagged": "; ".join(flagged(candidate, screening.trial)),
         "to_verify": "; ".join(to_verify(candidate, screening.trial)),
-        "needs_review_because": "; ".join(result.reasons),
+        "needs_review_because": "; ".join(reasons(candidate, screening.trial)),
         "review_status": review.review.status if review else "",
         "review_date": review.review.at[:10] if review else "",
         "review_by": review.review.by if review else "",
@@ -177,7 +259,7 @@ def csv_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for candidate in screening.candidates:
+    for candidate in work_order(screening.candidates, changes):
         writer.writerow(
             {k: _safe_cell(v) for k, v in csv_row(candidate, screening, changes).items()}
         )
