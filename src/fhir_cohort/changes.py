@@ -13,6 +13,7 @@ and then the change says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -92,17 +93,21 @@ def evidence_items(result: TrialResult) -> dict[str, str]:
     return {evidence_key(e.resource): _label(e) for e in evidence}
 
 
-def flags(result: TrialResult) -> list[str]:
-    """Exclusions that are not clear and inclusions that failed, as short phrases."""
+def flags(result: TrialResult, name: Callable[[str], str] = str, age_joint: str = " ") -> list[str]:
+    """An age outside the range and exclusions that are not clear, as short phrases.
+
+    ``name`` turns an id into words: the history keeps ids (``biologic_washout until
+    2026-08-28``), so snapshots compare across runs; the outputs pass the trial's labels.
+    """
     out = []
     for key, node in result.inclusions.items():
         if node.value is False and node.kind == "age":
-            out.append(f"{key} {node.shown} outside the trial's range")
+            out.append(f"{name(key)}{age_joint}{node.shown} outside the trial's range")
     for key, finding in result.exclusions.items():
         if finding.result == WASHOUT and finding.until:
-            out.append(f"{key} until {finding.until.isoformat()}")
+            out.append(f"{name(key)} until {finding.until.isoformat()}")
         elif finding.result != "clear":
-            out.append(f"{key}: {finding.result}")
+            out.append(f"{name(key)}: {finding.result}")
     return out
 
 

@@ -23,10 +23,9 @@ from datetime import date
 import orjson
 
 from .. import __version__
-from ..changes import REVIEW_STATUSES, SET_ASIDE, Changes
+from ..changes import REVIEW_STATUSES, SET_ASIDE, Changes, flags
 from ..criteria.language import Trial
 from ..criteria.rank_terms import Ranked
-from ..criteria.results import WASHOUT
 from ..criteria.tree import NodeResult
 from ..pipeline import Screening
 from ..text import printable
@@ -157,18 +156,7 @@ def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
 def flagged(candidate: Ranked, trial: Trial) -> list[str]:
     """An age outside the range and exclusions that are not clear, in the trial's words
     ("Other biologics in the last 6 months until 2026-08-28")."""
-    result = candidate.result
-    out = [
-        f"{trial.label(key)}: {node.shown} outside the trial's range"
-        for key, node in result.inclusions.items()
-        if node.value is False and node.kind == "age"
-    ]
-    for key, finding in result.exclusions.items():
-        if finding.result == WASHOUT and finding.until:
-            out.append(f"{trial.label(key)} until {finding.until.isoformat()}")
-        elif finding.result != "clear":
-            out.append(f"{trial.label(key)}: {finding.result}")
-    return out
+    return flags(candidate.result, trial.label, ": ")
 
 
 def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
