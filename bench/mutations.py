@@ -363,7 +363,7 @@ def draw(files: dict[str, object], rng: random.Random) -> Mutation:
 def _run(arguments: tuple[int, int, int]) -> dict:
     """One worker: ``count`` mutations from ``seed``, judged against the baseline."""
     seed, count, worker = arguments
-    from fhir_cohort.criteria.trial import load_trial
+    from fhir_cohort.criteria.language import load as load_trial
 
     trial = load_trial("misle")
     files = load()

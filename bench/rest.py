@@ -56,7 +56,7 @@ import generate_population as gp  # noqa: E402
 from sekmet_server import sekmet  # noqa: E402
 
 from fhir_cohort.commands.seed import seed  # noqa: E402
-from fhir_cohort.criteria.trial import load_trial  # noqa: E402
+from fhir_cohort.criteria.language import load as load_trial  # noqa: E402
 from fhir_cohort.pipeline import Screening, screen  # noqa: E402
 from fhir_cohort.sources.bulk import BulkSource  # noqa: E402
 from fhir_cohort.sources.files import FileSource  # noqa: E402
@@ -408,11 +408,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             baseline = tmp_path / "bulk-baseline"
-            screen([BulkSource(FhirClient(base), trial.server, baseline)], trial, AS_OF)
+            first = BulkSource(FhirClient(base), trial.server, baseline)
+            screen([first], trial, AS_OF)
+            first.settle(complete=True)  # as the command does after a complete run
 
             def bulk_incremental() -> tuple[Screening, FhirClient]:
                 client = FhirClient(base)
-                return screen([BulkSource(client, trial.server, baseline)], trial, AS_OF), client
+                source = BulkSource(client, trial.server, baseline)
+                screening = screen([source], trial, AS_OF)
+                source.settle(complete=True)
+                return screening, client
 
             measured.append(
                 (

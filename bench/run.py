@@ -9,7 +9,7 @@ process:
 * bare parse - read every NDJSON file line by line and ``orjson.loads`` each
   line: the floor any Python screening of the same files must pay;
 * source / source+filter - ``FileSource.read`` alone, then with the trial's
-  ingest filter (``criteria.relevance.resource_filter``), to split the cost;
+  ingest filter (``pipeline.pool_gates(...).classify``), to split the cost;
 * screening - ``pipeline.screen([FileSource(path)], load_trial("misle"),
   date(2026, 6, 30))``, end to end;
 
@@ -190,7 +190,7 @@ def funnel_summary(screening) -> dict:
     return {
         "patients_read": funnel["patients_read"],
         "resources_read": sum(funnel["resources_read"].values()),
-        "lupus_evidence": funnel["lupus_evidence"],
+        "pool": funnel["steps"][0]["count"],  # the candidate pool
         "status": funnel["status"],
         "candidates": len(screening.candidates),
         "data_quality_notes": sum(screening.data_quality.counts.values()),
@@ -214,7 +214,7 @@ def _child(path: str, mode: str, tmp: str, conn) -> None:
     """Screen once in a fresh interpreter and send back what it cost."""
     try:
         tempfile.tempdir = tmp
-        from fhir_cohort.criteria.trial import load_trial
+        from fhir_cohort.criteria.language import load as load_trial
 
         trial = load_trial(TRIAL)
         gc.collect()
@@ -466,7 +466,7 @@ def markdown(
         f = r["funnel"]
         s = f["status"]
         out.append(
-            f"| {r['name']} | {f['patients_read']:,} | {f['lupus_evidence']} | "
+            f"| {r['name']} | {f['patients_read']:,} | {f['pool']} | "
             f"{s.get('eligible', 0)} | {s.get('washout', 0)} | "
             f"{s.get('needs-review', 0)} | {s.get('excluded', 0)} | "
             f"{s.get('not-a-candidate', 0):,} | {f['data_quality_notes']} |"
@@ -537,12 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from fhir_cohort.criteria.relevance import resource_filter
-    from fhir_cohort.criteria.trial import load_trial
+    from fhir_cohort.criteria.language import load as load_trial
+    from fhir_cohort.pipeline import pool_gates
 
     machine = machine_info()
     trial = load_trial(TRIAL)
-    keep = resource_filter(trial)
+    keep = pool_gates([trial]).classify
     results = []
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     for path in args.data:

@@ -33,16 +33,17 @@ from pathlib import Path
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_cohort.criteria.relevance import CODED, Relevance
-from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.criteria.language import load as load_trial
+from fhir_cohort.criteria.plan import CODED
 from fhir_cohort.normalise.resources import patient_facts
+from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.store import SqliteStore
 
 
 def records(folder: Path) -> tuple[list[tuple[str, list[dict]]], SqliteStore]:
     """Every patient's kept resources, read back from the store as the pipeline does."""
-    relevance = Relevance(load_trial("misle"))
+    relevance = pool_gates([load_trial("misle")])
     store = SqliteStore(filtered_types=CODED)
     for raw in FileSource(folder).read(lambda note: None, lambda n: None):
         store.add(raw, relevance.classify(raw.resource))

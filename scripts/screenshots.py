@@ -3,9 +3,10 @@
 Two runs over the bundled synthetic cohort, as of 2026-06-30 and 2026-07-22,
 with one review decision between them, so the page shows what changed; then
 headless Chromium (Debian's chromium and chromium-driver, through Selenium
-from the test extras) takes the top of the page and one candidate's card.
+from the test extras) takes the top of the page, one candidate's card (its folds opened) and the top
+of the page at a phone's width (390 px).
 
-    python scripts/screenshots.py            # writes docs/report-fixtures.png, docs/report-card.png
+    python scripts/screenshots.py   # docs/report-fixtures.png, report-card.png, report-phone.png
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from browser import chromium  # noqa: E402  (tests/browser.py: the same browser 
 from fhir_cohort.cli import main  # noqa: E402
 
 CARD_PATIENT = "p110-two-washouts-later-wins"  # two washouts running on 2026-07-22
+SHOTS = ("report-fixtures.png", "report-card.png", "report-phone.png")
 REVIEWED = ("p49-fever-degF", "contacted", "left a message, calling back Friday", "A. Rivera")
 
 
@@ -61,12 +63,17 @@ def main_() -> None:
             driver.save_screenshot(str(docs / "report-fixtures.png"))
             driver.set_window_size(1280, 3000)  # an element is captured only where it is in view
             card = driver.execute_script(
-                "return [...document.querySelectorAll('section.card')]"
-                ".find(c => c.textContent.includes(arguments[0]))",
+                "const card = [...document.querySelectorAll('section.card')]"
+                ".find(c => c.textContent.includes(arguments[0]));"
+                "card.querySelectorAll('details').forEach(d => d.open = true);"
+                "return card;",
                 CARD_PATIENT,
             )
             card.screenshot(str(docs / "report-card.png"))
-    print(f"wrote {docs / 'report-fixtures.png'} and {docs / 'report-card.png'}")
+            driver.set_window_size(390, 1400)  # a phone: the same page, no sideways scrolling
+            driver.get((out / "report.html").as_uri())
+            driver.save_screenshot(str(docs / "report-phone.png"))
+    print(f"wrote {', '.join(str(docs / n) for n in SHOTS)}")
 
 
 if __name__ == "__main__":

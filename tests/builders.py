@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from fhir_cohort.criteria.evaluator import evaluate
-from fhir_cohort.criteria.results import PatientResult
-from fhir_cohort.criteria.trial import Trial
+from misle_view import MisleView
+
+from fhir_cohort.criteria.language import Trial
+from fhir_cohort.criteria.tree import evaluate
 from fhir_cohort.normalise.facts import PatientFacts
 from fhir_cohort.normalise.resources import patient_facts
 
@@ -215,9 +216,10 @@ def run(
     as_of: date = D,
     pid: str = PID,
     medications: dict | None = None,
-) -> PatientResult:
-    """Normalise ``resources`` as one patient's record and evaluate it."""
-    return evaluate(facts_of(resources, pid, medications), trial, as_of)
+) -> MisleView:
+    """Normalise ``resources`` as one patient's record and evaluate it (read as MiSLE's
+    age, acr and activity)."""
+    return MisleView(evaluate(facts_of(resources, pid, medications), trial, as_of))
 
 
 def resources_of(evidence) -> list[str]:

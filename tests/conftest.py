@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from real_servers import cohort_server, real_server  # noqa: F401 (session fixtures for all tests)
+from web_support import screened_state, state_dir, users_state  # noqa: F401 (the workbench's)
 
-from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.criteria.language import load
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
@@ -38,7 +39,7 @@ def fresh_secrets(monkeypatch):
 
 @pytest.fixture(scope="session")
 def trial():
-    return load_trial("misle")
+    return load("misle")
 
 
 @pytest.fixture(scope="session")

@@ -445,8 +445,8 @@ class MiniFhir:
         tail = call.path[len("/fhir/") :] if call.path.startswith("/fhir/") else call.path
         if tail == "metadata":
             call.json({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"})
-        elif tail == "Patient" and call.params.get("_summary") == "count":
-            call.json(bundle([], total=len(self.patients)))
+        elif tail.isalpha() and call.params.get("_summary") == "count":
+            call.json(bundle([], total=len(self.of_type(tail))))
         elif tail == "$export":
             call.send(202, headers={"Content-Location": f"{base}/status/1"})
         elif tail == "status/1":

@@ -29,13 +29,14 @@ from test_bad_data import P01, cohort, find, listed
 from test_history import COHORT, outputs_and_runs, run_rows, screen
 
 from fhir_cohort.changes import Review
-from fhir_cohort.criteria.evaluator import evaluate
+from fhir_cohort.criteria.funnel import TrialFunnel as Funnel
+from fhir_cohort.criteria.rank_terms import rank
+from fhir_cohort.criteria.tree import evaluate
 from fhir_cohort.normalise.resources import patient_facts
 from fhir_cohort.outputs.candidates import CSV_COLUMNS
 from fhir_cohort.outputs.terminal import review_lines, summary
-from fhir_cohort.pipeline import Funnel, Screening
+from fhir_cohort.pipeline import Screening
 from fhir_cohort.quality import DataQuality
-from fhir_cohort.rank import rank
 from fhir_cohort.state import State
 from fhir_cohort.store import SqliteStore
 
@@ -85,9 +86,10 @@ def test_the_csv_says_why_a_candidate_needs_review(tmp_path):
     }
     row = rows["p94-belimumab-admin-40d"]
     assert row["screen_status"] == "needs-review"
+    # the reasons of candidates.json, with the exclusion named by the trial's label
     assert row["needs_review_because"] == "; ".join(
         listed(run.data)["p94-belimumab-admin-40d"]["reasons"]
-    )
+    ).replace("belimumab_washout needs review", "Belimumab in the last 2 months needs review")
     assert "status 'garbage' is not a FHIR code" in row["needs_review_because"]
     report = (out / "report.html").read_text()
     assert "Records that cannot be read for certain:</strong> 1 invalid-element." in report
@@ -109,7 +111,7 @@ def test_escape_sequences_never_reach_the_terminal(trial):
     result = evaluate(facts, trial, date(2026, 6, 30))
     quality = DataQuality()
     quality.counts[f"odd{ESCAPES}code"] += 1
-    screening = Screening(trial, date(2026, 6, 30), Funnel(trial), quality, rank([result], {}))
+    screening = Screening(trial, date(2026, 6, 30), Funnel(trial), quality, rank([result], trial))
     text = summary(screening, "out")
     assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
     assert "p12J" not in text and "p1 " in text  # the escape is gone, the id is still shown

@@ -111,7 +111,7 @@ def test_unknown_trial_exits_2_with_one_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err == (
-        "fhir-cohort: error: unknown trial 'nosuchtrial'; known trials: misle\n"
+        "fhir-cohort: error: unknown trial 'nosuchtrial'; known trials: misle, surpass2\n"
     )
     assert captured.out == ""
 
@@ -122,7 +122,7 @@ def test_bad_trial_definition_exits_2(tmp_path, capsys):
     code = main(["screen", "--trial", str(bad), "--as-of", AS_OF, "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.startswith(f"fhir-cohort: error: {bad}: not valid YAML")
+    assert captured.err.startswith(f"fhir-cohort: error: {bad.name}:2: not valid YAML")
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01", "30/06/2026", "tomorrow"])
@@ -198,7 +198,7 @@ def test_unexpected_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(command, "screen", broken)
+    monkeypatch.setattr(command, "engine", broken)
     monkeypatch.delenv("FHIR_COHORT_DEBUG", raising=False)
     code = cli.main(["screen", "--as-of", "2026-06-30", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -87,15 +87,18 @@ def _check_output(output: dict, folder: Path) -> None:
     acr = eligible["criteria"]["acr"]
     assert sorted(acr["met"]) == ["ana", "arthritis", "immunologic", "malar_rash", "oral_ulcers"]
     activity = eligible["criteria"]["activity"]
-    assert (activity["result"], activity["score"]) == ("met", 8)
+    assert (activity["result"], activity["parts"]["sledai"]["score"]) == ("met", 8)
     assert {e["resource"] for e in activity["evidence"]} == {
         "Observation/o-upcr-e",
         "Observation/o-c3-e",
         "Observation/o-dsdna-e",
     }
     # the suspect WBC neither scores leukopenia nor blocks anything
-    assert activity["descriptors"]["leukopenia"]["result"] == "unknown"
-    assert activity["descriptors"]["leukopenia"]["evidence"][0]["resource"] == "Observation/o-wbc-e"
+    assert activity["parts"]["sledai"]["descriptors"]["leukopenia"]["result"] == "unknown"
+    assert (
+        activity["parts"]["sledai"]["descriptors"]["leukopenia"]["evidence"][0]["resource"]
+        == "Observation/o-wbc-e"
+    )
     assert all(f["result"] == "clear" for f in eligible["exclusions"].values())
 
     review = listed["messy-review"]

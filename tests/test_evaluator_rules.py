@@ -38,7 +38,7 @@ from builders import (
     sle,
 )
 
-from fhir_cohort.criteria.evaluator import evaluate
+from fhir_cohort.criteria.tree import evaluate
 
 
 def days_before(n: int, as_of: date = D) -> str:

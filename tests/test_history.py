@@ -284,7 +284,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     assert run2.ids("new") == ["c-new"]
     new = run2.change("new", "c-new")
     assert (new["before"], new["after"]) == (None, "eligible")
-    assert new["why"] == "first listed: ACR 5 of 11, activity met"
+    assert new["why"] == "first listed: age met, acr met (5), activity met"
 
     assert run2.ids("status_changed") == ["e-changes"]
     changed = run2.change("status_changed", "e-changes")
@@ -316,7 +316,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
         "1 new, 1 changed, 1 dropped out\n"
     ) in run2.stdout
     assert change_line(run2.stdout, "new", "c-new").endswith(
-        "eligible: first listed: ACR 5 of 11, activity met"
+        "eligible: first listed: age met, acr met (5), activity met"
     )
     assert change_line(run2.stdout, "changed", "e-changes").endswith(
         "needs-review: " + changed["why"]
@@ -326,7 +326,10 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     )
     # the CSV's screening log carries the change for listed patients
     rows = run2.csv_rows()
-    assert rows["c-new"]["change_since_last"] == "new: first listed: ACR 5 of 11, activity met"
+    assert (
+        rows["c-new"]["change_since_last"]
+        == "new: first listed: age met, acr met (5), activity met"
+    )
     assert rows["e-changes"]["change_since_last"] == "changed: " + changed["why"]
     assert rows["a-eligible"]["change_since_last"] == ""
     # the first run's outputs (another folder) are untouched by the second
@@ -539,7 +542,7 @@ def test_set_aside_patient_coming_back_without_new_evidence_is_not_new(reviewed,
     # the patient's records are missing from one export: dropped out
     gone = rescreen(reviewed, {k: v for k, v in base.items() if k != "r-declined"})
     assert gone.ids("dropped") == ["r-declined"]
-    assert gone.change("dropped", "r-declined")["why"].startswith("no lupus evidence")
+    assert gone.change("dropped", "r-declined")["why"].startswith("not in the candidate pool")
     # back with the same records: set aside, not new
     back = rescreen(reviewed, base)
     assert back.ids("new") == []
@@ -656,7 +659,10 @@ def test_contacted_is_not_set_aside(reviewed):
     back = rescreen(reviewed, base)
     assert back.ids("new") == ["r-contacted"]
     assert back.ids("set_aside") == []
-    assert back.change("new", "r-contacted")["why"] == "first listed: ACR 5 of 11, activity met"
+    assert (
+        back.change("new", "r-contacted")["why"]
+        == "first listed: age met, acr met (5), activity met"
+    )
     assert back.candidate("r-contacted")["review"]["status"] == "contacted"
 
 
@@ -730,15 +736,26 @@ def population(tmp_path_factory) -> Path:
     return folder
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (its worker processes), from /proc."""
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in found)]
+
+
 def reading(pid: int, folder: Path) -> bool:
-    """Whether process ``pid`` has a file of ``folder`` open (always true without /proc)."""
-    fds = Path(f"/proc/{pid}/fd")
+    """Whether process ``pid`` or one of its workers has a file of ``folder`` open
+    (always true without /proc)."""
     if not Path("/proc/self/fd").is_dir():
         return True
-    try:
-        targets = [os.readlink(fd) for fd in fds.iterdir()]
-    except OSError:  # the process is gone, or an fd closed while listing
-        return False
+    targets = []
+    for member in family(pid):
+        try:
+            targets += [os.readlink(fd) for fd in Path(f"/proc/{member}/fd").iterdir()]
+        except OSError:  # the process is gone, or an fd closed while listing
+            continue
     return any(target.startswith(f"{folder.resolve()}/") for target in targets)
 
 
@@ -780,6 +797,7 @@ def test_sigkilled_run_leaves_previous_outputs_and_history(tmp_path, population)
         time.sleep(0.1)
         if child.poll() is not None:
             pytest.fail(f"the run finished (exit {child.returncode}) before it was killed")
+        workers = family(child.pid)[1:]
         child.send_signal(signal.SIGKILL)
         stdout, _ = child.communicate(timeout=10)
     finally:
@@ -788,6 +806,11 @@ def test_sigkilled_run_leaves_previous_outputs_and_history(tmp_path, population)
             child.communicate()
     assert child.returncode == -signal.SIGKILL
     assert stdout == b""  # it never got as far as its summary
+    # its worker processes die with it (they would hold the state's lock otherwise)
+    deadline = time.monotonic() + 10
+    while [w for w in workers if Path(f"/proc/{w}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [w for w in workers if Path(f"/proc/{w}/fd").exists()]
 
     after_files, after_runs = outputs_and_runs(out, state)
     assert after_files == before_files  # byte-identical, and no stray '.name.xxx' temp file
@@ -1081,12 +1104,12 @@ def test_differences_describe_each_kind_of_change():
     ]
     grown = snap("eligible", acr=6, evidence={"Observation/a|1:320": "A", "Observation/b|9": "B"})
     assert ch.differences(snap("eligible", activity="unknown"), grown) == [
-        "ACR 5 → 6 of 11",
+        "acr 5 → 6 met",
         "activity unknown → met",
         "new evidence: B",
     ]
-    assert ch.differences(None, snap("eligible")) == ["first listed: ACR 5 of 11, activity met"]
-    assert ch.differences(snap("eligible"), None)[0].startswith("no lupus evidence")
+    assert ch.differences(None, snap("eligible")) == ["first listed: activity met, acr: 5 met"]
+    assert ch.differences(snap("eligible"), None)[0].startswith("not in the candidate pool")
 
 
 def test_new_evidence_is_shortened_after_three():

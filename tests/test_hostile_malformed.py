@@ -15,7 +15,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hostile_servers import P01, MiniFhir, bundle, candidate_search, path_ends, screen, serve
 
 
@@ -175,10 +175,11 @@ def test_a_file_url_in_the_manifest_is_refused(tmp_path):
 
 
 # -- settings a server cannot use -------------------------------------------------------
-def test_an_ec_p256_key_is_refused_naming_the_curve(tmp_path):
+def screen_signing_with(tmp_path, private_key):
+    """A SMART screen whose client key (a PEM file, 0600) is ``private_key``; the server."""
     key = tmp_path / "client.pem"
     key.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -189,8 +190,23 @@ def test_an_ec_p256_key_is_refused_naming_the_curve(tmp_path):
         run = screen(
             tmp_path, server.base, "--auth", "smart", "--client-id", "c", "--private-key", str(key)
         )
+    return run, server
+
+
+def test_an_ec_p256_key_is_refused_naming_the_curve(tmp_path):
+    run, server = screen_signing_with(tmp_path, ec.generate_private_key(ec.SECP256R1()))
     assert run.code == 2
     assert "EC key on curve secp256r1" in one_line(run) and "P-384" in run.stderr
+    assert server.seen == []
+
+
+def test_a_key_that_is_neither_rsa_nor_ec_is_refused_before_any_request(tmp_path):
+    run, server = screen_signing_with(tmp_path, ed25519.Ed25519PrivateKey.generate())
+    assert run.code == 2
+    assert (
+        f"{tmp_path / 'client.pem'}: SMART Backend Services needs an RSA or EC private key"
+        in one_line(run)
+    )
     assert server.seen == []
 
 

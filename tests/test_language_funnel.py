@@ -10,7 +10,7 @@ from fhir_cohort.criteria.funnel import TrialFunnel
 from fhir_cohort.criteria.language import load
 from fhir_cohort.criteria.plan import CODED, PoolGate
 from fhir_cohort.criteria.tree import evaluate
-from fhir_cohort.normalise.extra import extended_facts
+from fhir_cohort.normalise.resources import patient_facts as extended_facts
 from fhir_cohort.quality import DataQuality
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.store import SqliteStore

@@ -4,7 +4,7 @@ Small unit tests of each leaf's reading (not SURPASS-2 outcomes: those are the f
 declared units and conversions, the declared positive/negative reading with bands, the
 latest occasion with same-day agreement, values computed from two labs the same day,
 continuous exposure with gaps and expected supply, family history, and washouts read from
-exposure intervals. Patients are normalised with ``normalise.extra.extended_facts``.
+exposure intervals. Patients are normalised with ``normalise.resources.patient_facts``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from builders import (
 
 from fhir_cohort.criteria.language import load
 from fhir_cohort.criteria.leaves import Patient
-from fhir_cohort.normalise.extra import extended_facts
+from fhir_cohort.normalise.resources import patient_facts as extended_facts
 
 TRIAL = load("surpass2")
 SPEC = TRIAL.spec

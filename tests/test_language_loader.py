@@ -17,7 +17,7 @@ from fhir_cohort.criteria.language import TrialError, load, parse_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ROOT / "queries"
-TEXTS = {name: (QUERIES / "next" / f"{name}.yaml").read_text() for name in ("misle", "surpass2")}
+TEXTS = {name: (QUERIES / f"{name}.yaml").read_text() for name in ("misle", "surpass2")}
 DATA = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -216,7 +216,7 @@ def test_mutated_trial_files_only_ever_raise_trial_error(case):
         assert trial.id == name
 
 
-def test_loads_by_name_from_queries_next():
+def test_loads_by_name_from_queries():
     assert load("surpass2").spec.inclusions.keys() == {
         "age", "t2d_duration", "hba1c", "metformin", "bmi", "egfr",
     }  # fmt: skip

@@ -176,6 +176,7 @@ def test_results_and_trials_pickle_and_show_as_json():
     shown = result.to_dict()
     assert list(shown) == [
         "patient", "name", "status", "eligible_from", "reasons", "age", "criteria", "exclusions",
+        "notes",
     ]  # fmt: skip
     activity = shown["criteria"]["activity"]
     assert (activity["result"], activity["window"]) == (

@@ -10,12 +10,12 @@ exactly as from files, or listed as needs-review with a reason and the run
 exiting 4; never eligible or in washout when the files say otherwise; exit 0
 only when the lists are identical.
 
-Where today's tool breaks the rule, the test is a strict xfail whose reason
-says what goes wrong, and it is expected only if it breaks it exactly as
-recorded in ``TODAY`` (exit code; patients right, sent to review, wrong):
-a fix flips it to XPASS, a failure to remove the mark; a change that breaks
-it another way fails with the new numbers. ``docs/servers.md`` records the
-same numbers.
+Where a server's screen breaks the rule, the test is a strict xfail whose
+reason says what goes wrong, and it is expected only if it breaks it exactly as
+recorded in ``TODAY`` (exit code; patients right, sent to review, wrong): a
+fix flips it to XPASS, a failure to remove the mark; a change that breaks it
+another way fails with the new numbers. ``docs/servers.md`` records the same
+numbers. ``probe`` on each server must print the plan the screen follows.
 """
 
 from __future__ import annotations
@@ -33,22 +33,11 @@ from fhir_cohort.cli import main
 AS_OF = "2026-06-30"
 LISTED = 115  # patients the file screen lists (120 less 5 not-a-candidate)
 
-MEDPLUM_REST = (
-    "Medplum's router matches only typed references: the tool's patient=<bare ids> fetch "
-    "finds no records (and _include is ignored), so every patient is judged not-a-candidate "
-    "and the run exits 0"
-)
-FHIRSNAKE_REST = (
-    "fhirsnake refuses POST Type/_search (405), which the tool uses for its long candidate "
-    "code lists: the run stops with exit 3 and writes nothing (fhirsnake also ignores every "
-    "search parameter and finds nothing for _id=a,b)"
-)
-
-# How each server's screen breaks the rule today (a key absent: it keeps the rule).
-TODAY: dict[tuple[str, str], Outcome] = {
-    ("medplum", "rest"): Outcome(0, True, right=0, review=0, wrong=LISTED, favourable=0),
-    ("fhirsnake", "rest"): Outcome(3, False, right=0, review=0, wrong=LISTED, favourable=0),
-}
+# How each server's screen breaks the rule today (a key absent: it keeps the rule). Issue 9
+# emptied it: Medplum's router (typed references only, _include ignored, no next links) and
+# fhirsnake (every search parameter but a single _id ignored, POST _search refused) now give
+# the file screen's answer.
+TODAY: dict[tuple[str, str], Outcome] = {}
 
 
 @dataclass(frozen=True)
@@ -82,21 +71,11 @@ def check_rule(server: RealServer, mode: str, reference: dict, run: Run) -> None
     )
 
 
-@pytest.mark.parametrize(
-    "cohort_server",
-    [
-        "sekmet",
-        pytest.param(
-            "medplum", marks=pytest.mark.xfail(strict=True, raises=RuleBroken, reason=MEDPLUM_REST)
-        ),
-        pytest.param(
-            "fhirsnake",
-            marks=pytest.mark.xfail(strict=True, raises=RuleBroken, reason=FHIRSNAKE_REST),
-        ),
-    ],
-    indirect=True,
-)
+@pytest.mark.parametrize("cohort_server", ["sekmet", "medplum", "fhirsnake"], indirect=True)
 def test_rest_screen_keeps_the_rule(cohort_server, cohort_output, tmp_path):
+    """Findings 1, 2 and 4 on real servers: before issue 9, Medplum's screen judged all 115
+    patients wrong with exit 0 (bare ids in patient=), and fhirsnake's stopped with exit 3
+    (POST _search refused)."""
     check_rule(cohort_server, "rest", cohort_output, screen(cohort_server.base, tmp_path))
 
 
@@ -115,3 +94,41 @@ def test_bulk_without_export_stops_in_one_line(cohort_server, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert (run.exit_code, run.output) == (3, None)
     assert len(err) == 1 and "$export" in err[0]
+
+
+# What probe must say on each server (finding 9: before, it called Medplum's bare-id fetch
+# fine and fhirsnake's ignored code filter "answered, total 361"), besides the plan.
+PROBE_SAYS = {
+    "sekmet": ["[ok  ] search by code", "[ok  ] patients as patient=a,b", "[ok  ] _include"],
+    "medplum": [
+        "[FAIL] patients as patient=a,b",
+        "[ok  ] patients as patient=Patient/a,Patient/b",
+        "no next link; _offset brings the next ones",
+        "[FAIL] _include",
+    ],
+    "fhirsnake": [
+        "[FAIL] CapabilityStatement: GET metadata -> not a CapabilityStatement (a Bundle)",
+        "[FAIL] search by code",
+        "[FAIL] POST _search",
+        "the parameter is ignored",
+        "[FAIL] several ids",
+        "[FAIL] _lastUpdated",
+    ],
+}
+
+
+@pytest.mark.parametrize("cohort_server", ["sekmet", "medplum", "fhirsnake"], indirect=True)
+def test_probe_prints_the_plan_the_screen_follows(cohort_server, tmp_path, capsys):
+    """Finding 9: probe checks answers, not that there was one, and prints the plan that
+    ``screen`` then records in candidates.json (``retrieval.plan``)."""
+    code = main(["probe", "--server", cohort_server.base])
+    printed = capsys.readouterr().out
+    plan = screen(cohort_server.base, tmp_path).output["retrieval"]["plan"]
+    assert code == 0, printed
+    for said in PROBE_SAYS[cohort_server.name]:
+        assert said in printed
+    assert f"patients named as: {plan['patients']}" in printed
+    post = "POST Type/_search" if plan["post_search"] else "GET, in chunks that fit a URL"
+    assert f"long code lists: {post}" in printed
+    several = "_id=a,b" if plan["several_ids"] else "one read per id (Type/id)"
+    assert f"Patients and Medications by id: {several}" in printed

@@ -10,19 +10,21 @@ from datetime import date, timedelta
 import pytest
 from builders import D, eligible_core, run
 from conftest import COHORT, EXPECTED
+from misle_view import MisleView
 
 from fhir_cohort.changes import Change, Changes, Review, ReviewState, compare, snapshot
+from fhir_cohort.criteria.language import load
+from fhir_cohort.criteria.rank_terms import Ranked as Candidate
 from fhir_cohort.criteria.results import WASHOUT
 from fhir_cohort.outputs.report import (
     RECENT_SHARE,
     TIMELINE_WIDTH,
     TimeScale,
-    funnel_bars,
+    funnel_rows,
     render,
     timeline,
 )
 from fhir_cohort.pipeline import screen
-from fhir_cohort.rank import Candidate
 from fhir_cohort.sources.files import FileSource
 
 LATER = date(2026, 7, 22)  # the same data screened again, three weeks on
@@ -37,6 +39,7 @@ P24 = "p24-undated-conditions"
 P26 = "p26-sle-code-recorded-after-d"
 P74 = "p74-activity-after-d"
 P113 = "p113-statement-stopped-start-only"
+BIOLOGICS = "Other biologics in the last 6 months"  # the trial's label for biologic_washout
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,14 @@ def screening(trial):
 def later(trial):
     """The bundled cohort screened again at LATER: nothing in the data changed, time did."""
     return screen([FileSource(COHORT)], trial, LATER)
+
+
+MISLE = load("misle")
+ACR = MISLE.label("acr")  # the lane of the ACR criteria
+
+
+def draw(candidate: Candidate, as_of: date) -> dict:
+    return timeline(candidate, as_of, MISLE)
 
 
 def snapshots(screening) -> dict[str, dict]:
@@ -93,14 +104,25 @@ def change_rows(page: str) -> list[dict]:
 
 
 def candidate_rows(page: str) -> dict[str, dict]:
-    """The candidates table by patient id: review and since-last-run cells as text."""
-    table = page.split('<table id="candidates">', 1)[1].split("</table>", 1)[0]
+    """Both candidate tables ("candidates" to contact, "acted" already acted on) by
+    patient id, in page order: the table, review, reason and since-last-run cells as text."""
     rows = {}
-    for row in re.findall(r'<tr data-status="[a-z-]+">(.*?)</tr>', table, re.S):
-        patient = htmllib.unescape(re.search(r"<small>(.*?)</small>", row).group(1))
-        cells = re.findall(r"<td(?: class=\"[a-z-]+\")?>(.*?)</td>", row, re.S)
-        review = re.search(r'<td class="review">(.*?)</td>', row, re.S).group(1)
-        rows[patient] = {"review": text(review), "review_html": review, "since": text(cells[-1])}
+    for table_id in ("candidates", "acted"):
+        if f'<table id="{table_id}">' not in page:
+            continue
+        table = page.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+        for row in re.findall(r'<tr data-status="[a-z-]+">(.*?)</tr>', table, re.S):
+            patient = htmllib.unescape(re.search(r"<small>(.*?)</small>", row).group(1))
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            review = re.search(r'<td class="review"[^>]*>(.*?)</td>', row, re.S).group(1)
+            reason = re.search(r'<td class="reason"[^>]*>(.*?)</td>', row, re.S).group(1)
+            rows[patient] = {
+                "table": table_id,
+                "review": text(review),
+                "review_html": review,
+                "reason": text(reason),
+                "since": text(cells[-1]),
+            }
     return rows
 
 
@@ -131,16 +153,45 @@ def test_report_is_self_contained(screening):
 
 def test_funnel_chart_and_one_card_per_candidate(screening):
     html = render(screening)
-    bars = funnel_bars(screening)
-    assert bars[0]["label"] == "patients read" and bars[0]["count"] == 120
-    assert {k: v for k, v in bars[-5].items() if k in ("label", "count")} == {
-        "label": "eligible",
-        "count": 55,
-    }
-    assert html.count("<rect x=") == len(bars)
+    rows = funnel_rows(screening)
+    bars = [bar for row in rows for bar in row]
+    funnel = screening.funnel.to_dict()
+    steps = {s["id"]: s for s in funnel["steps"]}
+    # read, then each step of funnel.steps in order, the last two side by side
+    assert [(b["label"], b["count"]) for b in bars] == [
+        ("patients read", funnel["patients_read"]),
+        *((s["label"], s["count"]) for s in funnel["steps"][:-2]),
+        ("eligible now", steps["eligible"]["count"]),
+        ("in washout", steps["washout"]["count"]),
+    ]
+    assert [b["label"] for b in rows[-1]] == ["eligible now", "in washout"]
+    assert [b["label"] for b in bars[1:5]] == [
+        "lupus evidence",
+        "Age 18–65",
+        "ACR 1997 criteria (4 or more of 11)",
+        "Clinically active SLE",
+    ]
+    # a real funnel: each row no wider than the one above it, each centred
+    widths = [sum(b["width"] for b in row) for row in rows]
+    assert widths == sorted(widths, reverse=True)
+    for row in rows[:-1]:
+        (bar,) = row
+        assert abs(2 * bar["x"] + bar["width"] - 640) <= 1
+    assert html.count('class="funnel-bar"') == len(bars)
     assert html.count('class="card"') == len(screening.candidates) == 115
     first = screening.candidates[0].result
     assert 'id="p-1"' in html and first.patient in html
+
+
+def test_exclusion_counts_are_apart_from_the_funnel_in_plain_words(screening):
+    html = render(screening)
+    funnel_svg = html.split('<svg id="funnel"', 1)[1].split("</svg>", 1)[0]
+    counts = text(html.split('<p id="exclusion-counts">', 1)[1].split("</p>", 1)[0])
+    washouts = screening.funnel.to_dict()["exclusions"]["belimumab_washout"]["washout"]
+    assert f"Belimumab in the last 2 months ({washouts} washout)" in counts
+    assert "Belimumab" not in funnel_svg and "excluded" not in funnel_svg
+    for key in screening.trial.spec.exclusions:
+        assert key not in counts
 
 
 # -- timeline(): the scale ------------------------------------------------------------
@@ -166,7 +217,7 @@ def test_time_scale_gives_the_last_year_most_of_the_width():
 def timeline_days(candidate: Candidate) -> list[date]:
     """Every date the timeline draws: dated evidence in each lane, the activity window and
     each washout's end."""
-    result = candidate.result
+    result = MisleView(candidate.result)
     findings = [*result.acr.criteria.values(), *result.exclusions.values()]
     days = [e.date for f in findings for e in f.evidence if e.date]
     days += [e.date for e in result.activity.evidence if e.date]
@@ -214,14 +265,14 @@ def test_washout_bar_runs_from_the_last_exposure_to_the_end_of_the_washout(scree
     (exposure,) = finding.evidence
     assert exposure.date == date(2026, 1, 20)  # rituximab last taken
 
-    drawn = timeline(c, as_of)
+    drawn = draw(c, as_of)
     scale = expected_scale(c, as_of)
-    washout = lane(drawn, "biologic washout")
+    washout = lane(drawn, BIOLOGICS)
     (bar,) = washout["bars"]
     assert bar["washout"] is True
     assert bar["x"] == scale.x(exposure.date)
     assert bar["x"] + bar["width"] == scale.x(until)
-    assert "biologic_washout" in bar["label"] and until.isoformat() in bar["label"]
+    assert bar["label"] == f"{BIOLOGICS} until {until.isoformat()}"
     # the last exposure is drawn as a point where the bar starts
     assert [p["x"] for p in washout["points"]] == [bar["x"]]
     assert washout["points"][0]["label"].startswith(exposure.date.isoformat())
@@ -253,13 +304,13 @@ def test_every_washout_in_the_fixture_is_drawn_to_its_end_date(screening, expect
     assert len(washouts) >= 15  # incl. two washouts for one patient, and an excluded one
     for patient, key, until in washouts:
         c = candidate(screening, patient)
-        drawn = timeline(c, screening.as_of)
+        drawn = draw(c, screening.as_of)
         scale = expected_scale(c, screening.as_of)
         last = max(e.date for e in c.result.exclusions[key].evidence if e.date)
-        (bar,) = lane(drawn, key.replace("_", " "))["bars"]
+        (bar,) = lane(drawn, screening.trial.label(key))["bars"]
         assert bar["x"] == scale.x(last), (patient, key)
         assert bar["x"] + bar["width"] == scale.x(until), (patient, key)
-        assert bar["label"] == f"{key} until {until.isoformat()}"
+        assert bar["label"] == f"{screening.trial.label(key)} until {until.isoformat()}"
         eligible = date.fromisoformat(expected["patients"][patient]["eligible_from"])
         assert drawn["eligible"] == scale.x(eligible) >= bar["x"] + bar["width"], patient
         assert drawn["as_of"] == scale.x(screening.as_of), patient
@@ -268,10 +319,10 @@ def test_every_washout_in_the_fixture_is_drawn_to_its_end_date(screening, expect
 def test_two_washouts_each_end_at_their_own_date(screening):
     """p110: rituximab until 2026-07-15, belimumab until 2026-08-01 (the later decides)."""
     c = candidate(screening, "p110-two-washouts-later-wins")
-    drawn = timeline(c, screening.as_of)
+    drawn = draw(c, screening.as_of)
     scale = expected_scale(c, screening.as_of)
-    (biologic,) = lane(drawn, "biologic washout")["bars"]
-    (belimumab,) = lane(drawn, "belimumab washout")["bars"]
+    (biologic,) = lane(drawn, BIOLOGICS)["bars"]
+    (belimumab,) = lane(drawn, "Belimumab in the last 2 months")["bars"]
     assert biologic["x"] + biologic["width"] == scale.x(date(2026, 7, 15))
     assert belimumab["x"] + belimumab["width"] == scale.x(date(2026, 8, 1)) == drawn["eligible"]
     assert biologic["x"] + biologic["width"] < drawn["eligible"]
@@ -279,7 +330,7 @@ def test_two_washouts_each_end_at_their_own_date(screening):
 
 def test_a_candidate_without_washout_has_no_eligible_mark(screening):
     c = candidate(screening, "p01-eligible-baseline")
-    drawn = timeline(c, screening.as_of)
+    drawn = draw(c, screening.as_of)
     assert drawn["eligible"] is None
     assert not [t for t in drawn["ticks"] if t["label"].startswith("eligible")]
     assert not [b for lane in drawn["lanes"] for b in lane["bars"] if b["washout"]]
@@ -291,7 +342,7 @@ def test_a_candidate_without_washout_has_no_eligible_mark(screening):
 def test_evidence_older_than_a_year_is_compressed_to_the_left(screening):
     as_of = screening.as_of
     c = candidate(screening, P113)  # ANA 2018-04-20 ... anti-dsDNA 2026-06-01
-    drawn = timeline(c, as_of)
+    drawn = draw(c, as_of)
     scale = expected_scale(c, as_of)
     seam = as_of - YEAR
     assert scale.start == date(2018, 4, 20)
@@ -317,12 +368,12 @@ def recent_only_candidate(trial) -> Candidate:
             resource["effectiveDateTime"] = "2026-02-01"
     result = run(trial, resources)
     assert result.status == "eligible"
-    return Candidate(1, 0, result)
+    return Candidate(1, 0, result.trial_result)
 
 
 def test_only_recent_evidence_has_no_compressed_part(trial):
     c = recent_only_candidate(trial)
-    drawn = timeline(c, D)
+    drawn = draw(c, D)
     scale = expected_scale(c, D)
     assert scale.start is None
     assert drawn["seam"] is None
@@ -330,8 +381,8 @@ def test_only_recent_evidence_has_no_compressed_part(trial):
     assert labels == [(D - YEAR).isoformat(), f"as of {D.isoformat()}"]
     assert drawn["ticks"][0]["x"] == 0  # a year before as-of is the left edge
     assert drawn["as_of"] == scale.x(D)
-    acr = lane(drawn, "ACR criteria")["points"]
-    dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
+    acr = lane(drawn, ACR)["points"]
+    dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
     assert len(acr) == len(dated) == 5
     assert [p["x"] for p in acr] == [scale.x(e.date) for e in dated]
     # with the whole width for one year, January is well right of the left edge
@@ -342,13 +393,11 @@ def test_the_bundled_cohort_has_one_timeline_without_seam(screening):
     """p15 has no ACR evidence and only this year's activity window: no seam; all the
     others have evidence from earlier years and a seam."""
     without = [
-        c.result.patient
-        for c in screening.candidates
-        if timeline(c, screening.as_of)["seam"] is None
+        c.result.patient for c in screening.candidates if draw(c, screening.as_of)["seam"] is None
     ]
     assert without == ["p15-synthea-200936003-only"]
     for c in screening.candidates:
-        assert (timeline(c, screening.as_of)["seam"] is None) == (
+        assert (draw(c, screening.as_of)["seam"] is None) == (
             expected_scale(c, screening.as_of).start is None
         )
 
@@ -358,10 +407,10 @@ def test_the_bundled_cohort_has_one_timeline_without_seam(screening):
 
 def test_every_dated_acr_evidence_item_is_a_point(screening):
     for c in screening.candidates:
-        drawn = timeline(c, screening.as_of)
+        drawn = draw(c, screening.as_of)
         scale = expected_scale(c, screening.as_of)
-        dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
-        points = lane(drawn, "ACR criteria")["points"]
+        dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
+        points = lane(drawn, ACR)["points"]
         assert [(p["x"], p["label"][:10]) for p in points] == [
             (scale.x(e.date), e.date.isoformat()) for e in dated
         ], c.result.patient
@@ -370,12 +419,16 @@ def test_every_dated_acr_evidence_item_is_a_point(screening):
 def test_undated_evidence_is_not_drawn(screening):
     """p24: the oral-ulcer Condition has neither onset nor recordedDate."""
     c = candidate(screening, P24)
-    (undated,) = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date is None]
-    assert undated.resource in {e.resource for e in c.result.acr.criteria["oral_ulcers"].evidence}
-    drawn = timeline(c, screening.as_of)
+    (undated,) = [
+        e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date is None
+    ]
+    assert undated.resource in {
+        e.resource for e in MisleView(c.result).acr.criteria["oral_ulcers"].evidence
+    }
+    drawn = draw(c, screening.as_of)
     labels = [p["label"] for lane_ in drawn["lanes"] for p in lane_["points"]]
-    dated = [e for f in c.result.acr.criteria.values() for e in f.evidence if e.date]
-    assert len(lane(drawn, "ACR criteria")["points"]) == len(dated) == 3
+    dated = [e for f in MisleView(c.result).acr.criteria.values() for e in f.evidence if e.date]
+    assert len(lane(drawn, ACR)["points"]) == len(dated) == 3
     assert all(re.match(r"\d{4}-\d{2}-\d{2} ", label) for label in labels)
     assert not any((undated.display or undated.code) in label for label in labels)
     # ... but the card's table still lists it, as undated
@@ -385,7 +438,7 @@ def test_undated_evidence_is_not_drawn(screening):
 
 def test_the_rendered_timeline_puts_the_washout_end_on_the_eligible_line(screening):
     card = cards(render(screening))[P113]
-    drawn = timeline(candidate(screening, P113), screening.as_of)
+    drawn = draw(candidate(screening, P113), screening.as_of)
     plot = drawn["plot"]
     rect = re.search(r'<rect class="washout" x="(\d+)" y="\d+" width="(\d+)"', card)
     assert rect, card
@@ -394,7 +447,7 @@ def test_the_rendered_timeline_puts_the_washout_end_on_the_eligible_line(screeni
     assert re.search(rf'<line x1="{right}" x2="{right}" y1="0" y2="\d+" stroke="#0a6b2b"', card)
     assert right == plot + drawn["eligible"]
     assert 'stroke-dasharray="2,3"' in card  # the seam
-    assert "<title>biologic_washout until 2026-07-20</title>" in card
+    assert f"<title>{BIOLOGICS} until 2026-07-20</title>" in card
     # p15's timeline has no seam line
     assert 'stroke-dasharray="2,3"' not in cards(render(screening))["p15-synthea-200936003-only"]
 
@@ -493,7 +546,7 @@ def test_changes_since_the_previous_run(later, changes, expected):
     # p26's only SLE code is dated after 2026-06-30: listed for the first time now
     (new,) = by_kind["new"]
     assert new["patient"] == P26 and new["status"] == "needs-review"
-    assert new["why"].startswith("first listed: ACR 3 of 11")
+    assert new["why"].startswith("first listed: age met, acr not-met (3)")
 
     # the patients whose every washout ended between the runs: washout → eligible
     changed = {row["patient"]: row for row in by_kind["changed"]}
@@ -637,3 +690,11 @@ def test_review_and_change_text_is_escaped(screening):
         f"<strong>Review:</strong> declined 2026-07-01 by Mallory {escaped}" in cards(page)[patient]
     )
     assert f"Since the last run:</strong> new: first listed {escaped}" in cards(page)[patient]
+
+
+def test_changes_and_reviews_print_values_plainly(later, changes):
+    page = render(later, changes)
+    section = text(changes_section(page))
+    assert "85 IU/mL (reference: up to 30 IU/mL)" in section  # p74's new anti-dsDNA
+    assert "[IU]" not in section and "reference –" not in section
+    assert "[IU]" not in text(cards(page)[P74])

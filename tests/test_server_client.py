@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import email.utils
 import json
+import re
 import stat
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +24,7 @@ import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fake_fhir import route_searches, search_params
 
-from fhir_cohort.criteria.trial import load_trial
+from fhir_cohort.criteria.language import load as load_trial
 from fhir_cohort.sources.bulk import STATE, BulkSource
 from fhir_cohort.sources.rest import RestSource
 from fhir_cohort.transport import auth as auth_module
@@ -832,7 +833,9 @@ def test_token_echoed_by_the_server_is_not_repeated(rsps):
 
 # -- 7. RestSource ---------------------------------------------------------------
 def fake_server(rsps, seen: list, medication_twice=False):
-    """A FHIR server for the misle plan: 5 patients, candidates p1 and p2."""
+    """A FHIR server for the misle plan: 5 patients, candidates p1 and p2 (found by their
+    Conditions and p1's Observation, which the fetch brings back too), no /metadata."""
+    rsps.get(f"{BASE}/metadata", status=404, json={"resourceType": "OperationOutcome"})
 
     def answer(request):
         path = urlsplit(request.url).path[len("/fhir/") :]
@@ -847,14 +850,7 @@ def fake_server(rsps, seen: list, medication_twice=False):
             else:
                 found = ["p1"]  # duplicates
             entries = [
-                entry(
-                    {
-                        "resourceType": kind,
-                        "id": f"{kind}-{p}",
-                        "subject": {"reference": f"Patient/{p}"},
-                    }
-                )
-                for p in found
+                entry({"resourceType": kind, "id": f"{kind}-{p}", "subject": ref(p)}) for p in found
             ]
             return 200, {}, json.dumps(bundle(*entries))
         patients = (params.get("_id") or params.get("patient") or "").split(",")
@@ -865,7 +861,13 @@ def fake_server(rsps, seen: list, medication_twice=False):
                 for p in patients
             ]
         elif kind == "Condition":
-            entries = [entry(condition(f"cond-{p}", p)) for p in patients]
+            entries = [entry(condition(f"Condition-{p}", p)) for p in patients]
+        elif kind == "Observation":
+            entries = [
+                entry({"resourceType": kind, "id": f"{kind}-{p}", "subject": ref(p)})
+                for p in patients
+                if p == "p1"
+            ]
         elif kind == "MedicationRequest" or (medication_twice and kind.startswith("Medication")):
             for p in patients:
                 entries.append(
@@ -889,6 +891,10 @@ def fake_server(rsps, seen: list, medication_twice=False):
     route_searches(rsps, BASE, answer)
 
 
+def ref(patient: str) -> dict:
+    return {"reference": f"Patient/{patient}"}
+
+
 def test_rest_source_reads_candidates_records_and_counts(rsps, trial):
     seen: list = []
     fake_server(rsps, seen)
@@ -898,11 +904,12 @@ def test_rest_source_reads_candidates_records_and_counts(rsps, trial):
     raws = list(source.read(notes.append, progress.append))
     got = sorted((r.resource["resourceType"], r.resource["id"], r.patient) for r in raws)
     assert got == [
-        ("Condition", "cond-p1", "p1"),
-        ("Condition", "cond-p2", "p2"),
+        ("Condition", "Condition-p1", "p1"),
+        ("Condition", "Condition-p2", "p2"),
         ("Medication", "m1", None),
         ("MedicationRequest", "MedicationRequest-p1", "p1"),
         ("MedicationRequest", "MedicationRequest-p2", "p2"),
+        ("Observation", "Observation-p1", "p1"),
         ("Patient", "p1", "p1"),
         ("Patient", "p2", "p2"),
     ]
@@ -941,10 +948,10 @@ def test_rest_source_deduplicates_included_medications_across_batches(rsps, tria
     assert kinds.count("MedicationStatement") == kinds.count("MedicationRequest") == 2
     assert progress == [1, 1]
     assert source.stats()["http_requests"] == len(rsps.calls)
-    fetched = {
+    fetched = {  # the strategy's known-answer checks (fewer results asked) aside
         p.get("_id") or p.get("patient")
         for _, _, p in seen
-        if "_elements" not in p and p.get("_summary") != "count"
+        if "_elements" not in p and p.get("_count") == "500"
     }
     assert fetched == {"p1", "p2"}
 
@@ -997,6 +1004,11 @@ def register_export(
     requires_token=True,
     file2=CONDITIONS,
 ):
+    """A server that offers every type, holds none of those it leaves out of the
+    manifest (``_summary=count`` answers 0) and releases the export on DELETE."""
+    rsps.get(f"{BASE}/metadata", status=404)
+    rsps.get(re.compile(re.escape(BASE) + r"/\w+\?_summary=count$"), json=bundle(total=0))
+    rsps.delete(STATUS, status=202)
     rsps.get(f"{BASE}/$export", status=202, headers={"Content-Location": STATUS})
     rsps.get(STATUS, status=202, headers={"X-Progress": "50% done", "Retry-After": "2"})
     rsps.get(STATUS, status=200, json=manifest(outputs, requires_token))
@@ -1009,6 +1021,19 @@ def paths(rsps) -> list[str]:
     return [urlsplit(c.request.url).path for c in rsps.calls]
 
 
+def read_settled(source: BulkSource, complete: bool = True) -> list:
+    """A Bulk run: read everything, then settle as a run recorded complete (or not)."""
+    raws = list(source.read(lambda n: None, lambda n: None))
+    source.settle(complete)
+    return raws
+
+
+def kickoffs(rsps, since: int = 0) -> list:
+    return [
+        c.request for c in rsps.calls[since:] if urlsplit(c.request.url).path.endswith("$export")
+    ]
+
+
 def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path):
     register_export(rsps)
     folder = tmp_path / "export"
@@ -1018,19 +1043,30 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     progress: list = []
     raws = list(source.read(lambda n: None, progress.append))
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
+    absent = sorted(set(source.types()) - {"Patient", "Condition", "Medication"})
     assert paths(rsps) == [
+        "/fhir/metadata",
         "/fhir/$export",
         "/fhir/bulkstatus/job-1",
         "/fhir/bulkstatus/job-1",
         "/fhir/bulkfiles/patient-1.ndjson",
         "/fhir/bulkfiles/condition-1.ndjson",
+        "/fhir/bulkstatus/job-1",  # DELETE: the server may drop the files
+        *(f"/fhir/{kind}" for kind in absent),  # _summary=count: none held, none missing
     ]
-    kickoff = rsps.calls[0].request
+    assert rsps.calls[6].request.method == "DELETE"
+    kickoff = rsps.calls[1].request
     assert kickoff.headers["Prefer"] == "respond-async"
     assert "Patient" in parse_qs(urlsplit(kickoff.url).query)["_type"][0]
     assert waits == [2.0]
     assert progress == [1, 1]
     assert all(auth_header(c) == f"Bearer {TOKEN}" for c in rsps.calls)
+    # Screened from the staged export; it becomes the baseline once the run is complete.
+    assert sorted(p.name for p in folder.iterdir()) == [STATE, "incoming", "staged"]
+    for path in (folder / "staged").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((folder / "staged").stat().st_mode) == 0o700
+    source.settle(complete=True)
     assert sorted(p.name for p in folder.iterdir()) == [STATE, "baseline"]
     baseline = folder / "baseline"
     files = sorted(p.name.split(".")[0] for p in baseline.iterdir())
@@ -1051,7 +1087,7 @@ def test_bulk_export_downloads_privately_and_records_state(rsps, trial, tmp_path
     assert TOKEN not in (folder / STATE).read_text()
     assert source.transaction_time == "2024-05-01T00:00:00Z"
     assert source.pull == "full (no earlier export in this folder to build on)"
-    assert source.stats() == {"http_requests": 5, "http_retries": 0, "files": 2}
+    assert source.stats() == {"http_requests": 7 + len(absent), "http_retries": 0, "files": 2}
 
 
 def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_path):
@@ -1059,7 +1095,7 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     merges: a changed resource replaces its copy, a new one is added, the rest stay."""
     register_export(rsps)
     folder = tmp_path / "export"
-    list(BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder).read(print, print))
+    read_settled(BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder))
     first = len(rsps.calls)
 
     delta = f"{BASE}/bulkfiles/patient-2.ndjson"
@@ -1072,9 +1108,9 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     rsps.upsert(responses.GET, STATUS, status=200, json=since_manifest)
     rsps.get(delta, body=changed, content_type="application/fhir+ndjson")
     again = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
-    raws = list(again.read(lambda n: None, lambda n: None))
+    raws = read_settled(again)
 
-    kickoff = rsps.calls[first].request
+    (kickoff,) = kickoffs(rsps, first)
     assert parse_qs(urlsplit(kickoff.url).query)["_since"] == ["2024-05-01T00:00:00.000Z"]
     assert again.pull.startswith("incremental: resources changed since 2024-05-01")
     births = {r.resource["id"]: r.resource.get("birthDate") for r in raws}
@@ -1086,11 +1122,9 @@ def test_bulk_second_run_exports_only_changes_and_merges_them(rsps, trial, tmp_p
     full = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder, incremental=False)
     rsps.upsert(responses.GET, STATUS, status=200, json=manifest((("Patient", FILE1),)))
     calls = len(rsps.calls)
-    assert sorted(r.resource["id"] for r in full.read(lambda n: None, lambda n: None)) == [
-        "p1",
-        "p2",
-    ]
-    assert "_since" not in parse_qs(urlsplit(rsps.calls[calls].request.url).query)
+    assert sorted(r.resource["id"] for r in read_settled(full)) == ["p1", "p2"]
+    (kickoff,) = kickoffs(rsps, calls)
+    assert "_since" not in parse_qs(urlsplit(kickoff.url).query)
     assert full.pull == "full (asked for with --full)"
 
 
@@ -1146,8 +1180,10 @@ def test_bulk_resumes_after_a_crash_downloading_only_what_is_missing(rsps, trial
     progress: list = []
     resumed = BulkSource(make_client([], BearerAuth(TOKEN)), trial.server, folder)
     raws = list(resumed.read(lambda n: None, progress.append))
+    resumed.settle(complete=True)
     assert sorted(r.resource["id"] for r in raws) == ["c1", "p1", "p2"]
-    assert paths(rsps)[first_run:] == ["/fhir/bulkfiles/condition-1.ndjson"]
+    fetched = [p for p in paths(rsps)[first_run:] if "bulkfiles" in p or "$export" in p]
+    assert fetched == ["/fhir/bulkfiles/condition-1.ndjson"]
     assert progress == [1, 1]
     state = json.loads((folder / STATE).read_text())
     assert set(state) == {"baseline"} and not (folder / "incoming").exists()

@@ -47,7 +47,8 @@ from sekmet_server import sekmet
 from fhir_cohort.changes import LISTED
 from fhir_cohort.cli import main
 from fhir_cohort.commands.common import bundled_fixtures
-from fhir_cohort.criteria.trial import load_trial, queries_dir
+from fhir_cohort.criteria.language import load as load_trial
+from fhir_cohort.criteria.language import queries_dir
 from fhir_cohort.outputs.candidates import screening_dict
 from fhir_cohort.pipeline import screen as run_screen
 from fhir_cohort.sources import rest
@@ -401,7 +402,7 @@ def test_rest_incremental_equals_a_full_pull(server, tmp_path, sent, narrow_marg
     assert (hiv["before"], hiv["after"]) == ("eligible", "excluded")
     assert "hiv: excluded" in hiv["why"] and "Observation/inc-hiv-p01" in hiv["why"]
     gone = change(incremental, "dropped", "p15-synthea-200936003-only")
-    assert gone["after"] is None and "no lupus evidence" in gone["why"]
+    assert gone["after"] is None and "not in the candidate pool" in gone["why"]
     pyuria = change(incremental, "status_changed", "p68-activity-pyuria-exactly-4")
     assert (pyuria["before"], pyuria["after"]) == ("eligible", "needs-review")
     washout = change(incremental, "status_changed", "p94-belimumab-admin-40d")
@@ -516,8 +517,9 @@ def rsps():
 
 
 def refusing_server(rsps, seen: list, status: int) -> None:
-    """5 patients; candidate searches find p1 and p2, p1 has an SLE code; any search
-    with ``_lastUpdated`` is answered ``status`` with an OperationOutcome."""
+    """5 patients; candidate searches find p1 and p2 (by records the fetch brings back
+    too), p1 has an SLE code; any search with ``_lastUpdated`` is answered ``status`` with
+    an OperationOutcome."""
 
     def bundle(*resources: dict, total: int | None = None) -> str:
         body: dict = {
@@ -574,6 +576,16 @@ def refusing_server(rsps, seen: list, status: int) -> None:
                     )
                 ),
             )
+        found = [
+            {
+                "resourceType": kind,
+                "id": f"{kind}-{p}",
+                "subject": {"reference": f"Patient/{p}"},
+                **({"status": "final", "code": {"text": "a lab"}} if kind == "Observation" else {}),
+            }
+            for p in patients
+            if p in ("p1", "p2") and kind in ("Condition", "Observation")
+        ]
         if kind == "Condition" and "p1" in patients:
             sle = {
                 "resourceType": "Condition",
@@ -582,8 +594,8 @@ def refusing_server(rsps, seen: list, status: int) -> None:
                 "subject": {"reference": "Patient/p1"},
                 "onsetDateTime": "2020-01-01",
             }
-            return 200, {}, bundle(sle)
-        return 200, {}, bundle()
+            found.append(sle)
+        return 200, {}, bundle(*found)
 
     route_searches(rsps, BASE, answer)
 
@@ -724,17 +736,24 @@ def test_bulk_type_filter_change_exports_in_full(rsps, tmp_path):
             "transactionTime": "2026-11-20T10:00:00.000Z",
             "request": f"{BASE}/$export",
             "requiresAccessToken": False,
-            "output": [],
+            "output": [{"type": "Patient", "url": f"{BASE}/files/patients"}],
             "error": [],
         },
     )
+    rsps.get(f"{BASE}/files/patients", body=b'{"resourceType":"Patient","id":"p1"}\n')
+    rsps.get(re.compile(re.escape(BASE) + r"/\w+\?_summary=count$"), json={"total": 0})
+    rsps.post(re.compile(re.escape(BASE) + r"/\w+/_search$"), json={"total": 0})
     folder = tmp_path / "export"
     old = load_trial(trial_without(tmp_path / "old", "lab-ana", "5048-4"))
     for trial in (old, load_trial("misle")):
         source = BulkSource(
-            FhirClient(BASE, sleep=lambda s: None), trial.server, folder, type_filter=True
+            FhirClient(BASE, sleep=lambda s: None, max_retries=0),
+            trial.server,
+            folder,
+            type_filter=True,
         )
         source.export(lambda n: None, lambda n: None)
+        source.settle(complete=True)
     first, second = (
         parse_qs(urlsplit(c.request.url).query) for c in rsps.calls if "$export" in c.request.url
     )

@@ -33,7 +33,10 @@ def outcomes(output: dict) -> dict[str, dict]:
             "age": c["age"],
             "score": c["score"],
             "acr": sorted(c["criteria"]["acr"]["met"]),
-            "activity": (c["criteria"]["activity"]["result"], c["criteria"]["activity"]["score"]),
+            "activity": (
+                c["criteria"]["activity"]["result"],
+                c["criteria"]["activity"]["parts"]["sledai"]["score"],
+            ),
             "evidence": sorted(e["resource"] for e in c["criteria"]["activity"]["evidence"]),
             "exclusions": {k: (v["result"], v.get("until")) for k, v in c["exclusions"].items()},
         }
@@ -60,7 +63,7 @@ def test_rest_screen_matches_files(seeded, cohort_output, tmp_path):
     assert len(outcomes(rest)) == len(cohort_output["candidates"]) > 100
     retrieval = rest["retrieval"]
     # The candidate searches find the pool (and a few more), never the whole server.
-    pool = cohort_output["funnel"]["lupus_evidence"]
+    pool = cohort_output["funnel"]["steps"][0]["count"]  # the candidate pool
     assert pool <= retrieval["patients_fetched"] < cohort_output["funnel"]["patients_read"]
     # Several patients per request: far fewer requests than patients.
     assert 0 < retrieval["http_requests"] < retrieval["patients_fetched"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from builders import LOINC, SNOMED, concept, observation, patient, sle
 
-from fhir_cohort.criteria.relevance import resource_filter
+from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources import RawResource, SourceError
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.store import SqliteStore
@@ -190,7 +190,7 @@ def test_duplicate_without_last_updated_first_seen_wins(tmp_path):
 def test_later_version_outside_every_valueset_retires_the_kept_copy(tmp_path, trial):
     """store.py docstring + R14: a later version the trial cannot use (its code left every
     value set) still supersedes, so the earlier kept copy is dropped at finish()."""
-    keep = resource_filter(trial)
+    keep = pool_gates([trial]).classify
     kept = _versioned("1:640", "2026-01-01T00:00:00Z")
     recoded = _versioned("1:640", "2026-02-01T00:00:00Z")
     recoded["code"] = concept(LOINC, "2345-7")  # glucose: in no MiSLE value set
@@ -203,7 +203,7 @@ def test_later_version_outside_every_valueset_retires_the_kept_copy(tmp_path, tr
 
 
 def test_earlier_version_outside_valuesets_does_not_retire_a_newer_kept_copy(tmp_path, trial):
-    keep = resource_filter(trial)
+    keep = pool_gates([trial]).classify
     kept = _versioned("1:640", "2026-03-01T00:00:00Z")
     older = _versioned("1:640", "2026-02-01T00:00:00Z")
     older["code"] = concept(LOINC, "2345-7")
@@ -214,7 +214,7 @@ def test_earlier_version_outside_valuesets_does_not_retire_a_newer_kept_copy(tmp
 
 def test_first_seen_version_outside_valuesets_wins_without_last_updated(tmp_path, trial):
     """R14: without lastUpdated the first copy seen wins, even if the trial cannot use it."""
-    keep = resource_filter(trial)
+    keep = pool_gates([trial]).classify
     first = _versioned("1:640", None)
     first["code"] = concept(LOINC, "2345-7")
     second = _versioned("1:640", None)

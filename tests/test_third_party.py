@@ -34,7 +34,7 @@ def test_third_party_data_screens_cleanly(trial):
     assert out["funnel"]["resources_read"]["Condition"] >= _lines(
         THIRD_PARTY / "smart-bulk" / "Condition.000.ndjson.gz"
     )
-    assert out["funnel"]["lupus_evidence"] == 0
+    assert out["funnel"]["steps"][0] == {"id": "pool", "label": "lupus evidence", "count": 0}
     assert out["candidates"] == []
     assert out["data_quality"] == []
 
@@ -114,7 +114,7 @@ def test_lupus_added_on_top_of_synthea_patient(trial, tmp_path):
     assert alfonzo["age"] == 32  # born 1994-01-20
     assert alfonzo["criteria"]["acr"]["met"] == ["malar_rash", "arthritis", "immunologic", "ana"]
     activity = alfonzo["criteria"]["activity"]
-    assert activity["score"] == 4
+    assert activity["parts"]["sledai"]["score"] == 4
     assert {e["resource"] for e in activity["evidence"]} == {
         "Observation/topup-dsdna",
         "Observation/topup-c3",

@@ -13,14 +13,27 @@ and then the change says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from .criteria.results import ELIGIBLE, NEEDS_REVIEW, NOT_MET, WASHOUT, Evidence, PatientResult
-from .rank import Candidate
+from .criteria.rank_terms import Ranked
+from .criteria.results import ELIGIBLE, NEEDS_REVIEW, WASHOUT, Evidence
+from .criteria.tree import NodeResult, TrialResult
 
 LISTED = (ELIGIBLE, WASHOUT, NEEDS_REVIEW)
-REVIEW_STATUSES = ("contacted", "declined", "not-eligible", "enrolled", "deferred")
+# The decisions a coordinator records, in the order a case moves; "reopened" undoes the
+# one before it (a newer record: the history is never edited).
+REVIEW_STATUSES = (
+    "contacted",
+    "scheduled",
+    "screened",
+    "declined",
+    "not-eligible",
+    "enrolled",
+    "deferred",
+    "reopened",
+)
 SET_ASIDE = ("declined", "not-eligible")
 SOON_DAYS = 30
 SHOWN_EVIDENCE = 3
@@ -66,43 +79,76 @@ def _label(e: Evidence) -> str:
     return " ".join(part for part in parts if part) + f" ({e.resource})"
 
 
-def evidence_items(result: PatientResult) -> dict[str, str]:
+def _node_evidence(node: NodeResult) -> list[Evidence]:
+    """The evidence of a rule and of its named sub-rules (not the patient's age)."""
+    if node.kind == "age":
+        return []
+    return [*node.evidence, *(e for part in node.parts if part.id for e in _node_evidence(part))]
+
+
+def evidence_items(result: TrialResult) -> dict[str, str]:
     """Every piece of clinical evidence behind a result (not age), keyed, with a label."""
-    findings = [*result.acr.criteria.values(), *result.exclusions.values()]
-    if result.activity is not None:
-        findings += result.activity.descriptors.values()
-    evidence = [e for finding in findings for e in finding.evidence]
-    if result.activity is not None:
-        evidence += result.activity.acute_condition
+    evidence = [e for node in result.inclusions.values() for e in _node_evidence(node)]
+    evidence += [e for finding in result.exclusions.values() for e in finding.evidence]
     return {evidence_key(e.resource): _label(e) for e in evidence}
 
 
-def flags(result: PatientResult) -> list[str]:
-    """Exclusions that are not clear and inclusions that failed, as short phrases."""
+def flags(result: TrialResult, name: Callable[[str], str] = str, age_joint: str = " ") -> list[str]:
+    """An age outside the range and exclusions that are not clear, as short phrases.
+
+    ``name`` turns an id into words: the history keeps ids (``biologic_washout until
+    2026-08-28``), so snapshots compare across runs; the outputs pass the trial's labels.
+    """
     out = []
-    if result.age.result == NOT_MET:
-        out.append(f"age {result.age.age} outside the trial's range")
+    for key, node in result.inclusions.items():
+        if node.value is False and node.kind == "age":
+            out.append(f"{name(key)}{age_joint}{node.shown} outside the trial's range")
     for key, finding in result.exclusions.items():
         if finding.result == WASHOUT and finding.until:
-            out.append(f"{key} until {finding.until.isoformat()}")
+            out.append(f"{name(key)} until {finding.until.isoformat()}")
         elif finding.result != "clear":
-            out.append(f"{key}: {finding.result}")
+            out.append(f"{name(key)}: {finding.result}")
     return out
 
 
-def snapshot(candidate: Candidate) -> dict:
-    """What the history keeps to compare a candidate with the next run."""
+def snapshot(candidate: Ranked) -> dict:
+    """What the history keeps to compare a candidate with the next run: each inclusion's
+    result, and for an ``at_least`` how many of its criteria are met."""
     result = candidate.result
     return {
         "name": result.name,
         "status": result.status,
         "eligible_from": result.eligible_from.isoformat() if result.eligible_from else None,
         "rank": candidate.rank,
-        "acr_count": result.acr.count,
-        "activity": result.activity.result if result.activity else None,
+        "criteria": {key: node.result for key, node in result.inclusions.items()},
+        "met": {
+            key: len(node.met) for key, node in result.inclusions.items() if node.kind == "at_least"
+        },
         "flags": flags(result),
         "evidence": evidence_items(result),
     }
+
+
+def migrated(snap: dict) -> dict:
+    """A snapshot written before trials were data (one field per inclusion: a count
+    ``<id>_count`` or a result ``<id>``) in today's shape; only what it recorded is
+    compared.
+
+    >>> migrated({"status": "eligible", "acr_count": 5, "activity": "met", "flags": []})
+    {'status': 'eligible', 'flags': [], 'criteria': {'activity': 'met'}, 'met': {'acr': 5}}
+    """
+    if "criteria" in snap:
+        return snap
+    shaped = {k: v for k, v in snap.items() if k in _SNAPSHOT_FIELDS}
+    old = {k: v for k, v in snap.items() if k not in _SNAPSHOT_FIELDS}
+    return {
+        **shaped,
+        "criteria": {k: v for k, v in old.items() if not k.endswith("_count")},
+        "met": {k.removesuffix("_count"): v for k, v in old.items() if k.endswith("_count")},
+    }
+
+
+_SNAPSHOT_FIELDS = frozenset({"name", "status", "eligible_from", "rank", "flags", "evidence"})
 
 
 @dataclass(frozen=True)
@@ -194,16 +240,18 @@ def differences(before: dict | None, now: dict | None) -> list[str]:
     """Why a patient's snapshot changed, in short phrases.
 
     >>> was = {"status": "washout", "flags": ["biologic_washout until 2026-07-01"],
-    ...        "acr_count": 4, "activity": "met", "evidence": {}}
+    ...        "criteria": {"acr": "met", "activity": "met"}, "met": {"acr": 4}, "evidence": {}}
     >>> differences(was, {**was, "status": "eligible", "flags": []})
     ['washout → eligible', 'washout over (biologic_washout until 2026-07-01)']
     >>> differences(None, {**was, "status": "eligible", "flags": []})
-    ['first listed: ACR 4 of 11, activity met']
+    ['first listed: acr met (4), activity met']
     """
     if now is None:
-        return ["no lupus evidence in this run's data (records changed or not read)"]
+        return ["not in the candidate pool in this run's data (records changed or not read)"]
+    now = migrated(now)
     if before is None:
-        return [f"first listed: ACR {now['acr_count']} of 11, activity {now['activity']}"]
+        return ["first listed: " + ", ".join(_criteria(now))]
+    before = migrated(before)
     out = []
     if before["status"] != now["status"]:
         out.append(f"{before['status']} → {now['status']}")
@@ -224,14 +272,27 @@ def differences(before: dict | None, now: dict | None) -> list[str]:
         for flag in now["flags"]
         if flag not in before["flags"] and flag.split(" until ")[0] not in was
     ]
-    if before["acr_count"] != now["acr_count"]:
-        out.append(f"ACR {before['acr_count']} → {now['acr_count']} of 11")
-    if before["activity"] != now["activity"]:
-        out.append(f"activity {before['activity']} → {now['activity']}")
+    for key, count in now["met"].items():
+        was_count = before["met"].get(key, count)
+        if was_count != count:
+            out.append(f"{key} {was_count} → {count} met")
+    for key, result in now["criteria"].items():
+        was_result = before["criteria"].get(key, result)
+        if was_result != result:
+            out.append(f"{key} {was_result} → {result}")
     fresh = [label for key, label in now["evidence"].items() if key not in before["evidence"]]
     if fresh:
         out.append(f"new evidence: {_some(fresh)}")
     return out
+
+
+def _criteria(snap: dict) -> list[str]:
+    """Each inclusion's result, with the count of an ``at_least``: 'acr met (4)'."""
+    shown = [
+        f"{key} {result}" + (f" ({snap['met'][key]})" if key in snap["met"] else "")
+        for key, result in snap["criteria"].items()
+    ]
+    return shown + [f"{k}: {n} met" for k, n in snap["met"].items() if k not in snap["criteria"]]
 
 
 def _washouts(flags: list[str]) -> dict[str, str]:
@@ -307,10 +368,10 @@ def compare(
         if _moved(before, now):
             changes.status_changed.append(_change(patient, before, now, reason))
     for patient, before in (previous or {}).items():
-        now = current.get(patient)
-        if before["status"] in LISTED and (now is None or now["status"] not in LISTED):
-            why = "; ".join(differences(before, now))
-            changes.dropped.append(_change(patient, before, now, why))
+        after = current.get(patient)
+        if before["status"] in LISTED and (after is None or after["status"] not in LISTED):
+            why = "; ".join(differences(before, after))
+            changes.dropped.append(_change(patient, before, after, why))
     changes.eligible_soon.sort(key=lambda c: (c.eligible_from or "", c.patient))
     return changes
 

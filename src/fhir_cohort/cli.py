@@ -31,6 +31,7 @@ from pathlib import Path
 from . import __version__
 from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .state import ROLES
 from .transport.redact import shown
 
 
@@ -78,8 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--trial",
-        default="misle",
-        help="trial name in queries/ (default: misle) or a path to a trial YAML",
+        action="append",
+        metavar="NAME|FILE",
+        help="trial name in queries/ (default: misle) or a path to a trial YAML; repeat for "
+        "several, or 'all' for every trial in queries/: the data is read once and each "
+        "trial's outputs go to OUT/<trial>/",
+    )
+    run.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="a site file adding local codes to the trials' value sets "
+        "(valuesets: {lab-hba1c: [{system: ..., code: ...}]})",
     )
     run.add_argument(
         "--source",
@@ -128,27 +139,22 @@ def _parser() -> argparse.ArgumentParser:
     engines.add_argument(
         "--engine",
         choices=("embedded", "workers", "spark"),
-        default="embedded",
-        help="embedded: one process (default); workers: --workers processes (a server is "
-        "read by one); spark: a Spark cluster or local[N] (pip install 'fhir-cohort[spark]')",
+        default="workers",
+        help="workers (default): --workers processes on this machine (a server is read by "
+        "one); embedded: this one process; spark: a Spark cluster or local[N] "
+        "(pip install 'fhir-cohort[spark]')",
     )
     engines.add_argument(
         "--workers",
         type=_whole_number("a number of workers"),
         default=None,
         metavar="N",
-        help="worker processes for --engine workers (default: the number of cores)",
+        help="worker processes (default: the number of cores; 1: the embedded engine)",
     )
     engines.add_argument(
         "--spark-master",
         metavar="URL",
         help="for --engine spark: the master (default: local[*], or what spark-submit set)",
-    )
-    engines.add_argument(
-        "--prefilter",
-        action="store_true",
-        help="settle NDJSON lines the trial cannot use without parsing them whole "
-        "(the same answer; see docs/benchmark.md for when it is faster)",
     )
     _state_option(run)
     run.add_argument(
@@ -221,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--trial", default="misle", help="trial name or YAML path")
     _state_option(review)
 
+    _workbench_commands(commands)
+
     check = commands.add_parser(
         "check-trial",
         allow_abbrev=False,
@@ -228,8 +236,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate a trial file strictly (exit 2 naming file, line and entry) and "
         "print its criteria, value sets, what it reads and its server plan.",
     )
+    check.add_argument("trial", metavar="FILE|NAME", help="a trial name in queries/ or a YAML path")
     check.add_argument(
-        "trial", metavar="FILE|NAME", help="a trial name in queries/next/ or a YAML path"
+        "--site", type=Path, metavar="FILE", help="with a site file's local codes (checked too)"
     )
 
     seed = commands.add_parser(
@@ -248,6 +257,79 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--yes", action="store_true", help="really write to the server")
     _server_options(seed, required=True)
     return parser
+
+
+def _workbench_commands(commands: argparse._SubParsersAction) -> None:
+    """``users``, ``serve`` and ``purge``: the coordinators' workbench and its upkeep."""
+    users = commands.add_parser(
+        "users",
+        allow_abbrev=False,
+        help="add, list, disable the people who may sign in to the workbench",
+        description="Passwords are read from standard input (or --password-env VAR), "
+        "never from an argument, and kept as argon2 hashes.",
+    )
+    users.add_argument("action", choices=("add", "list", "disable", "reset-password"))
+    users.add_argument("name", nargs="?", metavar="NAME", help="the user's sign-in name")
+    users.add_argument("--role", choices=ROLES, default="coordinator", help="with add")
+    users.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: standard input)",
+    )
+    _state_option(users)
+
+    serve = commands.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="the coordinators' workbench: a web service over the runs and decisions",
+        description="Serve the worklist, patient pages and screening log of every trial in "
+        "the state. Refuses to start until a user exists (fhir-cohort users add).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    serve.add_argument(
+        "--trusted-proxy",
+        metavar="ADDRESS",
+        help="behind a TLS reverse proxy at ADDRESS (e.g. 127.0.0.1): believe its "
+        "X-Forwarded-For/-Proto/-Host headers (one hop, from it only) and mark cookies Secure",
+    )
+    serve.add_argument(
+        "--trial",
+        action="append",
+        metavar="YAML",
+        help="a trial file whose labels to show; repeat for several (default: the bundled "
+        "trial of each name in the state)",
+    )
+    _state_option(serve)
+
+    blocked = commands.add_parser(
+        "do-not-contact",
+        allow_abbrev=False,
+        help="keep patients who opted out of research contact off every worklist",
+        description="Append-only records in the state, shared with the workbench.",
+    )
+    blocked.add_argument("action", choices=("add", "remove", "list"))
+    blocked.add_argument("patient", nargs="?", metavar="PATIENT_ID")
+    blocked.add_argument("--reason", default="", metavar="TEXT", help="why (required with add)")
+    blocked.add_argument("--by", metavar="NAME", help="who recorded it (default: the login name)")
+    _state_option(blocked)
+
+    purge = commands.add_parser(
+        "purge",
+        allow_abbrev=False,
+        help="remove old runs' patient data from the state (and old output files)",
+        description="Retention: runs finished more than DAYS ago lose their patient data; "
+        "their counts stay. The latest complete run of each screen is kept whatever its age.",
+    )
+    purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    purge.add_argument(
+        "--out",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="an output folder whose files older than DAYS are removed too; repeat for several",
+    )
+    _state_option(purge)
 
 
 def _state_option(command: argparse.ArgumentParser) -> None:

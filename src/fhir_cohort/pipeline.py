@@ -1,11 +1,11 @@
 """Pipeline: sources -> store -> normalise -> evaluate -> rank, for one run.
 
-Rule: this is the only module that knows every stage; it wires them in one
-direction and holds no state between runs. The per-patient step
-(``Relevance.may_be_candidate`` on the patient's relevance bits, then
-``normalise.patient_facts`` and ``criteria.evaluate``) is pure, so an engine
-that groups resources by patient some other way (Spark, a REST funnel) can
-call it and get identical results.
+Rule: this module holds what every engine shares about one run (the
+:class:`Screening` it returns, the notes that make a run partial, the records
+that name nobody) and no state between runs. How a run is carried out is an
+engine's job (``engines/``: one process, every core, Spark); each groups the
+records by patient its own way and calls the one per-patient function
+(:func:`fhir_cohort.decide.decide`), so all give identical results.
 
 Records that cannot be attached to a patient of this source never count for
 anyone, and never silently: one that refers to a patient elsewhere (a foreign
@@ -18,25 +18,28 @@ Input that was not all read (a ``PARTIAL_DATA`` note: a file, a search, an expor
 file, a resource type or a record nobody can be named for) could have held any
 candidate's exclusion or washout, so every candidate carries it as a doubt and none
 is eligible or in a washout on that run: they are ``needs-review`` with the reason.
+A record only some patients' data refers to (a ``PATIENT_GAPS`` note: a Medication
+that cannot be had) leaves the run partial too, but only those patients carry the
+doubt (their source marks them).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from .criteria.relevance import PATIENT_DATA
-from .criteria.results import MET, NOT_A_CANDIDATE, STATUSES, PatientResult
-from .criteria.trial import Trial
+from .criteria.funnel import TrialFunnel
+from .criteria.language import Trial
+from .criteria.plan import PATIENT_DATA, PoolGate, TrialGates
+from .criteria.rank_terms import Ranked
 from .normalise.elements import R4_RESOURCE_TYPES, show
 from .quality import DataQuality, Note
-from .rank import Candidate
 from .sources import (
     DOUBT_RECORD,
     PATIENT_REFERENCE_KEYS,
+    ProgressStart,
     RawResource,
     ResourceSource,
     elsewhere,
@@ -52,6 +55,11 @@ PARTIAL_DATA = (
     "unattributed-record",
     "missing-data",
 )
+# Notes saying some named patients' records could not all be had: a server that answered
+# for everyone else (``incomplete-patient``), or a record their data refers to, such as a
+# Medication (``missing-record``). The run is partial (exit 4), and only those patients,
+# who carry a doubt from their source, are needs-review.
+PATIENT_GAPS = ("incomplete-patient", "missing-record")
 # Notes about records that were read but not for certain (they never count in a patient's
 # favour; the run stays complete).
 UNREADABLE_DATA = (
@@ -72,80 +80,27 @@ MAX_UNATTACHED = 10_000  # records naming no patient weighed on every candidate;
 _NOTED_BY_STORE = frozenset({"conflicting-duplicate"})  # in data_quality once, from the store
 
 
-@dataclass
-class Funnel:
-    """How many patients reached each step of the screen."""
-
-    trial: Trial
-    patients_read: int = 0
-    resources_read: dict[str, int] = field(default_factory=dict)
-    lupus_evidence: int = 0
-    inclusion: dict[str, Counter] = field(default_factory=dict)
-    exclusions: dict[str, Counter] = field(default_factory=dict)
-    status: Counter = field(default_factory=Counter)
-    not_read: int = 0  # known to a server, never fetched: no candidate search found them
-
-    def finish(self) -> None:
-        """Patients a server search ruled out count as read and not-a-candidate."""
-        self.patients_read += self.not_read
-        self.status[NOT_A_CANDIDATE] += self.not_read
-        self.not_read = 0
-
-    def count_outside_pool(self) -> None:
-        """A patient whose codes cannot put them in the candidate pool."""
-        self.patients_read += 1
-        self.status[NOT_A_CANDIDATE] += 1
-
-    def count(self, result: PatientResult) -> None:
-        self.patients_read += 1
-        self.status[result.status] += 1
-        if not result.candidate:
-            return
-        self.lupus_evidence += 1
-        for key, value in (
-            ("age", result.age.result),
-            ("acr", result.acr.result),
-            ("activity", result.activity.result),
-        ):
-            self.inclusion.setdefault(key, Counter())[value] += 1
-        for key, finding in result.exclusions.items():
-            self.exclusions.setdefault(key, Counter())[finding.result] += 1
-
-    def to_dict(self) -> dict:
-        return {
-            "patients_read": self.patients_read,
-            "resources_read": dict(sorted(self.resources_read.items())),
-            "lupus_evidence": self.lupus_evidence,
-            "inclusion": {
-                key: {
-                    "passed": self.inclusion.get(key, Counter())[MET],
-                    **dict(sorted(self.inclusion.get(key, Counter()).items())),
-                }
-                for key in ("age", "acr", "activity")
-            },
-            "exclusions": {
-                key: dict(sorted(self.exclusions.get(key, Counter()).items()))
-                for key in self.trial.exclusion_ids
-            },
-            "status": {s: self.status[s] for s in (*STATUSES, NOT_A_CANDIDATE)},
-        }
+def pool_gates(trials: list[Trial]) -> TrialGates:
+    """The ingest gates of the trials screened together."""
+    return TrialGates([PoolGate(t.spec, t.valuesets) for t in trials])
 
 
 @dataclass
 class Screening:
-    """The outcome of one run."""
+    """The outcome of one run for one trial."""
 
     trial: Trial
     as_of: date
-    funnel: Funnel
+    funnel: TrialFunnel
     data_quality: DataQuality
-    candidates: list[Candidate]
+    candidates: list[Ranked]
     retrieval: dict[str, int] = field(default_factory=dict)
+    plan: dict | None = None  # how a server was asked (its source's ``retrieval_plan``)
 
     def missing_data(self) -> dict[str, int]:
         """Notes saying part of the input was not read (the run is then *partial*)."""
         counts = self.data_quality.counts
-        return {code: counts[code] for code in PARTIAL_DATA if counts.get(code)}
+        return {code: counts[code] for code in (*PARTIAL_DATA, *PATIENT_GAPS) if counts.get(code)}
 
     def unreadable_data(self) -> dict[str, int]:
         """Notes about records read but not for certain (the run stays complete)."""
@@ -157,11 +112,25 @@ def screen(
     sources: Iterable[ResourceSource],
     trial: Trial,
     as_of: date,
-    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
+    progress: ProgressStart | None = None,
     workdir: Path | None = None,
     now: float | None = None,
 ) -> Screening:
-    """Screen every patient in ``sources`` for ``trial`` as of ``as_of``.
+    """Screen every patient in ``sources`` for ``trial`` as of ``as_of`` (see
+    :func:`screen_trials`)."""
+    return screen_trials(sources, [trial], as_of, progress, workdir, now)[0]
+
+
+def screen_trials(
+    sources: Iterable[ResourceSource],
+    trials: list[Trial],
+    as_of: date,
+    progress: ProgressStart | None = None,
+    workdir: Path | None = None,
+    now: float | None = None,
+) -> list[Screening]:
+    """Screen every patient in ``sources`` for each of ``trials`` as of ``as_of``, reading
+    the data once, in this process (the embedded engine; ``engines`` has the others).
 
     ``progress(label, total, unit)`` may return a callback that is told how much
     work was done; it is how the command line draws its progress bars.
@@ -171,7 +140,7 @@ def screen(
     """
     from .engines.embedded import Embedded  # the engines build on this module's types
 
-    return Embedded().screen(sources, trial, as_of, progress, workdir, now)
+    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
 
 
 def _other_subject(resource: dict) -> str | None:

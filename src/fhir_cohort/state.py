@@ -78,6 +78,51 @@ CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
 BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
 """
 
+SCHEMA_VERSION = 2
+
+# Version 2 (the coordinators' workbench): people who sign in, the follow-up records
+# beside review decisions (owner, next action, note, close reason), the do-not-contact
+# list and the audit of patient-page views. All but ``users`` are append-only. Added to
+# an older state by :meth:`State._migrate`, which keeps every older row readable.
+WORKBENCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('coordinator', 'viewer', 'admin')),
+    password TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY,
+    trial TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('owner', 'next', 'note', 'close')),
+    value TEXT NOT NULL,
+    due TEXT,
+    by TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_by_patient ON actions (trial, patient, id);
+CREATE TABLE IF NOT EXISTS do_not_contact (
+    id INTEGER PRIMARY KEY,
+    patient TEXT NOT NULL,
+    listed INTEGER NOT NULL CHECK (listed IN (0, 1)),
+    reason TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS page_views (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    at TEXT NOT NULL,
+    trial TEXT NOT NULL,
+    patient TEXT NOT NULL
+);
+"""
+APPEND_ONLY = ("actions", "do_not_contact", "page_views")
+ROLES = ("coordinator", "viewer", "admin")
+
 
 RUN_COLUMNS = "id, trial, scope, as_of, started_at, finished_at, outcome, checkpoint, searches"
 
@@ -132,10 +177,41 @@ class State:
             path = self.folder / "state.sqlite3"
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
             self._db.executescript(SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
+
+    def _migrate(self) -> None:
+        """Bring an older state up to :data:`SCHEMA_VERSION`, adding tables and columns only
+        (``runs`` gains ``purged_at``: when ``purge`` removed the run's patient data).
+
+        The journal stays a rollback journal (WAL would need room for its index file even
+        to read a full disk's state); a reader waits out a run's short write transaction
+        (``timeout``), so the web service keeps working while a screen records a run.
+        """
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version >= SCHEMA_VERSION:
+                return
+            for statement in WORKBENCH_SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for table in APPEND_ONLY:
+                for event in ("UPDATE", "DELETE"):
+                    db.execute(
+                        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{event.lower()} "
+                        f"BEFORE {event} ON {table} "
+                        f"BEGIN SELECT RAISE(ABORT, '{table} records are append-only'); END"
+                    )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "purged_at" not in columns:
+                db.execute("ALTER TABLE runs ADD COLUMN purged_at TEXT")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -266,6 +342,7 @@ class State:
                 ),
             )
             run_id = cursor.lastrowid
+            assert run_id is not None  # sqlite3 sets it after every INSERT
             db.executemany(
                 "INSERT INTO run_candidates (run_id, patient, snapshot, result) "
                 "VALUES (?, ?, ?, ?)",
@@ -278,7 +355,7 @@ class State:
                 "INSERT OR IGNORE INTO run_pool (run_id, patient) VALUES (?, ?)",
                 ((run_id, patient) for patient in pool),
             )
-        return int(run_id)
+        return run_id
 
     def latest_snapshot(self, trial: str, patient: str) -> dict | None:
         """The patient's candidate snapshot in the latest run of ``trial`` that listed them."""
@@ -310,14 +387,19 @@ class State:
             )
         return review
 
+    def _oldest_first(self, query: str, trial: str, patient: str | None) -> sqlite3.Cursor:
+        """``query`` (``... WHERE trial = ?``) for one patient or all, in the order written."""
+        if patient is None:
+            return self._db.execute(query + " ORDER BY id", (trial,))
+        return self._db.execute(query + " AND patient = ? ORDER BY id", (trial, patient))
+
     def reviews(self, trial: str, patient: str | None = None) -> list[Review]:
         """Every decision for ``trial`` (or one patient), oldest first."""
-        query = "SELECT patient, status, note, by, at, evidence_seen FROM reviews WHERE trial = ?"
-        params: tuple = (trial,)
-        if patient is not None:
-            query += " AND patient = ?"
-            params += (patient,)
-        rows = self._db.execute(query + " ORDER BY id", params)
+        rows = self._oldest_first(
+            "SELECT patient, status, note, by, at, evidence_seen FROM reviews WHERE trial = ?",
+            trial,
+            patient,
+        )
         return [
             Review(p, status, note, by, at, frozenset(orjson.loads(seen)))
             for p, status, note, by, at, seen in rows
@@ -326,3 +408,190 @@ class State:
     def latest_reviews(self, trial: str) -> dict[str, Review]:
         """Each patient's latest decision."""
         return {review.patient: review for review in self.reviews(trial)}
+
+    # -- the workbench: trials, results, people, follow-up, audit ------------------
+    def trials(self) -> list[str]:
+        """Every trial with a recorded run, by name."""
+        return [t for (t,) in self._db.execute("SELECT DISTINCT trial FROM runs ORDER BY trial")]
+
+    def latest_run(self, trial: str) -> RunRecord | None:
+        """The latest run of ``trial`` (complete or partial, any scope)."""
+        row = self._db.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE trial = ? ORDER BY id DESC LIMIT 1", (trial,)
+        ).fetchone()
+        return RunRecord(*row) if row else None
+
+    def results(self, run_id: int, patient: str | None = None) -> dict[str, dict]:
+        """Each candidate's result in a run, as written to ``candidates.json``."""
+        query = "SELECT patient, result FROM run_candidates WHERE run_id = ?"
+        params: tuple = (run_id,)
+        if patient is not None:
+            query += " AND patient = ?"
+            params += (patient,)
+        return {p: orjson.loads(body) for p, body in self._db.execute(query, params)}
+
+    def funnels(self, trial: str) -> list[tuple[RunRecord, dict]]:
+        """Every run of ``trial`` with its funnel counts (kept when a run is purged)."""
+        rows = self._db.execute(
+            f"SELECT {RUN_COLUMNS}, funnel FROM runs WHERE trial = ? ORDER BY id", (trial,)
+        )
+        return [(RunRecord(*row[:-1]), orjson.loads(row[-1])) for row in rows]
+
+    def user(self, name: str) -> UserRecord | None:
+        row = self._db.execute(f"SELECT {USER_COLUMNS} FROM users WHERE name = ?", (name,))
+        found = row.fetchone()
+        return UserRecord(*found) if found else None
+
+    def users(self) -> list[UserRecord]:
+        rows = self._db.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY name")
+        return [UserRecord(*row) for row in rows]
+
+    def add_user(self, name: str, role: str, password_hash: str) -> None:
+        now = utc_now()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise StateError(f"user {name!r} exists; use users reset-password")
+            db.execute(
+                "INSERT INTO users (name, role, password, disabled, created_at, changed_at) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (name, role, password_hash, now, now),
+            )
+
+    def change_user(
+        self, name: str, *, password_hash: str | None = None, disabled: bool | None = None
+    ) -> None:
+        """A new password (which also enables the user again) or the user disabled."""
+        with self._transaction() as db:
+            if password_hash is not None:
+                cursor = db.execute(
+                    "UPDATE users SET password = ?, disabled = 0, changed_at = ? WHERE name = ?",
+                    (password_hash, utc_now(), name),
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE users SET disabled = ?, changed_at = ? WHERE name = ?",
+                    (int(bool(disabled)), utc_now(), name),
+                )
+            if cursor.rowcount == 0:
+                raise StateError(f"no user {name!r} in {self.folder}")
+
+    def add_action(
+        self,
+        trial: str,
+        patient: str,
+        kind: str,
+        value: str,
+        by: str,
+        due: str | None = None,
+        at: str | None = None,
+    ) -> Action:
+        """Append an owner, next action (with its due day), note or close reason."""
+        action = Action(patient, kind, value, due, by, at or utc_now())
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO actions (trial, patient, kind, value, due, by, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (trial, patient, kind, value, due, by, action.at),
+            )
+        return action
+
+    def actions(self, trial: str, patient: str | None = None) -> list[Action]:
+        """The follow-up records of ``trial`` (or one patient), oldest first."""
+        rows = self._oldest_first(
+            "SELECT patient, kind, value, due, by, at FROM actions WHERE trial = ?", trial, patient
+        )
+        return [Action(*row) for row in rows]
+
+    def set_do_not_contact(self, patient: str, listed: bool, reason: str, by: str) -> None:
+        """Put a patient on the do-not-contact list (or take them off): a new record."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO do_not_contact (patient, listed, reason, by, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (patient, int(listed), reason, by, utc_now()),
+            )
+
+    def do_not_contact(self) -> dict[str, DoNotContact]:
+        """The patients on the do-not-contact list now, with the latest record for each."""
+        rows = self._db.execute(
+            "SELECT patient, listed, reason, by, at FROM do_not_contact ORDER BY id"
+        )
+        latest = {row[0]: DoNotContact(row[0], bool(row[1]), *row[2:]) for row in rows}
+        return {patient: entry for patient, entry in latest.items() if entry.listed}
+
+    def log_view(self, user: str, trial: str, patient: str) -> None:
+        """Audit one view of a patient's page (for the privacy office)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO page_views (user, at, trial, patient) VALUES (?, ?, ?, ?)",
+                (user, utc_now(), trial, patient),
+            )
+
+    def views(self, patient: str | None = None) -> list[tuple[str, str, str, str]]:
+        """(user, at, trial, patient) of every audited page view, oldest first."""
+        query = "SELECT user, at, trial, patient FROM page_views"
+        params: tuple = ()
+        if patient is not None:
+            query, params = query + " WHERE patient = ?", (patient,)
+        return list(self._db.execute(query + " ORDER BY id", params))
+
+    def purge(self, before: str) -> list[int]:
+        """Remove the patient data of runs finished before ``before`` (a UTC instant).
+
+        Each run's row and funnel counts stay; the latest complete run of each trial and
+        scope keeps its candidates (the next incremental run compares with them), as does a
+        later partial run's. Review decisions, follow-up records and the audit stay.
+        """
+        with self._transaction() as db:
+            ids = [
+                run_id
+                for (run_id,) in db.execute(
+                    "SELECT id FROM runs r WHERE finished_at < ? AND purged_at IS NULL "
+                    "AND id < (SELECT MAX(id) FROM runs l WHERE l.trial = r.trial "
+                    "AND l.scope = r.scope AND l.outcome = 'complete')",
+                    (before,),
+                )
+            ]
+            for run_id in ids:
+                db.execute("DELETE FROM run_candidates WHERE run_id = ?", (run_id,))
+                db.execute("DELETE FROM run_pool WHERE run_id = ?", (run_id,))
+                db.execute("UPDATE runs SET purged_at = ? WHERE id = ?", (utc_now(), run_id))
+        return ids
+
+
+USER_COLUMNS = "name, role, password, disabled, created_at, changed_at"
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """One person who may sign in to the workbench; ``password`` is an argon2 hash."""
+
+    name: str
+    role: str
+    password: str
+    disabled: int
+    created_at: str
+    changed_at: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """One follow-up record beside the decisions: owner, next action, note or close reason."""
+
+    patient: str
+    kind: str
+    value: str
+    due: str | None
+    by: str
+    at: str
+
+
+@dataclass(frozen=True)
+class DoNotContact:
+    """The latest do-not-contact record of one patient."""
+
+    patient: str
+    listed: bool
+    reason: str
+    by: str
+    at: str

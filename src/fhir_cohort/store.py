@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 
@@ -472,7 +472,7 @@ def kept_by_patient(
     db: sqlite3.Connection, part: tuple[int, int] | None = None
 ) -> Iterator[tuple[str, list[Kept]]]:
     """Each patient (sorted by id) with their kept records, in source order."""
-    where, args = "", ()
+    where, args = "", cast(tuple, ())
     if part is not None:
         db.create_function("part", 2, partition, deterministic=True)
         where, args = "WHERE part(p.id, ?) = ?", (part[1], part[0])

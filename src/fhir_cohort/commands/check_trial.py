@@ -32,8 +32,10 @@ from ..criteria.language import (
     ScoreRule,
     Trial,
     TrialError,
+    check_site,
     children,
     load,
+    load_site,
     node_id,
 )
 from ..criteria.plan import codes, covered, resource_types
@@ -108,7 +110,11 @@ def tree_lines(rule, trial: Trial, indent: int = 1) -> list[str]:
     for key, child in kids:
         name = node_id(rule, key, child)
         label = f"{trial.label(name)}: " if name else ""
-        weight = f"[{rule.score.items[name].weight}] " if isinstance(rule, ScoreRule) else ""
+        weight = (  # a score item is always named (node_id: its key)
+            f"[{rule.score.items[name].weight}] "
+            if isinstance(rule, ScoreRule) and name is not None
+            else ""
+        )
         sub = tree_lines(child, trial, indent + 1)
         sub[0] = f"{'  ' * (indent + 1)}{weight}{label}{sub[0].strip()}"
         lines += sub
@@ -168,7 +174,10 @@ def describe(trial: Trial) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trial = load(args.trial)
+        site, lines = load_site(args.site) if args.site else (None, {})
+        trial = load(args.trial, site=site)
+        if args.site:
+            check_site(args.site, lines, [trial])
     except TrialError as error:
         for problem in error.problems:
             print(f"fhir-cohort: error: {problem}", file=sys.stderr)

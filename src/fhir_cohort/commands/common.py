@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..criteria.trial import queries_dir
+from ..criteria.language import queries_dir
 from ..errors import UsageError
+from ..sources import Progress, ProgressStart
 from ..transport.auth import (
     Auth,
     AuthError,
@@ -42,10 +42,10 @@ def bundled_fixtures() -> Path:
     return queries_dir().parent / "fixtures" / "misle-cohort"
 
 
-def progress_bars(enabled: bool) -> Callable[[str, int | None, str], Callable[[int], None]]:
+def progress_bars(enabled: bool) -> ProgressStart:
     bars: list[tqdm] = []
 
-    def start(label: str, total: int | None, unit: str) -> Callable[[int], None]:
+    def start(label: str, total: int | None, unit: str) -> Progress:
         for bar in bars:
             bar.close()
         scale = unit == "B"

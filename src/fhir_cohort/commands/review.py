@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from ..criteria.trial import load_trial
+from ..criteria.language import load
 from ..errors import Exit
 from ..outputs.terminal import review_lines
 from ..sources import SourceError
 from ..state import State, default_state_dir
 
 
-def _login() -> str:
+def login_name() -> str:
+    """The login name, for --by; a one-line error where it is unknown."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -23,7 +24,7 @@ def _login() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
+    trial = load(args.trial)
     with State(args.state or default_state_dir()) as state:
         if args.list:
             print("\n".join(review_lines(state.reviews(trial.id, args.patient), trial.id)))
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.patient or not args.status:
             raise SourceError("review needs PATIENT_ID and --status (or --list)")
         review = state.add_review(
-            trial.id, args.patient, args.status, args.note, args.by or _login()
+            trial.id, args.patient, args.status, args.note, args.by or login_name()
         )
     print(
         f"recorded: {review.patient} {review.status} by {review.by} at {review.at}"

@@ -1,12 +1,16 @@
 """``fhir-cohort screen``: read, screen, compare with the last run, write, record.
 
 Rule: one run holds the state's lock and the output folder's lock from start
-to end; the outputs are staged, renamed together, and the run recorded, and if
-recording fails the renames are undone, so a failure anywhere (a full disk
-included) leaves the previous outputs and history as they were. A run with
-partial input is recorded as partial so it never becomes the baseline of the
-next diff or incremental pull; records that are invalid but read leave it
-complete.
+to end. Several trials (``--trial a --trial b``, ``--trial all``) read the data
+once; each writes its outputs in ``OUT/<trial>/`` and records its own run in the
+one state (with one ``--trial`` the outputs stay in ``OUT/``). The outputs are
+staged, renamed together, and the run recorded, and if recording fails the
+renames are undone, so a failure anywhere (a full disk included) leaves the
+previous outputs and history as they were. A run with partial input is
+recorded as partial so it never becomes the baseline of the next diff or
+incremental pull (a Bulk export is made the next ``_since`` baseline only once
+its runs are recorded complete: ``BulkSource.settle``); records that are invalid
+but read leave it complete.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from pathlib import Path
 from fhir.resources.R4B.group import Group
 
 from ..changes import Changes, compare, snapshot
-from ..criteria.relevance import Relevance
-from ..criteria.trial import Trial, load_trial
+from ..criteria.language import Trial, check_site, load, load_site, queries_dir
+from ..criteria.plan import merged_plan
 from ..engines import engine
 from ..errors import Exit
 from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
@@ -35,18 +39,35 @@ from ..sources import ResourceSource, SourceError
 from ..sources.bulk import BulkSource
 from ..sources.files import MIB, FileLimits, FileSource
 from ..sources.plan import ServerPlan
-from ..sources.prefilter import PreFilter
 from ..sources.rest import RestSource
 from ..state import RunRecord, State, default_state_dir, utc_now
 from ..transport.redact import shown
 from .common import bundled_fixtures, progress_bars, server_client
 
 
-def server_plan(trial: Trial) -> ServerPlan:
-    """The trial's searches for a live server; a trial without them cannot screen one."""
-    if trial.server is None:
-        raise SourceError(f"trial {trial.id!r} has no 'server' section: it says no searches")
-    return trial.server
+def server_plan(trials: list[Trial]) -> ServerPlan:
+    """The trials' searches for a live server; a trial without them cannot screen one."""
+    for trial in trials:
+        if trial.server is None:
+            raise SourceError(f"trial {trial.id!r} has no 'server' section: it says no searches")
+    plans = [t.server for t in trials if t.server is not None]
+    return plans[0] if len(plans) == 1 else merged_plan(plans)
+
+
+def load_trials(names: list[str], site_file: Path | None = None) -> list[Trial]:
+    """The trials asked for: names or paths, ``all`` for every trial in ``queries/``;
+    with a site file's local codes in their value sets."""
+    site, lines = load_site(site_file) if site_file else (None, {})
+    if "all" in names:
+        names = [*sorted(p.stem for p in queries_dir().glob("*.yaml")), *names]
+    trials: dict[str, Trial] = {}
+    for name in names:
+        if name != "all":
+            trial = load(name, site=site)
+            trials.setdefault(trial.id, trial)
+    if site_file:
+        check_site(site_file, lines, list(trials.values()))
+    return list(trials.values())
 
 
 def _scope(args: argparse.Namespace) -> str:
@@ -59,7 +80,10 @@ def _scope(args: argparse.Namespace) -> str:
 
 
 def _sources(
-    args: argparse.Namespace, trial: Trial, state: State | None, previous: RunRecord | None
+    args: argparse.Namespace,
+    trials: list[Trial],
+    state: State | None,
+    previous: RunRecord | None,
 ) -> list[ResourceSource]:
     if not args.server:
         limits = FileLimits(
@@ -67,9 +91,7 @@ def _sources(
             bundle=args.max_bundle_mib * MIB,
             inflated=args.max_inflated_mib * MIB,
         )
-        paths = args.source or [bundled_fixtures()]
-        prefilter = PreFilter(Relevance(trial).classify) if args.prefilter else None
-        return [FileSource(*paths, base=args.base, limits=limits, prefilter=prefilter)]
+        return [FileSource(*(args.source or [bundled_fixtures()]), base=args.base, limits=limits)]
     client = server_client(args)
     if args.bulk:
         key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
@@ -84,7 +106,7 @@ def _sources(
         return [
             BulkSource(
                 client,
-                server_plan(trial),
+                server_plan(trials),
                 folder,
                 level=args.bulk,
                 incremental=not args.full,
@@ -92,7 +114,7 @@ def _sources(
                 on_status=status,
             )
         ]
-    source = RestSource(client, server_plan(trial), concurrency=args.concurrency)
+    source = RestSource(client, server_plan(trials), concurrency=args.concurrency)
     if state is None or previous is None or not previous.checkpoint:
         source.pull = "full (no earlier complete run to build on)"
     elif args.full:
@@ -145,21 +167,20 @@ def _changes(
     )
 
 
-def screen(
-    args: argparse.Namespace,
-    sources: list[ResourceSource],
-    trial: Trial,
-    as_of: date,
-    progress: Callable,
-    workdir: Path,
-) -> Screening:
-    """The screen itself, on the engine the arguments name."""
-    chosen = engine(args.engine, args.workers, args.spark_master)
-    return chosen.screen(sources, trial, as_of, progress=progress, workdir=workdir)
+def _previous(state: State, trials: list[Trial], scope: str) -> RunRecord | None:
+    """The previous complete run to build an incremental pull on: with several trials,
+    only when each has one, with the same searches (the oldest checkpoint, every pool)."""
+    runs = [state.previous_run(t.id, scope) for t in trials]
+    if len(runs) == 1 or not all(runs):
+        return runs[0] if len(runs) == 1 else None
+    found = [r for r in runs if r is not None]
+    if len({r.searches for r in found}) != 1 or not all(r.checkpoint for r in found):
+        return None
+    return min(found, key=lambda r: r.checkpoint or "")
 
 
 def run(args: argparse.Namespace) -> int:
-    trial = load_trial(args.trial)
+    trials = load_trials(args.trial or ["misle"], args.site)
     if args.publish_group and not args.server:
         raise SourceError("--publish-group needs --server")
     if args.base and args.server:
@@ -167,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             "--base is for files exported from a server; with --server it is that URL"
         )
     if args.dry_run:
-        for source in _sources(args, trial, None, None):
+        for source in _sources(args, trials, None, None):
             plan = getattr(source, "plan", None)
             print("\n".join(plan()) if plan else "nothing to plan: files are read as they are")
         return Exit.OK
@@ -178,46 +199,80 @@ def run(args: argparse.Namespace) -> int:
         state.lock(),
         locked_folder(args.out),
     ):
-        previous = state.previous_run(trial.id, scope)
-        sources = _sources(args, trial, state, previous)
+        previous = _previous(state, trials, scope)
+        sources = _sources(args, trials, state, previous)
+        if previous is not None and len(trials) > 1:
+            pools = [state.pool(r.id) for t in trials if (r := state.previous_run(t.id, scope))]
+            for source in sources:
+                if isinstance(source, RestSource) and source.known:
+                    source.known = tuple(dict.fromkeys(p for pool in pools for p in pool))
         started = utc_now()
-        result = screen(args, sources, trial, as_of, progress_bars(not args.quiet), state.scratch())
-        current = {c.result.patient: snapshot(c) for c in result.candidates}
-        changes = _changes(state, trial, previous, current, as_of)
-        group = build_group(result)
-        missing = result.missing_data()
-
-        def record() -> int:
-            return state.record_run(
-                trial=trial.id,
-                scope=scope,
-                as_of=as_of.isoformat(),
-                started_at=started,
-                outcome="partial" if missing else "complete",
-                checkpoint=_attribute(sources, "checkpoint"),
-                searches=_attribute(sources, "searches_fingerprint"),
-                funnel=result.funnel.to_dict(),
-                candidates=[
-                    (c.result.patient, current[c.result.patient], candidate_dict(c))
-                    for c in result.candidates
-                ],
-                pool=[p for s in sources for p in getattr(s, "pool", ())],
-            )
-
-        _write_outputs(result, changes, group, args.out, record)
-    pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
-    if args.publish_group:
-        server_client(args).request(
-            "PUT",
-            f"Group/{group.id}",
-            kind="publish",
-            data=group_json(group),
-            headers={"Content-Type": "application/fhir+json"},
+        chosen = engine(args.engine, args.workers, args.spark_master)
+        results = chosen.screen(
+            sources, trials, as_of, progress=progress_bars(not args.quiet), workdir=state.scratch()
         )
-    for line in problems(result, pull):
-        print(f"fhir-cohort: warning: {shown(line)}", file=sys.stderr)
-    if not args.quiet:
-        print(summary(result, str(args.out), changes, pull))
+        written = []
+        for result in results:
+            out = args.out / result.trial.id if len(trials) > 1 else args.out
+            written.append(
+                (result, out, *_write_trial(state, result, out, scope, started, sources))
+            )
+        missing = any(result.missing_data() for result in results)
+        for source in sources:  # a Bulk export becomes the next baseline only if complete
+            settle = getattr(source, "settle", None)
+            if settle:
+                settle(complete=not missing)
+    pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
+    for result, out, changes, group in written:
         if args.publish_group:
-            print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
-    return Exit.PARTIAL if missing else Exit.OK
+            server_client(args).request(
+                "PUT",
+                f"Group/{group.id}",
+                kind="publish",
+                data=group_json(group),
+                headers={"Content-Type": "application/fhir+json"},
+            )
+        if not args.quiet:
+            print(summary(result, str(out), changes, pull))
+            if args.publish_group:
+                print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
+    for line in problems(results[0], pull):
+        print(f"fhir-cohort: warning: {shown(line)}", file=sys.stderr)
+    return Exit.PARTIAL if results[0].missing_data() else Exit.OK
+
+
+def _write_trial(
+    state: State,
+    result: Screening,
+    out: Path,
+    scope: str,
+    started: str,
+    sources: list[ResourceSource],
+) -> tuple[Changes, Group]:
+    """One trial's outputs written into ``out`` and its run recorded (or neither)."""
+    trial, as_of = result.trial, result.as_of
+    previous = state.previous_run(trial.id, scope)
+    current = {c.result.patient: snapshot(c) for c in result.candidates}
+    changes = _changes(state, trial, previous, current, as_of)
+    group = build_group(result)
+    missing = result.missing_data()
+
+    def record() -> int:
+        return state.record_run(
+            trial=trial.id,
+            scope=scope,
+            as_of=as_of.isoformat(),
+            started_at=started,
+            outcome="partial" if missing else "complete",
+            checkpoint=_attribute(sources, "checkpoint"),
+            searches=_attribute(sources, "searches_fingerprint"),
+            funnel=result.funnel.to_dict(),
+            candidates=[
+                (c.result.patient, current[c.result.patient], candidate_dict(c))
+                for c in result.candidates
+            ],
+            pool=[p for s in sources for p in getattr(s, "pool", ())],
+        )
+
+    _write_outputs(result, changes, group, out, record)
+    return changes, group

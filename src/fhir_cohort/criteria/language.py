@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 import yaml
 from pydantic import (
@@ -29,8 +31,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from ..errors import UsageError
+from ..normalise.codes import canonical_code, canonical_system
 from ..sources.plan import ServerPlan
 from .valuesets import ValueSet, ValueSetError, load_valueset
 
@@ -266,7 +270,9 @@ class AnyRule(_Combinator):
 
     any: list[Rule] = Field(min_length=1)
     occasions: int = Field(
-        1, ge=1, description="met on N distinct dated days across the leaves (undated never count)"
+        1,
+        ge=1,
+        description="met on N distinct dated days, over all the leaves (undated never count)",
     )
 
 
@@ -326,7 +332,7 @@ class IfRule(_Combinator):
     else_: Literal["met", "not-met", "unknown", "clear"] = Field("clear", alias="else")
 
 
-RULE_KEYS = {
+RULE_KEYS: dict[str, type[_Model]] = {
     "lab": LabRule,
     "measure": MeasureRule,
     "condition": ConditionRule,
@@ -347,20 +353,47 @@ RULE_KEYS = {
 _TAG = "{} rule"
 
 
-def _kind_of(value: Any, keys: dict[str, type]) -> str | None:
+def _kind_of(value: Any, keys: Mapping[str, type]) -> str | None:
     if isinstance(value, dict):
         return next((_TAG.format(k) for k in keys if k in value), None)
     return next((_TAG.format(k) for k, model in keys.items() if isinstance(value, model)), None)
 
 
-Rule = Annotated[
-    Union[tuple(Annotated[model, Tag(_TAG.format(key))] for key, model in RULE_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, RULE_KEYS),
-        custom_error_type="rule_kind",
-        custom_error_message="a rule is a mapping with one of: " + ", ".join(RULE_KEYS),
-    ),
-]
+def _tagged(keys: dict[str, type[_Model]], error_type: str, message: str) -> Any:
+    """The union of ``keys``' models, each told apart by the key a mapping has."""
+    return Annotated[
+        Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in keys.items())],  # noqa: UP007
+        Discriminator(
+            lambda value: _kind_of(value, keys),
+            custom_error_type=error_type,
+            custom_error_message=message,
+        ),
+    ]
+
+
+if TYPE_CHECKING:  # the union that RULE_KEYS builds at run time, spelt out for mypy
+    Rule: TypeAlias = (
+        LabRule
+        | MeasureRule
+        | ConditionRule
+        | ProcedureRule
+        | FamilyHistoryRule
+        | ExposureRule
+        | CriterionRule
+        | AgeRule
+        | GenderRule
+        | DeceasedRule
+        | AllRule
+        | AnyRule
+        | NotRule
+        | AtLeastRule
+        | ScoreRule
+        | IfRule
+    )
+else:
+    Rule = _tagged(
+        RULE_KEYS, "rule_kind", "a rule is a mapping with one of: " + ", ".join(RULE_KEYS)
+    )
 for _model in (AllRule, AnyRule, NotRule, AtLeastRule, ScoreItem, ScoreRule, IfRule):
     _model.model_rebuild()
 
@@ -505,15 +538,11 @@ class WashoutExclusion(_Model):
     months: int = Field(ge=1)
 
 
-EXCLUSION_KEYS = {"rules": RulesExclusion, "washout": WashoutExclusion}
-Exclusion = Annotated[
-    Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in EXCLUSION_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, EXCLUSION_KEYS),
-        custom_error_type="exclusion_kind",
-        custom_error_message="an exclusion has rules: or washout:",
-    ),
-]
+EXCLUSION_KEYS: dict[str, type[_Model]] = {"rules": RulesExclusion, "washout": WashoutExclusion}
+if TYPE_CHECKING:  # the union that EXCLUSION_KEYS builds at run time, spelt out for mypy
+    Exclusion: TypeAlias = RulesExclusion | WashoutExclusion
+else:
+    Exclusion = _tagged(EXCLUSION_KEYS, "exclusion_kind", "an exclusion has rules: or washout:")
 
 
 class PerMetChild(_Model):
@@ -546,7 +575,7 @@ class PerUnknownChild(_Model):
     points: int
 
 
-RANK_KEYS = {
+RANK_KEYS: dict[str, type[_Model]] = {
     "per_met_child": PerMetChild,
     "per_score_point": PerScorePoint,
     "rule_met": RuleMet,
@@ -554,14 +583,12 @@ RANK_KEYS = {
     "per_unknown": PerUnknown,
     "per_unknown_child": PerUnknownChild,
 }
-RankTerm = Annotated[
-    Union[tuple(Annotated[m, Tag(_TAG.format(k))] for k, m in RANK_KEYS.items())],  # noqa: UP007
-    Discriminator(
-        lambda value: _kind_of(value, RANK_KEYS),
-        custom_error_type="rank_kind",
-        custom_error_message="a ranking term has one of: " + ", ".join(RANK_KEYS),
-    ),
-]
+if TYPE_CHECKING:  # the union that RANK_KEYS builds at run time, spelt out for mypy
+    RankTerm: TypeAlias = (
+        PerMetChild | PerScorePoint | RuleMet | Recency | PerUnknown | PerUnknownChild
+    )
+else:
+    RankTerm = _tagged(RANK_KEYS, "rank_kind", "a ranking term has one of: " + ", ".join(RANK_KEYS))
 
 SEARCHABLE = Literal["Condition", "Observation", "Procedure", "FamilyMemberHistory"]
 
@@ -612,33 +639,59 @@ class TrialFile(_Model):
     )
     funnel: Funnel | None = Field(None, description="labels of the funnel's steps")
     server: Server | None = Field(None, description="how a live server is searched")
+    icd_without_dot: Literal["counts", "ignored"] = Field(
+        "counts",
+        description="an ICD code sent without its dot (E119 for E11.9): counts as the "
+        "dotted code, or is ignored (a page that matches codes 'as published')",
+    )
 
 
+class SiteCode(_Model):
+    """One local code: a coding as the site's systems send it."""
+
+    system: str = Field(min_length=1, description="the code system URI")
+    code: str = Field(min_length=1, description="the code")
+    display: str | None = Field(None, description="what it means, for people")
+
+
+class SiteFile(_Model):
+    """A site file (``--site FILE``): local codes added to named value sets of the trials,
+    without editing them (most hospitals report some labs under local codes)."""
+
+    site: str | None = Field(None, description="the site's name, for people")
+    valuesets: dict[str, list[SiteCode]] = Field(
+        min_length=1, description="value set name → the local codes it also holds"
+    )
+
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    *RULE_KEYS.values(),
+    *EXCLUSION_KEYS.values(),
+    *RANK_KEYS.values(),
+    AgeBounds,
+    Range,
+    ScoreItem,
+    ScoreSpec,
+    UnitSpec,
+    Answers,
+    Words,
+    Band,
+    LabSpec,
+    DrugSpec,
+    Ratio,
+    MeasureSpec,
+    Inclusion,
+    OutcomeRule,
+    Search,
+    Server,
+    Funnel,
+    TrialFile,
+    SiteCode,
+    SiteFile,
+)
 VOCABULARY = frozenset(
     name
-    for model in (
-        *RULE_KEYS.values(),
-        *EXCLUSION_KEYS.values(),
-        *RANK_KEYS.values(),
-        AgeBounds,
-        Range,
-        ScoreItem,
-        ScoreSpec,
-        UnitSpec,
-        Answers,
-        Words,
-        Band,
-        LabSpec,
-        DrugSpec,
-        Ratio,
-        MeasureSpec,
-        Inclusion,
-        OutcomeRule,
-        Search,
-        Server,
-        Funnel,
-        TrialFile,
-    )
+    for model in _MODELS
     for key, info in model.model_fields.items()
     for name in (info.alias or key,)
 )
@@ -786,7 +839,7 @@ def dotted(loc: tuple) -> str:
     return out
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     kind, loc = error["type"], error["loc"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), VOCABULARY, n=1, cutoff=0.6)
@@ -844,7 +897,7 @@ class _Checker:
         for name, drug in spec.medications.items():
             self.valueset(drug.valueset, ("medications", name, "valueset"))
         for name, measure in spec.measures.items():
-            loc = ("measures", name)
+            loc: tuple[str | int, ...] = ("measures", name)
             if measure.lab is not None:
                 self.known(measure.lab, spec.labs, "lab", (*loc, "lab"))
             if measure.ratio is not None:
@@ -861,8 +914,8 @@ class _Checker:
             if isinstance(exclusion, WashoutExclusion):
                 self.known(exclusion.washout, spec.medications, "drug", (*loc, "washout"))
             else:
-                for i, part in enumerate(exclusion.rules):
-                    self.rule(part.rule, (*loc, "rules", i, "rule"))
+                for i, outcome in enumerate(exclusion.rules):
+                    self.rule(outcome.rule, (*loc, "rules", i, "rule"))
         for i, term in enumerate(spec.ranking):
             self.rank_term(term, ("ranking", i))
         if spec.funnel is not None:
@@ -898,8 +951,8 @@ class _Checker:
             self.known(rule.exposure, spec.medications, "drug", (*loc, "exposure"))
         if isinstance(rule, CriterionRule):
             self.known(rule.criterion, spec.inclusions, "inclusion", (*loc, "criterion"))
-        for key, child in children(rule):
-            self.rule(child, (*loc, *key))
+        for path, child in children(rule):
+            self.rule(child, (*loc, *path))
         if isinstance(rule, (AtLeastRule, ScoreRule)):
             for name in rule.of if isinstance(rule, AtLeastRule) else rule.score.items:
                 if name not in spec.labels:
@@ -1000,18 +1053,18 @@ def resolve(spec: TrialFile, path: str):
 
 
 def _valueset_dir(path: Path) -> Path:
-    """``valuesets/`` beside the file, else beside its folder (``queries/next/x.yaml``)."""
+    """``valuesets/`` beside the file, else beside its folder."""
     for folder in (path.parent, path.parent.parent):
         if (folder / "valuesets").is_dir():
             return folder / "valuesets"
     return path.parent / "valuesets"
 
 
-def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
-    """Validate a trial file's text completely; every problem is a :class:`TrialError`."""
+def _validated(model, text: str, where: str) -> tuple[Any, yaml.Node]:
+    """A YAML document validated by ``model``; every problem with its file, line and path."""
     data, node = _compose(text, where)
     try:
-        spec = TrialFile.model_validate(data)
+        return model.model_validate(data), node
     except ValidationError as error:
         raise TrialError(
             [
@@ -1019,10 +1072,24 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
                 for e in error.errors()
             ]
         ) from None
+
+
+def parse_trial(
+    text: str, where: str, stem: str, valueset_dir: Path, site: SiteFile | None = None
+) -> Trial:
+    """Validate a trial file's text completely; every problem is a :class:`TrialError`.
+    ``site``'s local codes join the value sets of the same name that the trial reads."""
+    spec, node = _validated(TrialFile, text, where)
     checker = _Checker(spec, valueset_dir)
     if spec.trial != stem:
         checker.fail(("trial",), f"the id must be the file's name {stem!r}")
     checker.check()
+    for name, local in site.valuesets.items() if site else ():
+        if name in checker.valuesets:
+            found = checker.valuesets[name]
+            added = {f"{system}|{canonical_code(system, c.code)}" for c in local
+                     for system in (canonical_system(c.system),)}  # fmt: skip
+            checker.valuesets[name] = replace(found, codes=found.codes | added)
     server = None
     if spec.server is not None and not checker.problems:
         from .plan import completeness_problem, server_plan
@@ -1036,6 +1103,10 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
         raise TrialError(
             [f"{where}:{_line(node, loc)}: {dotted(loc)}: {why}" for loc, why in checker.problems]
         )
+    if spec.icd_without_dot == "ignored":
+        checker.valuesets = {
+            name: replace(vs, dotted_only=True) for name, vs in checker.valuesets.items()
+        }
     drugs = {
         name: Drug(
             name,
@@ -1050,26 +1121,54 @@ def parse_trial(text: str, where: str, stem: str, valueset_dir: Path) -> Trial:
     return Trial(spec, where, checker.valuesets, drugs, server)
 
 
-def next_queries_dir() -> Path:
-    """The trials written in this language (phase A: ``queries/next/``)."""
-    from .trial import queries_dir
+def queries_dir() -> Path:
+    """The trial definitions shipped with fhir-cohort (checkout or installed wheel)."""
+    checkout = Path(__file__).resolve().parents[3] / "queries"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("fhir_cohort") / "_bundled" / "queries"))
 
-    return queries_dir() / "next"
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrialError([f"{what} {path} does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrialError([f"{path}: cannot be read ({error})"]) from None
 
 
-def load(name_or_path: str, folder: Path | None = None) -> Trial:
+def load_site(path: Path) -> tuple[SiteFile, dict[str, int]]:
+    """A site file, validated as strictly as a trial; and the line of each value set."""
+    site, node = _validated(SiteFile, _read(path, "site file"), path.name)
+    return site, {name: _line(node, ("valuesets", name)) for name in site.valuesets}
+
+
+def check_site(path: Path, lines: dict[str, int], trials: list[Trial]) -> None:
+    """Every value set the site file names must be read by a trial screened: a name no
+    trial reads (a typo) is exit 2, never silently ignored."""
+    read = {name for trial in trials for name in trial.valuesets}
+    problems = []
+    for name, line in lines.items():
+        if name not in read:
+            close = difflib.get_close_matches(name, sorted(read), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(
+                f"{path.name}:{line}: valuesets.{name}: no trial screened reads this value set"
+                + hint
+            )
+    if problems:
+        raise TrialError(problems)
+
+
+def load(name_or_path: str, folder: Path | None = None, site: SiteFile | None = None) -> Trial:
     """Load a trial by name (a file in ``folder``) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        folder = folder or next_queries_dir()
+        folder = folder or queries_dir()
         path = folder / f"{name_or_path}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in folder.glob("*.yaml"))
             raise TrialError([f"unknown trial {name_or_path!r}; known trials: {', '.join(known)}"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrialError([f"trial file {path} does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrialError([f"{path}: cannot be read ({error})"]) from None
-    return parse_trial(text, path.name, path.stem, _valueset_dir(path))
+    text = _read(path, "trial file")
+    return parse_trial(text, path.name, path.stem, _valueset_dir(path), site)

@@ -5,20 +5,25 @@ into *matches*: facts that satisfy the rule (True), might (None: unreadable),
 or, for a latest-occasion rule, decide it against the patient (False). Each
 match carries its evidence. Nothing here knows a trial; every difference
 between two trials' readings is an option of the rule or of the lab or drug
-it names. ``unreadable(fact)`` is the one place where a fact the normaliser
-could not read stops counting for the patient (phase B of issue 11 wires the
-facts' ``unreadable`` reason in; today's facts have none).
+it names.
+
+Records that could not be read (a fact with ``unreadable`` reasons) take part
+through one mechanism: a rule they may satisfy (by their code, or any rule of
+their type when their code cannot be read, ``any_code``) gets a match whose
+result is None (``doubt``), whose evidence says why; an unreadable record with
+no readable date may be any day, so it is in every window. None never meets an
+inclusion and makes an exclusion ``review``; a washout such a record could
+start or extend is ``review``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..normalise.dates import add_months, age_on, date_bounds
-from ..normalise.extra import ExtendedFacts, ObservationFact
 from ..normalise.facts import ConditionFact, ExposureFact, LabFact, PatientFacts, Quantity
 from ..quality import Note
 from . import labtests
@@ -43,9 +48,22 @@ Window = tuple[date, date]
 _OPS = {"above": ">", "below": "<", "at_least": ">="}
 
 
+UNREADABLE = "cannot be read: "  # how the evidence of an unreadable record begins its note
+
+
 def unreadable(fact: object) -> str | None:
-    """Why a fact cannot be read (it then never counts for the patient), or None."""
-    return getattr(fact, "unreadable", None)
+    """Why a fact cannot be read (it then never counts for the patient), or None.
+
+    >>> unreadable(type("F", (), {"unreadable": ("status 'x' is not a FHIR code",)})())
+    "cannot be read: status 'x' is not a FHIR code"
+    """
+    reasons = getattr(fact, "unreadable", ())
+    return f"{UNREADABLE}{'; '.join(reasons)[:300]}" if reasons else None
+
+
+def _may_be_in(fact, window: Window | None) -> bool:
+    """In the window, or unreadable with no readable date (it may be any day)."""
+    return _in(fact.date, window) or (bool(fact.unreadable) and fact.date is None)
 
 
 @dataclass(slots=True)
@@ -58,6 +76,7 @@ class Match:
     date: date | None
     result: bool | None
     evidence: Evidence
+    doubt: bool = False  # it might, because its record could not be read
 
 
 @dataclass(slots=True)
@@ -76,6 +95,11 @@ class Found:
     def evidence(self) -> tuple[Evidence, ...]:
         return sort_evidence(m for m in self.matches if m.result is self.value())
 
+    @property
+    def doubtful(self) -> bool:
+        """Does a record that could not be read leave this rule open?"""
+        return any(m.doubt for m in self.matches)
+
     def on_occasions(self, occasions: int) -> Found:
         """Re-read as "on at least N distinct dated days" (undated never count).
 
@@ -88,7 +112,9 @@ class Found:
         if len({m.date for m in hits}) >= occasions:
             return Found(hits, self.seen)
         maybe = [m for m in self.matches if m.result is None and m.date]
-        if len({m.date for m in hits + maybe}) >= occasions:
+        anyday = [m for m in self.matches if m.doubt and m.date is None]  # each may be a new day
+        if len({m.date for m in hits + maybe}) + len(anyday) >= occasions:
+            maybe += anyday
             return Found([*maybe, *(Match(m.date, None, m.evidence) for m in hits)], self.seen)
         return Found([], self.seen)
 
@@ -135,14 +161,14 @@ class Patient:
         def known(items: Iterable):
             return tuple(f for f in items if f.date is None or f.date <= as_of)
 
-        extended = facts if isinstance(facts, ExtendedFacts) else None
         self.conditions = known(facts.conditions)
         self.labs = known(facts.labs)
         self.procedures = known(facts.procedures)
-        self.family = known(extended.family_history) if extended else ()
-        self.records = extended.records if extended else ()
-        self.gender = extended.gender if extended else None
+        self.family = known(facts.family_history)
+        self.records = facts.records
+        self.gender = facts.gender
         self._lab_keys = [(f, frozenset(c.key for c in f.codes)) for f in self.labs]
+        self._any_code_labs = tuple(f for f in self.labs if f.any_code)
         self._lab_cache: dict[str, tuple[LabFact, ...]] = {}
         self.age, self._age_bounds, self._age_evidence = self._read_age()
 
@@ -157,6 +183,9 @@ class Patient:
     def _read_age(self) -> tuple[int | None, tuple[int, int] | None, Evidence]:
         where = f"Patient/{self.facts.patient_id}"
         birth = self.facts.birth_date
+        if self.facts.birth_date_unreadable:
+            why = f"{UNREADABLE}{self.facts.birth_date_unreadable}"
+            return None, None, Evidence(where, None, value="birthDate", note=why)
         if not birth:
             return None, None, Evidence(where, None, value="no birthDate")
         bounds = date_bounds(birth)
@@ -195,6 +224,10 @@ class Patient:
         if facts.deceased_date and facts.deceased_date <= self.as_of:
             evidence = Evidence(where, facts.deceased_date, value="deceasedDateTime")
             return Found([Match(facts.deceased_date, True, evidence)])
+        if facts.deceased_unreadable:
+            why = f"{UNREADABLE}{facts.deceased_unreadable}"
+            evidence = Evidence(where, None, value="deceased[x]", note=why)
+            return Found([Match(None, None, evidence, doubt=True)])
         return Found()
 
     # -- coded records -------------------------------------------------------------
@@ -217,25 +250,41 @@ class Patient:
         found = Found()
         for fact in facts:
             code = valueset.match(fact.codes)
-            if code is None:
+            if code is None and not fact.any_code:
                 continue
-            if fact.date is None:
+            why = unreadable(fact)
+            if fact.date is None and not why:
                 if undated == "ignored":
                     continue
                 result: bool | None = True if undated == "counts" else None
-            elif not _in(fact.date, window):
+            elif not _may_be_in(fact, window):
                 continue
             else:
                 result = True
             if isinstance(rule, ConditionRule):
-                if rule.status == "current" and not _is_current(fact):
+                current = _is_current(fact) if rule.status == "current" else True
+                if current is False:
                     continue
-                if rule.unless_followed_by and self.followed(rule.unless_followed_by, fact.date):
+                if (
+                    rule.unless_followed_by
+                    and (fact.date is not None or not why)
+                    and self.followed(rule.unless_followed_by, fact.date)
+                ):
                     continue
-            if unreadable(fact):
-                result = None
+                if current is None and not why:
+                    why = f"{UNREADABLE}{fact.status_unreadable}"
+            if why or code is None:
+                evidence = Evidence(
+                    fact.source.reference,
+                    fact.date,
+                    code.key if code else None,
+                    (code.display if code else None) or fact.text,
+                    note=why,
+                )
+                found.matches.append(Match(fact.date, None, evidence, doubt=True))
+                continue
             found.matches.append(Match(fact.date, result, _coded_evidence(fact, code)))
-        found.seen = bool(found.matches)
+        found.seen = any(m.result for m in found.matches)
         return found
 
     # -- labs ----------------------------------------------------------------------
@@ -243,18 +292,25 @@ class Patient:
         """This patient's results of one lab (any of its codes), computed once."""
         if name not in self._lab_cache:
             valueset = self.trial.valuesets[self.trial.spec.labs[name].valueset]
-            if valueset.prefixes or valueset.excluded:
-                found = tuple(f for f in self.labs if valueset.match(f.codes))
+            if valueset.prefixes or valueset.excluded or valueset.dotted_only:
+                found = tuple(f for f in self.labs if valueset.match(f.codes) or f.any_code)
             else:
                 found = tuple(
                     f for f, keys in self._lab_keys if not valueset.codes.isdisjoint(keys)
                 )
+                found += tuple(f for f in self._any_code_labs if f not in found)
             self._lab_cache[name] = found
         return self._lab_cache[name]
 
     def followed(self, lab: str, day: date | None) -> bool:
-        """Is there any result of ``lab`` on or after ``day`` (any result, if undated)?"""
-        return any(day is None or (f.date is not None and f.date >= day) for f in self.labs_of(lab))
+        """Is there any readable result of ``lab`` on or after ``day`` (any, if undated)?
+
+        A result that cannot be read follows nothing: it may not count at all.
+        """
+        return any(
+            not f.unreadable and (day is None or (f.date is not None and f.date >= day))
+            for f in self.labs_of(lab)
+        )
 
     def lab_found(self, rule: LabRule, window: Window | None) -> Found:
         results = self._lab_cache.get(rule.lab)
@@ -264,22 +320,26 @@ class Patient:
             return self.no_result(rule)
         window = self.window(rule.within_days) or window
         spec = self.trial.spec.labs[rule.lab]
-        facts = _occasion([f for f in results if _in(f.date, window)], rule)
+        facts = _occasion([f for f in results if _may_be_in(f, window)], rule)
         judged = []
         found = Found()
+        valueset = self.trial.valuesets[spec.valueset]
         for fact in facts:
+            if fact.unreadable:
+                evidence = _lab_evidence(spec, valueset, rule, fact, True)
+                doubt = Match(fact.date, None, replace(evidence, note=unreadable(fact)), True)
+                found.matches.append(doubt)
+                continue
             result, problem = self.lab_test(rule, spec, fact)
             self.note(problem)
             found.seen |= problem is None  # a value whose unit cannot be read does not count
-            if unreadable(fact):
-                result = None
             judged.append((fact, result))
         for fact, result in _agree(judged, rule):
             if result is False and rule.occasion != "latest":
                 continue
             if rule.unless_followed_by and self.followed(rule.unless_followed_by, fact.date):
                 continue
-            evidence = _lab_evidence(spec, self.trial.valuesets[spec.valueset], rule, fact, result)
+            evidence = _lab_evidence(spec, valueset, rule, fact, result)
             found.matches.append(Match(fact.date, result, evidence))
         if not facts:
             return self.no_result(rule)
@@ -330,9 +390,7 @@ class Patient:
         assert spec.unit is not None
         if spec.units is None:
             return labtests.in_unit(fact.quantity, spec.unit, fact.source.reference)
-        quantity = fact.quantity
-        if quantity is None and isinstance(fact, ObservationFact):
-            quantity = fact.string_quantity
+        quantity = fact.quantity or fact.string_quantity
         if quantity is None:
             return None, None
         declared = {_unit_key(k): v for k, v in spec.units.items()}
@@ -352,20 +410,18 @@ class Patient:
         """The declared reading: coded answer, exact words, bands, then flags with no value."""
         assert spec.answers is not None
         answers = spec.answers
-        codes = fact.value_codes if isinstance(fact, ObservationFact) else ()
+        codes = fact.value_codes
         for code in codes:
             for reading in ("positive", "negative", "indeterminate"):
                 if code.key in getattr(answers, reading):
                     return reading, None
-        texts = fact.value_texts if isinstance(fact, ObservationFact) else ()
-        texts = texts or ((fact.value_text,) if fact.value_text else ())
+        texts = fact.value_texts or ((fact.value_text,) if fact.value_text else ())
         for text in texts:
             for reading in ("positive", "negative"):
                 words = getattr(spec.words, reading) if spec.words else ()
                 if text.strip().lower() in {w.lower() for w in words}:
                     return reading, None
-        string = fact.string_quantity if isinstance(fact, ObservationFact) else None
-        if fact.quantity is not None or string is not None:
+        if fact.quantity is not None or fact.string_quantity is not None:
             if not spec.bands:
                 return None, None
             value, problem = self.in_unit(spec, fact)
@@ -432,7 +488,7 @@ class Patient:
         labs = self.trial.spec.labs
         direct = []
         for fact, lab in roles.get("lab", ()):
-            value, problem = self.in_unit(labs[lab], fact)
+            value, problem = (None, None) if fact.unreadable else self.in_unit(labs[lab], fact)
             self.note(problem)
             direct.append((((fact, lab),), value))
         if any(v is not None for _, v in direct) or not measure.ratio:
@@ -440,9 +496,9 @@ class Patient:
         ratio = measure.ratio
         pairs = []
         for top, top_lab in roles.get("numerator", ()):
-            a = self.in_unit(labs[top_lab], top)[0]
+            a = None if top.unreadable else self.in_unit(labs[top_lab], top)[0]
             for bottom, bottom_lab in roles.get("denominator", ()):
-                b = self.in_unit(labs[bottom_lab], bottom)[0]
+                b = None if bottom.unreadable else self.in_unit(labs[bottom_lab], bottom)[0]
                 value = None
                 if a and b and not a.comparator and not b.comparator and b.value > 0:
                     raw = a.value / b.value**ratio.denominator_power
@@ -452,20 +508,18 @@ class Patient:
         return pairs or direct
 
     # -- medications ---------------------------------------------------------------
-    def intervals(self, drug_name: str) -> list[tuple[date, date, object, str]]:
-        """(start, last day, record, what matched) of each exposure to the drug, capped at D."""
+    def intervals(self, drug_name: str) -> list[tuple[date, date, object, str | None]]:
+        """(start, last day, record, what matched) of each exposure to the drug, capped at
+        D; records that cannot be read are included (``matched`` None: any drug)."""
         drug = self.trial.drugs[drug_name]
-        found = []
         if drug.spec.intervals == "day":
-            for exposure in self.facts.exposures:
-                matched = drug.matches(exposure.codes, exposure.names)
-                last = _last_exposure(exposure, self.as_of) if matched else None
-                if last is not None:
-                    found.append((exposure.start or last, last, exposure, matched))
-            return found
+            return self._day_spans(drug_name)
+        found: list[tuple[date, date, object, str | None]] = []
         for record in self.records:
             matched = drug.matches(record.codes, record.names)
-            if not matched or record.start is None or record.start > self.as_of:
+            if not matched and not record.any_drug:
+                continue
+            if record.start is None or record.start > self.as_of:
                 continue
             if record.active:
                 end = self.as_of
@@ -478,13 +532,53 @@ class Patient:
             found.append((record.start, min(max(end, record.start), self.as_of), record, matched))
         return found
 
+    def _day_spans(self, drug_name: str) -> list[tuple[date, date, object, str | None]]:
+        """The exposures as the first rules page reads them (an unreadable record at its
+        worst: ongoing when its status or dates leave it open)."""
+        drug = self.trial.drugs[drug_name]
+        found: list[tuple[date, date, object, str | None]] = []
+        for exposure in self.facts.exposures:
+            matched = drug.matches(exposure.codes, exposure.names)
+            if not matched and not exposure.any_drug:
+                continue
+            last = _last_exposure(exposure, self.as_of)
+            if last is not None:
+                found.append((exposure.start or last, last, exposure, matched))
+        return found
+
     def exposure_found(self, rule: ExposureRule) -> Found:
-        """Continuous exposure: runs of intervals bridging gaps of at most gap_days."""
+        """Continuous exposure: runs of intervals bridging gaps of at most gap_days.
+
+        Met on readable records alone; unknown when records that cannot be read could
+        make the run; else not met.
+        """
         intervals = sorted(self.intervals(rule.exposure), key=lambda i: (i[0], i[1]))
         if not intervals:
             where = f"Patient/{self.facts.patient_id}"
             evidence = Evidence(where, None, note=f"no {rule.exposure} exposure on record")
             return Found([Match(None, None, evidence)])
+        readable = [i for i in intervals if not i[2].unreadable]  # type: ignore[attr-defined]
+        good, run = self._best_run(readable, rule) if readable else (False, None)
+        result: bool | None = True
+        if not good:
+            maybe, widest = self._best_run(intervals, rule)
+            result = None if maybe else False
+            run = widest if maybe or run is None else run
+        assert run is not None
+        note = f"continuous {run[0].isoformat()} – {run[1].isoformat()}"
+        matches = [
+            Match(
+                end,
+                result,
+                _exposure_evidence(record, matched, end, unreadable(record) or note),
+                bool(unreadable(record)),
+            )
+            for _, end, record, matched in run[2]
+        ]
+        return Found(matches, True)
+
+    def _best_run(self, intervals: list, rule: ExposureRule) -> tuple[bool, list]:
+        """Whether a run of the intervals meets the rule, and that run (else the latest)."""
         runs: list[list] = []
         for interval in intervals:
             if runs and interval[0] <= runs[-1][1] + timedelta(days=rule.gap_days + 1):
@@ -495,43 +589,58 @@ class Patient:
         latest_end = self.as_of - timedelta(days=rule.ends_within_days)
         earliest_start = self.as_of - timedelta(days=rule.continuous_days)
         good = [r for r in runs if r[1] >= latest_end and r[0] <= earliest_start]
-        run = good[-1] if good else max(runs, key=lambda r: r[1])
-        note = f"continuous {run[0].isoformat()} – {run[1].isoformat()}"
-        matches = [
-            Match(end, bool(good), _exposure_evidence(record, matched, end, note))
-            for _, end, record, matched in run[2]
-        ]
-        return Found(matches, True)
+        return bool(good), good[-1] if good else max(runs, key=lambda r: r[1])
 
     def washout(self, exclusion: WashoutExclusion) -> Finding:
-        """Last exposure day + N calendar months > D: washout until that day."""
+        """Last exposure day + N calendar months > D: washout until that day. A record
+        that cannot be read and could start or extend it (read at its worst) makes it
+        a review."""
+        spans = self.intervals(exclusion.washout)
+        seen = {id(i[2]) for i in spans}
+        spans += [i for i in self._day_spans(exclusion.washout) if id(i[2]) not in seen]
+        months, as_of = exclusion.months, self.as_of
         last = None
-        for _, day, record, matched in self.intervals(exclusion.washout):
-            if last is None or day > last[0]:
+        for _, day, record, matched in spans:
+            if not record.unreadable and (last is None or day > last[0]):  # type: ignore[attr-defined]
                 last = (day, record, matched)
-        doubt = [r for _, _, r, _ in self.intervals(exclusion.washout) if unreadable(r)]
+        doubts = [
+            _washout_evidence(record, day, matched, months, as_of)
+            for _, day, record, matched in spans
+            if record.unreadable  # type: ignore[attr-defined]
+            and add_months(day, months) > as_of
+            and (last is None or day > last[0])
+        ]
         if last is None:
-            return Finding(REVIEW if doubt else CLEAR)
+            return Finding(REVIEW, tuple(doubts)) if doubts else Finding(CLEAR)
         day, record, matched = last
-        until = add_months(day, exclusion.months)
-        ongoing = getattr(record, "ongoing", False) or getattr(record, "active", False)
-        end = getattr(record, "end", None)
-        span = (
-            "ongoing"
-            if ongoing or (end and end > self.as_of)
-            else f"last exposure {day.isoformat()}"
-        )
-        evidence = Evidence(
-            record.source.reference,
-            day,
-            matched,
-            ", ".join(record.names[:2]) or None,
-            f"{record.status}; {span}",
-            f"+{exclusion.months} calendar months = {until.isoformat()}",
-        )
-        if until > self.as_of:
+        until = add_months(day, months)
+        evidence = _washout_evidence(record, day, matched, months, as_of)
+        running = until if until > as_of else None
+        if doubts:
+            return Finding(REVIEW, (*doubts, evidence), running)
+        if running:
             return Finding(WASHOUT, (evidence,), until)
-        return Finding(REVIEW if doubt else CLEAR, (evidence,))
+        return Finding(CLEAR, (evidence,))
+
+
+def _washout_evidence(record, day: date, matched: str | None, months: int, as_of: date):
+    """A medication record as the last exposure of a washout."""
+    until = add_months(day, months)
+    end = getattr(record, "end", None)
+    ongoing = getattr(record, "ongoing", False) or getattr(record, "active", False)
+    span = "ongoing" if ongoing or (end and end > as_of) else f"last exposure {day.isoformat()}"
+    note = f"+{months} calendar months = {until.isoformat()}"
+    if record.unreadable:
+        note = f"{unreadable(record)}; at worst {note}"
+    any_drug = getattr(record, "any_drug", False)
+    return Evidence(
+        record.source.reference,
+        day,
+        matched or ("the drug cannot be read" if any_drug else None),
+        ", ".join(record.names[:2]) or None,
+        f"{record.status}; {span}",
+        note,
+    )
 
 
 def value_test(rule: LabRule | MeasureRule, value: Quantity) -> bool | None:
@@ -579,14 +688,17 @@ def _band(spec: LabSpec, value: Quantity) -> str | None:
 
 
 def _occasion(facts: list[LabFact], rule: LabRule) -> list[LabFact]:
-    """occasion latest: the results on the latest date (undated ones only when none is dated)."""
+    """occasion latest: the results on the latest date a readable result has (all of
+    them when none is dated), and any result that cannot be read unless certainly older."""
     if rule.occasion != "latest" or not facts:
         return facts
-    dated = [f for f in facts if f.date]
+    dated = [f.date for f in facts if f.date and not f.unreadable]
     if not dated:
         return facts
-    last = max(f.date for f in dated)  # type: ignore[type-var]
-    return [f for f in dated if f.date == last]
+    last = max(dated)
+    return [
+        f for f in facts if f.date == last or (f.unreadable and (f.date is None or f.date >= last))
+    ]
 
 
 def _agree(judged: list[tuple[LabFact, bool | None]], rule: LabRule):
@@ -602,9 +714,15 @@ def _agree(judged: list[tuple[LabFact, bool | None]], rule: LabRule):
     return readable
 
 
-def _is_current(fact: ConditionFact) -> bool:
+def _is_current(fact: ConditionFact) -> bool | None:
+    """A current state? None when its clinicalStatus cannot be read, or when it has none
+    and its date cannot be read (a dated Condition without a status is current)."""
+    if fact.status_unreadable:
+        return None
     if fact.clinical_status in CURRENT_STATUSES:
         return True
+    if fact.clinical_status is None and fact.date is None and fact.unreadable:
+        return None
     return fact.clinical_status is None and fact.date is not None
 
 
@@ -666,8 +784,6 @@ def _lab_evidence(
         unit = "" if threshold is True else spec.unit or ""
         note = f"cannot tell whether {test.replace('_', ' ')} {shown} {unit}".strip()
         note = " ".join(note.split())
-        if unreadable(fact):
-            note = f"unreadable: {unreadable(fact)}"
     return Evidence(
         fact.source.reference,
         fact.date,

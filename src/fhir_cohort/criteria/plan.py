@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..errors import UsageError
 from ..normalise.codes import canonical_code, canonical_system
 from ..sources.plan import ServerPlan, ServerSearch
 from .language import (
@@ -41,6 +42,8 @@ from .valuesets import ValueSet
 MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
 ALWAYS_KEPT = frozenset({"Patient", "Medication", *MEDICATION_TYPES})
 CODED = frozenset({"Condition", "Observation", "Procedure", "FamilyMemberHistory"})
+# Resources that must name their patient (subject/patient).
+PATIENT_DATA = (ALWAYS_KEPT | CODED) - {"Patient", "Medication"}
 KEPT = 1  # bit 0; bit i + 1: the i-th value set of the pool's leaves
 
 
@@ -206,7 +209,10 @@ class PoolGate:
     ``classify`` gives 0 for a resource the trial never reads, else ``KEPT`` plus
     one bit per value set of the pool's leaves that holds its code. OR-ing a
     patient's bits, ``may_be_candidate`` tells without reading a value whether
-    the pool rule could be met (or unknown) at all. Errs towards True.
+    the pool rule could be met (or unknown) at all. Errs towards True. A record
+    whose code cannot be read (a wrong JSON type, a null, an Observation without
+    one) may be any code: it gets every bit, so the patient is evaluated and the
+    record weighs on every rule of its type.
     """
 
     def __init__(self, spec: TrialFile, valuesets: dict[str, ValueSet]):
@@ -217,14 +223,20 @@ class PoolGate:
             for _, name in leaf_valuesets(spec, rule)
         ]
         self.bit = {name: 1 << (i + 1) for i, name in enumerate(dict.fromkeys(pool_sets))}
+        self.width = len(self.bit) + 1
+        self.any_code = (1 << self.width) - 1
         read = {name for names in _trial_valuesets(spec) for name in names}
         self._sets = [(KEPT, [valuesets[n] for n in sorted(read)])]
         self._sets += [(bit, [valuesets[name]]) for name, bit in self.bit.items()]
         self._memo: dict[tuple[object, object], int] = {}
 
     def _bits(self, system: object, code: object) -> int:
+        if (code is not None and type(code) is not str) or (
+            system is not None and type(system) is not str
+        ):
+            return self.any_code  # a number or true where FHIR has a string
         if not isinstance(system, str) or not isinstance(code, str):
-            return 0
+            return 0  # valid, but without a system (or a code) it can never match
         system = canonical_system(system)
         code = canonical_code(system, code)
         key = f"{system}|{code}"
@@ -243,24 +255,53 @@ class PoolGate:
             return KEPT
         if kind not in CODED:
             return 0
-        if kind == "FamilyMemberHistory":
-            concepts = [c.get("code") for c in resource.get("condition") or () if type(c) is dict]
-        else:
-            concepts = [resource.get("code")]
+        if kind != "FamilyMemberHistory":
+            return self._concept(resource, "code", kind == "Observation")
+        items = resource.get("condition")
+        if items is None:
+            return 0
+        if type(items) is not list:
+            return self.any_code
         bits = 0
-        for concept in concepts:
-            if type(concept) is not dict:
-                continue
-            for coding in concept.get("coding") or ():
-                if type(coding) is not dict:
-                    continue
-                pair = (coding.get("system"), coding.get("code"))
-                found = self._memo.get(pair)
-                if found is None:
-                    if len(self._memo) > 100_000:
-                        self._memo.clear()
-                    found = self._memo[pair] = self._bits(*pair)
-                bits |= found
+        for item in items:
+            if type(item) is not dict:
+                return self.any_code
+            bits |= self._concept(item, "code", False)
+        return bits
+
+    def _concept(self, holder: dict, key: str, required: bool) -> int:
+        concept = holder.get(key)
+        if type(concept) is not dict:
+            if concept is None and not required and key not in holder:
+                return 0  # uncoded: it can never match
+            return self.any_code  # a wrong JSON type (null included) or no required code
+        codings = concept.get("coding")
+        if type(codings) is not list:
+            return 0 if codings is None and "coding" not in concept else self.any_code
+        bits = 0
+        memo = self._memo
+        for coding in codings:  # the hot loop of ingest, kept inline
+            if type(coding) is not dict:
+                return self.any_code
+            pair = (coding.get("system"), coding.get("code"))
+            try:
+                found = memo.get(pair)
+            except TypeError:  # a list or an object where FHIR has a string
+                return self.any_code
+            if found is None:
+                if len(memo) > 100_000:  # bounded, not a copy of every code seen
+                    memo.clear()
+                found = memo[pair] = self._bits(*pair)
+            if (
+                not found
+                and None in pair
+                and (
+                    ("code" in coding and pair[1] is None)
+                    or ("system" in coding and pair[0] is None)
+                )
+            ):
+                return self.any_code  # a JSON null where FHIR has a string
+            bits |= found
         return bits
 
     def may_be_candidate(self, touches: int) -> bool:
@@ -286,6 +327,46 @@ class PoolGate:
         return True  # patient attributes, exposures, not, scores: cannot tell from codes
 
 
+class TrialGates:
+    """The pool gates of several trials screened in one pass, their bits side by side.
+
+    >>> class Gate:
+    ...     width = 2
+    ...     def classify(self, resource): return resource["bits"]
+    ...     def may_be_candidate(self, touches): return touches == 3
+    >>> gates = TrialGates([Gate(), Gate()])
+    >>> gates.classify({"bits": 3}), gates.may_be_candidate(1, 0b1100)
+    (15, True)
+    """
+
+    MAX_BITS = 62  # the store keeps them in one SQLite INTEGER
+
+    def __init__(self, gates: list):
+        self.gates = gates
+        self.shifts = []
+        shift = 0
+        for gate in gates:
+            self.shifts.append(shift)
+            shift += gate.width
+        if shift > self.MAX_BITS:
+            raise UsageError(
+                f"these trials' candidate pools read {shift} value sets; one pass can gate "
+                f"on at most {self.MAX_BITS}: screen them in separate runs"
+            )
+        if len(gates) == 1:  # the usual run: no shifting on the hot path of ingest
+            self.classify = gates[0].classify  # type: ignore[method-assign]
+
+    def classify(self, resource: dict) -> int:
+        bits = 0
+        for gate, shift in zip(self.gates, self.shifts, strict=True):
+            bits |= gate.classify(resource) << shift
+        return bits
+
+    def may_be_candidate(self, index: int, touches: int) -> bool:
+        gate = self.gates[index]
+        return gate.may_be_candidate((touches >> self.shifts[index]) & ((1 << gate.width) - 1))
+
+
 def _expanded(spec: TrialFile, rule) -> Iterator:
     """The rule's sub-rules, following ``criterion:`` references."""
     for part in walk(rule):
@@ -299,3 +380,40 @@ def _trial_valuesets(spec: TrialFile) -> Iterator[list[str]]:
     for rule in rules_of(spec):
         yield [name for _, name in leaf_valuesets(spec, rule)]
     yield [lab.valueset for lab in spec.labs.values()]
+
+
+def merged_plan(plans: list[ServerPlan]) -> ServerPlan:
+    """One server plan for several trials screened in one pass: every trial's candidate
+    searches, and per resource type the union of what the trials fetch (a type one trial
+    fetches whole is fetched whole).
+
+    >>> from types import SimpleNamespace as V
+    >>> a, b = V(id="a"), V(id="b")
+    >>> one = ServerPlan((ServerSearch("Condition", (a,)),), (ServerSearch("Observation", (a,)),))
+    >>> two = ServerPlan((ServerSearch("Condition", (b,)),), (ServerSearch("Observation", (b,)),
+    ...                  ServerSearch("FamilyMemberHistory")), 10)
+    >>> both = merged_plan([one, two])
+    >>> [(s.resource, [v.id for v in s.valuesets]) for s in both.fetch]
+    [('Observation', ['a', 'b']), ('FamilyMemberHistory', [])]
+    >>> len(both.candidate_searches), both.patients_per_request
+    (2, 10)
+    """
+    candidates: dict[tuple, ServerSearch] = {}
+    for plan in plans:
+        for search in plan.candidate_searches:
+            key = (search.resource, tuple(v.id for v in search.valuesets), search.include)
+            candidates.setdefault(key, search)
+    fetch: dict[tuple[str, str | None], list[ServerSearch]] = {}
+    for plan in plans:
+        for search in plan.fetch:
+            fetch.setdefault((search.resource, search.include), []).append(search)
+    merged = []
+    for (resource, include), searches in fetch.items():
+        whole = any(not s.valuesets for s in searches)
+        sets = {} if whole else {v.id: v for s in searches for v in s.valuesets}
+        merged.append(ServerSearch(resource, tuple(sets.values()), include))
+    return ServerPlan(
+        tuple(candidates.values()),
+        tuple(merged),
+        min(plan.patients_per_request for plan in plans),
+    )

@@ -8,11 +8,19 @@ washouts to washout (with ``until``) / clear. Status is the same for every
 trial: excluded (an inclusion with ``not_met: excludes`` known and not met, or
 an exclusion excluded), eligible (every inclusion met, nothing to review, no
 washout), washout (would be eligible, a washout running), else needs-review
-with its reasons in the trial's words.
+with its reasons in plain words.
+
+Records that could not be read never count in the patient's favour (see
+:mod:`.leaves`): an ``at_least`` that records which cannot be read could bring
+to N is unknown, whatever its ``otherwise``; a patient whose pool answer is
+unknown is listed (needs-review, saying why), not dropped; a patient with
+records that could not be read at all (``facts.doubts``) is never eligible nor
+in a washout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -38,7 +46,7 @@ from .language import (
     ScoreRule,
     Trial,
 )
-from .leaves import Found, Match, Patient, Window, sort_evidence
+from .leaves import UNREADABLE, Found, Match, Patient, Window, sort_evidence
 from .results import (
     CLEAR,
     ELIGIBLE,
@@ -88,6 +96,7 @@ class NodeResult:
     score: int | None = None
     weight: int | None = None
     shown: int | None = None  # the age leaf's completed years
+    doubt: bool = False  # a record that cannot be read leaves it open
 
     @property
     def result(self) -> str:
@@ -154,6 +163,7 @@ class TrialResult:
     exclusions: dict[str, Finding] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     notes: tuple[Note, ...] = ()
+    doubted: bool = False  # records that cannot be read stopped a better status
 
     def node(self, path: str) -> NodeResult | None:
         """``age`` is an inclusion's answer; ``activity.recent`` a named rule inside it."""
@@ -175,6 +185,10 @@ class TrialResult:
             "age": self.age,
             "criteria": {k: n.to_dict() for k, n in self.inclusions.items()},
             "exclusions": {k: f.to_dict() for k, f in self.exclusions.items()},
+            "notes": [
+                {"code": n.code, "where": n.where, "message": n.message}
+                for n in dict.fromkeys(self.notes)
+            ],
         }
 
 
@@ -214,13 +228,16 @@ class _Evaluation:
 
     def age(self, rule: AgeRule, window: Window | None, name: str | None) -> NodeResult:
         value, evidence = self.patient.age_found(rule)
-        return NodeResult("age", value, evidence, name, assessed=True, shown=self.patient.age)
+        doubt = any(e.note and e.note.startswith(UNREADABLE) for e in evidence)
+        return NodeResult(
+            "age", value, evidence, name, assessed=True, shown=self.patient.age, doubt=doubt
+        )
 
     def criterion(self, rule: CriterionRule, window: Window | None, name) -> NodeResult:
         answer = self.inclusion(rule.criterion)
         return NodeResult(
             "criterion", answer.value, answer.evidence, name, (answer,), answer.matches,
-            answer.assessed,
+            answer.assessed, doubt=answer.doubt,
         )  # fmt: skip
 
     def any_(self, rule: AnyRule, window: Window | None, name: str | None) -> NodeResult:
@@ -233,7 +250,9 @@ class _Evaluation:
         value = _kleene_any([p.value for p in parts])
         matches = tuple(m for p in parts for m in p.matches)
         evidence = _evidence_of(parts, value)
-        return NodeResult("any", value, evidence, name, tuple(parts), matches, assessed, own)
+        return NodeResult(
+            "any", value, evidence, name, tuple(parts), matches, assessed, own, doubt=_doubt(parts)
+        )
 
     def all_(self, rule: AllRule, window: Window | None, name: str | None) -> NodeResult:
         own = self.patient.window(rule.window_days)
@@ -241,28 +260,35 @@ class _Evaluation:
         value = _kleene_all([p.value for p in parts])
         assessed = any(p.assessed for p in parts)
         evidence = _evidence_of(parts, value)
-        return NodeResult("all", value, evidence, name, tuple(parts), (), assessed, own)
+        return NodeResult(
+            "all", value, evidence, name, tuple(parts), (), assessed, own, doubt=_doubt(parts)
+        )
 
     def not_(self, rule: NotRule, window: Window | None, name: str | None) -> NodeResult:
         own = self.patient.window(rule.window_days)
         part = self.node(rule.not_, own or window)
         value = None if part.value is None else not part.value
-        return NodeResult("not", value, part.evidence, name, (part,), (), part.assessed, own)
+        return NodeResult(
+            "not", value, part.evidence, name, (part,), (), part.assessed, own, doubt=part.doubt
+        )
 
     def at_least(self, rule: AtLeastRule, window: Window | None, name) -> NodeResult:
         own = self.patient.window(rule.window_days)
         parts = [self.node(child, own or window, key) for key, child in rule.of.items()]
         met = sum(bool(p.value) for p in parts)
         open_ = sum(p.value is None for p in parts)
+        doubtful = sum(p.value is None and p.doubt for p in parts)
         if met >= rule.at_least:
             value: bool | None = True
-        elif rule.otherwise == "unknown" and met + open_ >= rule.at_least:
-            value = None
+        elif met + (open_ if rule.otherwise == "unknown" else doubtful) >= rule.at_least:
+            value = None  # unknown ones could make N (records that cannot be read always can)
         else:
             value = False
         evidence = tuple(e for p in parts if p.value for e in p.evidence)
         assessed = any(p.assessed for p in parts)
-        return NodeResult("at_least", value, evidence, name, tuple(parts), (), assessed, own)
+        return NodeResult(
+            "at_least", value, evidence, name, tuple(parts), (), assessed, own, doubt=_doubt(parts)
+        )
 
     def score(self, rule: ScoreRule, window: Window | None, name: str | None) -> NodeResult:
         own = self.patient.window(rule.window_days)
@@ -278,7 +304,10 @@ class _Evaluation:
         else:
             value = False if assessed else None
         evidence = tuple(e for p in parts if p.value for e in p.evidence)
-        return NodeResult("score", value, evidence, name, tuple(parts), (), assessed, own, score)
+        return NodeResult(
+            "score", value, evidence, name, tuple(parts), (), assessed, own, score,
+            doubt=_doubt(parts),
+        )  # fmt: skip
 
     def if_(self, rule: IfRule, window: Window | None, name: str | None) -> NodeResult:
         own = self.patient.window(rule.window_days)
@@ -289,7 +318,7 @@ class _Evaluation:
         then = self.node(rule.then, own or window)
         return NodeResult(
             "if", then.value, then.evidence, name, (condition, then), then.matches,
-            then.assessed, own,
+            then.assessed, own, doubt=then.doubt,
         )  # fmt: skip
 
     def exclusion(self, key: str) -> Finding:
@@ -309,7 +338,8 @@ class _Evaluation:
         return Finding(worst, tuple(dict.fromkeys(evidence)))
 
 
-_LEAVES = {  # rule -> (kind, how the patient reads it, whether a window applies)
+# rule -> (kind, how the patient reads it, whether a window applies)
+_LEAVES: dict[type, tuple[str, Callable[..., Found], bool]] = {
     ConditionRule: ("condition", Patient.coded_found, True),
     ProcedureRule: ("procedure", Patient.coded_found, True),
     FamilyHistoryRule: ("familyhistory", Patient.coded_found, True),
@@ -321,7 +351,7 @@ _LEAVES = {  # rule -> (kind, how the patient reads it, whether a window applies
 }
 
 
-_DISPATCH = {
+_DISPATCH: dict[type, Callable[..., NodeResult]] = {
     **{leaf: _Evaluation.leaf for leaf in _LEAVES},
     AgeRule: _Evaluation.age,
     CriterionRule: _Evaluation.criterion,
@@ -345,8 +375,13 @@ def _leaf(
         return NodeResult(kind, False, (), name, parts, (), found.seen, window)
     value = found.value()
     return NodeResult(
-        kind, value, found.evidence(), name, parts, tuple(found.matches), found.seen, window
-    )
+        kind, value, found.evidence(), name, parts, tuple(found.matches), found.seen, window,
+        doubt=value is None and found.doubtful,
+    )  # fmt: skip
+
+
+def _doubt(parts: Iterable[NodeResult]) -> bool:
+    return any(p.value is None and p.doubt for p in parts)
 
 
 def _evidence_of(parts: list[NodeResult], value: bool | None) -> tuple[Evidence, ...]:
@@ -355,23 +390,99 @@ def _evidence_of(parts: list[NodeResult], value: bool | None) -> tuple[Evidence,
     return sort_evidence(chosen)
 
 
+def _evidence_words(evidence: Evidence) -> str:
+    """One piece of evidence in a sentence: the record and why it is open."""
+    if evidence.note:
+        return f"{evidence.resource}: {evidence.note}"
+    what = ", ".join(p for p in (evidence.display or evidence.code, evidence.value) if p)
+    return f"{evidence.resource} ({what})" if what else evidence.resource
+
+
+def _words(evidence: Iterable[Evidence], limit: int = 3) -> str:
+    items = list(dict.fromkeys(evidence))
+    text = "; ".join(_evidence_words(e) for e in items[:limit])
+    return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _unreadable(evidence: Iterable[Evidence]) -> list[Evidence]:
+    return [e for e in evidence if e.note and e.note.startswith(UNREADABLE)]
+
+
+def _open_parts(node: NodeResult) -> tuple[list[NodeResult], list[NodeResult]]:
+    """The unknown leaves and ``at_least`` nodes an unknown answer comes from."""
+    if not node.parts:
+        return ([node] if node.value is None else []), []
+    leaves: list[NodeResult] = []
+    counts: list[NodeResult] = []
+    for part in node.parts:
+        if part.value is not None:
+            continue
+        if part.kind == "at_least":
+            counts.append(part)
+            continue
+        more = _open_parts(part)
+        leaves += more[0]
+        counts += more[1]
+    return leaves, counts
+
+
+def _pool_reasons(pool: NodeResult) -> list[str]:
+    """Why a patient the pool may hold, by records that cannot be read, is listed."""
+    leaves, counts = _open_parts(pool)
+    doubts = _unreadable(e for leaf in leaves for e in leaf.evidence)
+    if doubts or not counts:
+        why = f" ({_words(doubts)})" if doubts else ""
+        return [f"may be a candidate: pool evidence cannot be read{why}"]
+    found = []
+    for node in counts:
+        open_ = [p for p in node.parts if p.value is None and p.doubt]
+        words = _words(_unreadable(e for p in open_ for e in p.evidence))
+        found.append(
+            f"may be a candidate: {len(node.met)} criteria met, and "
+            f"{', '.join(str(p.id) for p in open_)} may be met by records that cannot be read "
+            f"({words})"
+        )
+    return found
+
+
+def _scores(node: NodeResult) -> list[int]:
+    found = [node.score] if node.kind == "score" and node.score is not None else []
+    return found + [s for part in node.parts for s in _scores(part)]
+
+
+def _inclusion_reasons(label: str, node: NodeResult, needed: int | None, trial) -> list[str]:
+    """Why one inclusion is not met, in the trial's words."""
+    doubts = _unreadable(node.evidence)
+    if node.kind == "at_least":
+        out = [
+            f"{label}: {node.result} ({len(node.met)} of {len(node.parts)} met, {needed} needed)"
+        ]
+        for part in node.parts:
+            doubts = _unreadable(part.evidence)
+            if part.value is None and doubts:
+                out.append(f"{trial.label(part.id)}: unknown ({_words(doubts)})")
+        return out
+    if node.value is None and (doubts or node.kind == "age"):
+        return [f"{label}: unknown ({_words(doubts or node.evidence)})"]
+    scores = _scores(node)
+    shown = f" (score {scores[0]})" if scores and node.value is False else ""
+    return [f"{label}: {node.result}{shown}"]
+
+
 def _reasons(
     trial: Trial, pool: NodeResult, inclusions: dict[str, NodeResult], exclusions
-) -> tuple[str, ...]:
-    """What keeps a patient from being eligible, in the trial's words."""
-    found = []
-    if pool.value is None:
-        found.append(f"{trial.label(trial.spec.funnel.pool if trial.spec.funnel else 'pool')}: "
-                     "unknown")  # fmt: skip
+) -> list[str]:
+    """What keeps a needs-review patient from being eligible, in plain words."""
+    found = _pool_reasons(pool) if pool.value is None else []
     for key, node in inclusions.items():
         if node.value is not True:
-            found.append(f"{trial.label(key)}: {node.result}")
+            rule = trial.spec.inclusions[key].rule
+            needed = getattr(rule, "at_least", None)
+            found += _inclusion_reasons(trial.label(key), node, needed, trial)
     for key, finding in exclusions.items():
-        if finding.result == WASHOUT:
-            found.append(f"{trial.label(key)}: washout until {_iso(finding.until)}")
-        elif finding.result != CLEAR:
-            found.append(f"{trial.label(key)}: {finding.result}")
-    return tuple(found)
+        if finding.result == REVIEW:
+            found.append(f"{key} needs review: {_words(finding.evidence)}")
+    return found
 
 
 def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> TrialResult:
@@ -394,17 +505,25 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> TrialResult:
     inclusions = {key: run.inclusion(key) for key in trial.spec.inclusions}
     exclusions = {key: run.exclusion(key) for key in trial.spec.exclusions}
     results = {f.result for f in exclusions.values()}
-    running = [f.until for f in exclusions.values() if f.result == WASHOUT and f.until]
+    running = [f.until for f in exclusions.values() if f.until and f.result in (WASHOUT, REVIEW)]
     hard = any(
         node.value is False and trial.spec.inclusions[key].not_met == "excludes"
         for key, node in inclusions.items()
     )
     if hard or EXCLUDED in results:
         status = EXCLUDED
-    elif pool.value and all(node.value for node in inclusions.values()) and REVIEW not in results:
-        status = WASHOUT if running else ELIGIBLE
+    elif (
+        pool.value
+        and all(node.value for node in inclusions.values())
+        and REVIEW not in results
+        and not facts.doubts
+    ):
+        status = WASHOUT if WASHOUT in results else ELIGIBLE
     else:
         status = NEEDS_REVIEW
+    reasons: list[str] = []
+    if status == NEEDS_REVIEW:
+        reasons = [*_reasons(trial, pool, inclusions, exclusions), *facts.doubts]
     return TrialResult(
         patient=facts.patient_id,
         name=facts.name,
@@ -416,6 +535,8 @@ def evaluate(facts: PatientFacts, trial: Trial, as_of: date) -> TrialResult:
         pool=pool,
         inclusions=inclusions,
         exclusions=exclusions,
-        reasons=() if status == ELIGIBLE else _reasons(trial, pool, inclusions, exclusions),
+        reasons=tuple(reasons),
         notes=(*facts.notes, *run.patient.notes.values()),
+        doubted=bool(reasons)
+        and (pool.value is None or bool(facts.doubts) or any(UNREADABLE in r for r in reasons)),
     )

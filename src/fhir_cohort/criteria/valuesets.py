@@ -34,6 +34,7 @@ class ValueSet:
     prefixes: tuple[tuple[str, str], ...] = ()
     excluded: frozenset[str] = frozenset()
     expanded: bool = False  # an expansion lists every code the filters stand for
+    dotted_only: bool = False  # ICD codes sent without their dot are never members
 
     @property
     def searchable_codes(self) -> bool:
@@ -49,10 +50,14 @@ class ValueSet:
         'G40.909'
         >>> vs.match([Code("http://snomed.info/sct", "200936003")]) is None
         True
+        >>> undotted = Code("http://hl7.org/fhir/sid/icd-10-cm", "G40.909", undotted=True)
+        >>> strict = ValueSet("x", "urn:x", vs.codes, vs.prefixes, dotted_only=True)
+        >>> vs.match([undotted]).code, strict.match([undotted])
+        ('G40.909', None)
         """
         for code in codes:
             key = code.key
-            if key in self.excluded:
+            if key in self.excluded or (self.dotted_only and code.undotted):
                 continue
             if key in self.codes:
                 return code

@@ -10,53 +10,57 @@ byte for byte whichever engine ran:
 
 - ``embedded``: one process, the bounded-memory SQLite store (any source);
 - ``workers``: ``N`` processes on one machine, parts of the files read apart and
-  patients partitioned by a stable hash (file sources; others run embedded);
+  patients partitioned by a stable hash (file sources; a server is read embedded);
 - ``spark``: a Spark cluster (or ``local[N]``) reading through the Hadoop filesystem.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import date
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..criteria.trial import Trial
+    from ..criteria.language import Trial
     from ..pipeline import Screening
-    from ..sources import ResourceSource
+    from ..sources import ProgressStart, ResourceSource
 
-ENGINES = ("embedded", "workers", "spark")
 
-ProgressFactory = Callable[[str, int | None, str], Callable[[int], None]]
+class EngineName(str, Enum):
+    EMBEDDED = "embedded"
+    WORKERS = "workers"
+    SPARK = "spark"
 
 
 class Engine(Protocol):
-    """Screen every patient of ``sources`` for ``trial`` as of ``as_of``."""
+    """Screen every patient of ``sources`` for each of ``trials`` as of ``as_of``."""
 
     def screen(
         self,
         sources: Iterable[ResourceSource],
-        trial: Trial,
+        trials: list[Trial],
         as_of: date,
-        progress: ProgressFactory | None = None,
+        progress: ProgressStart | None = None,
         workdir: Path | None = None,
         now: float | None = None,
-    ) -> Screening: ...
+    ) -> list[Screening]: ...
 
 
 def engine(name: str, workers: int | None = None, master: str | None = None) -> Engine:
-    """The engine called ``name`` (one of :data:`ENGINES`)."""
-    if name == "embedded":
+    """The engine called ``name`` (an :class:`EngineName`); its modules are imported only
+    when chosen (Spark's are heavy)."""
+    if name == EngineName.EMBEDDED:
         from .embedded import Embedded
 
         return Embedded()
-    if name == "workers":
+    if name == EngineName.WORKERS:
         from .workers import Workers
 
         return Workers(workers)
-    if name == "spark":
+    if name == EngineName.SPARK:
         from .spark import Spark
 
         return Spark(master)
-    raise ValueError(f"unknown engine {name!r} (one of {', '.join(ENGINES)})")
+    raise ValueError(f"unknown engine {name!r} (one of {', '.join(EngineName)})")

@@ -28,25 +28,30 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from ..criteria.relevance import CODED, Relevance
-from ..criteria.trial import Trial
-from ..decide import Context, Decision
+from ..criteria.language import Trial
+from ..criteria.plan import CODED
+from ..decide import Decision
 from ..errors import UsageError
-from ..normalise.resources import unattached_facts
-from ..pipeline import MAX_UNATTACHED, Funnel, Screening, _Unattached, partial_input_doubts
+from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality, add_counters
-from ..rank import rank
-from ..sources import DOUBT_RECORD, NOTE_RECORD, ResourceSource
+from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
 from ..store import Copy, Kept, SqliteStore, settle
-from . import ProgressFactory
-from .embedded import base_of, decide_patients, ingest, merge_decisions, no_progress
+from .embedded import (
+    base_of,
+    context_for,
+    decide_patients,
+    ingest,
+    merge_decisions,
+    no_progress,
+    note_duplicates,
+    screenings,
+)
 
 _MARKERS = (DOUBT_RECORD, NOTE_RECORD)
 WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoop filesystem
@@ -66,7 +71,7 @@ class _Read:
     rows: list[tuple]  # (rtype, rid, patient, stamp, seen, touches, body); body None: unkept
 
 
-def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trial, now) -> _Read:
+def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trials, now) -> _Read:
     """Read one whole file's bytes (from the Hadoop filesystem) with the file source's
     reader, as if it were at its own path."""
     uri, content = item
@@ -75,19 +80,19 @@ def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trial, 
     try:
         path = folder / Path(name).name
         path.write_bytes(content)
-        return _read_part(FilePart(index, path, name=name), source, trial, now)
+        return _read_part(FilePart(index, path, name=name), source, trials, now)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_part(part: FilePart, source: FileSource, trial, now) -> _Read:
+def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
     """Read one part of the files into a private shard, and take its rows out."""
     quality = DataQuality()
     store = SqliteStore(None, filtered_types=CODED, now=now)
     store.keep_ids = True
     unattached = _Unattached(quality, store)
     raws = source.read_part(part, quality.add, no_progress)
-    ingest(raws, Relevance(trial), store, unattached)
+    ingest(raws, pool_gates(trials), store, unattached)
     shard, used = store.detach()
     try:
         db = sqlite3.connect(shard / "resources.sqlite3")
@@ -113,7 +118,7 @@ def _read_part(part: FilePart, source: FileSource, trial, now) -> _Read:
     )
 
 
-def _placed(read: _Read, offsets: dict[int, int]) -> Iterator[tuple]:
+def _placed(read: _Read, offsets: dict[tuple[int, int], int]) -> Iterator[tuple]:
     """A file's rows at their positions in the whole input (marker ids made from them)."""
     offset = offsets[read.order]
     for rtype, rid, patient, stamp, seen, touches, body in read.rows:
@@ -141,6 +146,7 @@ def _settled(key: tuple, copies: Iterable[tuple], now: float) -> Iterator[tuple]
         now,
     )
     for copy in outcome.kept:
+        assert copy.body is not None  # settle keeps only copies the trial can use
         yield "row", copy.patient, Kept(copy.seen, touches[copy.seen], copy.body), key
     if outcome.duplicates or outcome.notes:  # in the order of each key's first kept copy
         first = min(seen for seen, *_, body in copies if body is not None)
@@ -173,28 +179,27 @@ class Spark:
     def screen(
         self,
         sources: Iterable[ResourceSource],
-        trial: Trial,
+        trials: list[Trial],
         as_of: date,
-        progress: ProgressFactory | None = None,
+        progress: ProgressStart | None = None,
         workdir: Path | None = None,
         now: float | None = None,
-    ) -> Screening:
+    ) -> list[Screening]:
         sources = list(sources)
-        if not all(type(s) is FileSource for s in sources):
+        if len(sources) != 1 or not isinstance(sources[0], FileSource):
             raise UsageError("--engine spark reads files (--source), not a server")
+        source = sources[0]
         now = time.time() if now is None else now
         spark = self.session()
         context = spark.sparkContext
-        quality, funnel = DataQuality(), Funnel(trial)
-        if len(sources) != 1:
-            raise UsageError("--engine spark reads one file source (give it several paths)")
-        source = sources[0]
+        quality = DataQuality()
+        read_by_type: dict[str, int] = {}
         files = {str(path.resolve()): (n, str(path)) for n, path in enumerate(source.files)}
-        shared = context.broadcast((files, trial))
+        shared = context.broadcast((files, trials))
 
         def read(item: tuple[str, bytes]) -> _Read:
-            found, trial_ = shared.value
-            return _read_file((_local(item[0]), item[1]), found, source, trial_, now)
+            found, trials_ = shared.value
+            return _read_file((_local(item[0]), item[1]), found, source, trials_, now)
 
         def read_part(part: FilePart) -> _Read:
             return _read_part(part, source, shared.value[1], now)
@@ -228,14 +233,15 @@ class Spark:
                 )
             ).collect()
         )
-        offsets, position, unattached = {}, 0, []
+        offsets: dict[tuple[int, int], int] = {}
+        position, unattached = 0, []
         for order, used, shard_quality, records, by_type, _, _ in summaries:
             offsets[order] = position
             position += used
             quality = quality.merge(shard_quality)
             unattached += records
             for kind, count in by_type.items():
-                funnel.resources_read[kind] = funnel.resources_read.get(kind, 0) + count
+                read_by_type[kind] = read_by_type.get(kind, 0) + count
         if len(unattached) > MAX_UNATTACHED:
             raise UsageError(
                 f"more than {MAX_UNATTACHED} records name no patient: run --engine embedded"
@@ -256,15 +262,7 @@ class Spark:
             if key[1] not in medications or kept.position < medications[key[1]][0]:
                 medications[key[1]] = (kept.position, kept.body)
         table = {rid: orjson.loads(body) for rid, (_, body) in medications.items()}
-        if duplicates:
-            quality.counts["duplicate-resource"] += duplicates
-            quality.examples["duplicate-resource"] = [
-                {
-                    "where": "(several files)",
-                    "message": "the same type and id was read more than once; counted once "
-                    "(later meta.lastUpdated wins, else the first seen)",
-                }
-            ]
+        note_duplicates(quality, duplicates)
         markers = []
         for _, _, notes, owners, _ in conflicts:
             for note in notes:
@@ -278,12 +276,7 @@ class Spark:
                     "code": "conflicting-duplicate",
                 }
                 markers.append((owner, Kept(position, 1, orjson.dumps(body))))
-        base = base_of(sources)
-        everyone = unattached_facts(unattached, table.get, base)
-        for note in everyone.notes:
-            quality.add(note)
-        doubts = partial_input_doubts(quality)
-        ran = Context(trial, as_of, base, everyone, doubts, partial(Funnel, trial))
+        ran = context_for(trials, as_of, base_of(sources), unattached, table.get, quality)
         shared_run = context.broadcast((ran, table))
         patients = reads.flatMap(lambda r: [(p, None) for p in r.patients])
         rows = settled.filter(lambda x: x[0] == "row" and x[1] is not None).map(
@@ -295,17 +288,17 @@ class Spark:
             .groupByKey()
             .mapPartitions(lambda part: _decide_partition(part, shared_run.value))
         )
+        funnels = ran.funnels()
         decisions: list[Decision] = []
-        for share, evaluated in grouped.collect():
-            add_counters(funnel, share)
+        for shares, evaluated in grouped.collect():
+            for funnel, share in zip(funnels, shares, strict=True):
+                add_counters(funnel, share)
             decisions += evaluated
         reads.unpersist()
         settled.unpersist()
         decisions.sort(key=lambda d: d.patient_id)
-        results = merge_decisions(decisions, funnel, quality)
-        funnel.finish()
-        retrieval = {"files": len(files)}
-        return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), retrieval)
+        results = merge_decisions(decisions, funnels, quality)
+        return screenings(ran, funnels, quality, results, read_by_type, {"files": len(files)})
 
 
 def _local(uri: str) -> str:
@@ -320,15 +313,17 @@ def _local(uri: str) -> str:
 
 def _decide_partition(part, run) -> Iterator[tuple]:
     context, table = run
-    share = context.new_funnel()
+    shares = context.funnels()
     evaluated = []
     # A patient exists when a record names them (the None each brings); rows alone (a
     # doubt or a note about a patient no record names) do not make one, as in the store.
     groups = ((p, list(kept)) for p, kept in sorted(part))
     patients = ((p, [k for k in kept if k is not None]) for p, kept in groups if None in kept)
     for decision in decide_patients(patients, table.get, context):
-        add_counters(share, decision.funnel)
-        if decision.notes or decision.result is not None:
-            evaluated.append(Decision(decision.patient_id, decision.result, None, decision.notes))
-    share.trial = None  # type: ignore[assignment]
-    yield share, evaluated
+        for share, mine in zip(shares, decision.funnels or (), strict=True):
+            add_counters(share, mine)
+        if (slim := decision.slim()) is not None:
+            evaluated.append(slim)
+    for share in shares:
+        share.trial = None  # type: ignore[assignment]  # the driver has it; not sent back
+    yield shares, evaluated

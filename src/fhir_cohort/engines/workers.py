@@ -14,24 +14,27 @@ as are inputs with more records naming no patient than one process keeps.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import shutil
+import signal
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from ..criteria.relevance import CODED, Relevance
-from ..criteria.trial import Trial
+from ..criteria.funnel import TrialFunnel
+from ..criteria.language import Trial
+from ..criteria.plan import CODED
 from ..decide import Context, Decision
-from ..pipeline import MAX_UNATTACHED, Funnel, Screening, _Unattached
+from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality, add_counters
-from ..rank import rank
-from ..sources import ResourceSource
+from ..sources import ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
 from ..store import SqliteStore, StoreReader
-from . import ProgressFactory
 from .embedded import (
     Embedded,
     base_of,
@@ -39,6 +42,7 @@ from .embedded import (
     ingest,
     merge_decisions,
     no_progress,
+    screenings,
     settled,
 )
 
@@ -60,12 +64,25 @@ class _Shard:
 class _Part:
     """What a worker decided for its share of the patients."""
 
-    funnel: Funnel
-    decisions: list[Decision]  # patients evaluated (past the gate), with their notes
+    funnels: list[TrialFunnel]  # without their trial (the parent has it)
+    decisions: list[Decision]  # patients with a result or a note, without funnel shares
 
 
 # Set in the parent before the pool forks; the children read it (nothing is pickled).
 _JOB: dict = {}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the run does, even if the run is killed (SIGKILL): it would
+    otherwise go on reading clinical data and hold the state's lock it inherited."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own pipes end the workers
+        return
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
 
 
 def _read_part(part: FilePart) -> _Shard:
@@ -73,7 +90,7 @@ def _read_part(part: FilePart) -> _Shard:
     quality = DataQuality()
     store = SqliteStore(_JOB["workdir"], filtered_types=CODED, now=_JOB["now"])
     unattached = _Unattached(quality, store)
-    ingest(source.read_part(part, quality.add, no_progress), _JOB["relevance"], store, unattached)
+    ingest(source.read_part(part, quality.add, no_progress), _JOB["gates"], store, unattached)
     folder, used = store.detach()
     end = part.end if part.end is not None else part.path.stat().st_size
     return _Shard(
@@ -90,21 +107,21 @@ def _read_part(part: FilePart) -> _Shard:
 def _decide_part(index: int) -> _Part:
     context: Context = _JOB["context"]
     reader = StoreReader(_JOB["store"])
-    funnel = Funnel(context.trial)
+    funnels = context.funnels()
     decisions = []
     try:
         for decision in decide_patients(
             reader.kept_by_patient((index, _JOB["parts"])), reader.medication, context
         ):
-            add_counters(funnel, decision.funnel)
-            if decision.notes or decision.result is not None:
-                decisions.append(
-                    Decision(decision.patient_id, decision.result, None, decision.notes)
-                )
+            for funnel, share in zip(funnels, decision.funnels or (), strict=True):
+                add_counters(funnel, share)
+            if (slim := decision.slim()) is not None:
+                decisions.append(slim)
     finally:
         reader.close()
-    funnel.trial = None  # type: ignore[assignment]  # the parent has it; not sent back
-    return _Part(funnel, decisions)
+    for funnel in funnels:
+        funnel.trial = None  # type: ignore[assignment]  # the parent has it; not sent back
+    return _Part(funnels, decisions)
 
 
 class Workers:
@@ -118,27 +135,45 @@ class Workers:
     def screen(
         self,
         sources: Iterable[ResourceSource],
-        trial: Trial,
+        trials: list[Trial],
         as_of: date,
-        progress: ProgressFactory | None = None,
+        progress: ProgressStart | None = None,
         workdir: Path | None = None,
         now: float | None = None,
-    ) -> Screening:
+    ) -> list[Screening]:
         sources = list(sources)
-        if not all(type(s) is FileSource for s in sources):
-            return Embedded().screen(sources, trial, as_of, progress, workdir, now)
-        context = multiprocessing.get_context("fork")
+        files = [s for s in sources if type(s) is FileSource]
+        if self.workers == 1 or len(files) != len(sources):
+            return Embedded().screen(sources, trials, as_of, progress, workdir, now)
         now = time.time() if now is None else now
-        quality, funnel = DataQuality(), Funnel(trial)
+        # One folder for the run's stores and the workers' shards, removed whatever happens
+        # (a full disk in one worker leaves no shard of another behind).
+        scratch = Path(tempfile.mkdtemp(prefix="fhir-cohort-workers-", dir=workdir))
+        try:
+            return self._screen(files, trials, as_of, progress, scratch, now)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _screen(
+        self,
+        sources: list[FileSource],
+        trials: list[Trial],
+        as_of: date,
+        progress: ProgressStart | None,
+        workdir: Path,
+        now: float,
+    ) -> list[Screening]:
+        context = multiprocessing.get_context("fork")
+        quality = DataQuality()
         retrieval: dict[str, int] = {}
         unattached: list[dict] = []
         with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
-            _JOB.update(relevance=Relevance(trial), workdir=workdir, now=now)
+            _JOB.update(gates=pool_gates(trials), workdir=workdir, now=now)
             try:
                 for source in sources:
                     advance = progress("reading", source.total_work(), "B") if progress else None
                     _JOB["source"] = source
-                    with context.Pool(self.workers) as pool:
+                    with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
                         for shard in pool.imap(
                             _read_part, source.parts(self.workers, self.smallest)
                         ):
@@ -154,19 +189,20 @@ class Workers:
                     for key, value in source.stats().items():
                         retrieval[key] = retrieval.get(key, 0) + value
                 if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
-                    return Embedded().screen(sources, trial, as_of, progress, workdir, now)
-                ran = settled(store, quality, unattached, trial, as_of, base_of(sources))
-                funnel.resources_read = store.resources_by_type
+                    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
+                ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
                 _JOB.update(context=ran, store=store.path, parts=self.workers)
-                with context.Pool(self.workers) as pool:
+                with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
                     parts = pool.map(_decide_part, range(self.workers))
+                read = dict(store.resources_by_type)
             finally:
                 _JOB.clear()
+        funnels = ran.funnels()
         decisions = []
         for part in parts:
-            add_counters(funnel, part.funnel)
+            for funnel, share in zip(funnels, part.funnels, strict=True):
+                add_counters(funnel, share)
             decisions += part.decisions
         decisions.sort(key=lambda d: d.patient_id)
-        results = merge_decisions(decisions, funnel, quality)
-        funnel.finish()
-        return Screening(trial, as_of, funnel, quality, rank(results, trial.ranking), retrieval)
+        results = merge_decisions(decisions, funnels, quality)
+        return screenings(ran, funnels, quality, results, read, retrieval)

@@ -89,6 +89,7 @@ class Code:
     system: str
     code: str
     display: str | None = None
+    undotted: bool = False  # an ICD code sent without its dot ("E119" for E11.9)
 
     @property
     def key(self) -> str:
@@ -99,7 +100,8 @@ class Code:
 def _code(system: str, code: str, display: str | None) -> Code:
     """One canonical Code, memoised: a data set repeats a few thousand codings millions of times."""
     system = canonical_system(system)
-    return Code(system, canonical_code(system, code), display)
+    canonical = canonical_code(system, code)
+    return Code(system, canonical, display, "." in canonical and "." not in code)
 
 
 def codes_from(parts: Iterable[tuple[object, object, object]]) -> tuple[Code, ...]:

@@ -37,6 +37,7 @@ OBSERVATION_STATUS = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled"}
     | {"entered-in-error", "unknown"}
 )
+FAMILY_HISTORY_STATUS = frozenset({"partial", "completed", "entered-in-error", "health-unknown"})
 PROCEDURE_STATUS = frozenset(
     {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed"}
     | {"entered-in-error", "unknown"}
@@ -207,13 +208,13 @@ class Reading:
 
     def string(self, value: object, path: str) -> str | None:
         if value is None or type(value) is str:
-            return value  # type: ignore[return-value]
+            return value
         self.bad(path, value, "is not a string")
         return None
 
     def boolean(self, value: object, path: str) -> bool | None:
         if value is None or type(value) is bool:
-            return value  # type: ignore[return-value]
+            return value
         self.bad(path, value, "is not true or false")
         return None
 

@@ -90,6 +90,9 @@ class LabFact:
     reference_high: Quantity | None = None
     unreadable: tuple[str, ...] = ()
     any_code: bool = False
+    value_codes: tuple[Code, ...] = ()  # the coded answer (valueCodeableConcept)
+    value_texts: tuple[str, ...] = ()  # the answer's texts as sent, trimmed
+    string_quantity: Quantity | None = None  # a valueString read as "[comparator] number unit"
 
     def describe_value(self) -> str:
         if self.value_text:
@@ -132,6 +135,40 @@ class ExposureFact:
 
 
 @dataclass(frozen=True, slots=True)
+class FamilyHistoryFact:
+    """One condition of a relative, from a FamilyMemberHistory."""
+
+    source: Source
+    codes: tuple[Code, ...]
+    text: str | None
+    date: date | None
+    relationship: str | None
+    unreadable: tuple[str, ...] = ()
+    any_code: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationRecord:
+    """A medication record as an exposure interval: ``start`` … ``end``, both included.
+
+    ``end`` is the record's own end (period end, validityPeriod.end); ``active``
+    runs up to the as-of date; ``supply_days`` is a finished order's
+    expectedSupplyDuration × (1 + numberOfRepeatsAllowed), when readable.
+    """
+
+    source: Source
+    codes: tuple[Code, ...]
+    names: tuple[str, ...]
+    status: str
+    start: date | None
+    end: date | None
+    active: bool
+    supply_days: int | None = None
+    unreadable: tuple[str, ...] = ()
+    any_drug: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PatientFacts:
     """Everything the evaluator may know about one patient."""
 
@@ -146,6 +183,9 @@ class PatientFacts:
     labs: tuple[LabFact, ...] = ()
     procedures: tuple[ProcedureFact, ...] = ()
     exposures: tuple[ExposureFact, ...] = ()
+    gender: str | None = None
+    family_history: tuple[FamilyHistoryFact, ...] = ()
+    records: tuple[MedicationRecord, ...] = ()  # every medication record as an interval
     notes: tuple[Note, ...] = field(default=())
     # Records of this patient that could not be read at all (a line that is not JSON,
     # a resource type FHIR does not have, a reference to a same-id patient elsewhere):

@@ -18,9 +18,11 @@ raises on bad data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import date
+from typing import Any, TypeVar
 
 from ..quality import Note
 from ..sources import DOUBT, DOUBT_RECORD, NOTE_RECORD, reference_to
@@ -29,6 +31,7 @@ from .elements import (
     CLINICAL_STATUS,
     CLINICAL_SYSTEM,
     COMPARATORS,
+    FAMILY_HISTORY_STATUS,
     MEDICATION_STATUS,
     OBSERVATION_STATUS,
     PROCEDURE_STATUS,
@@ -42,7 +45,9 @@ from .elements import (
 from .facts import (
     ConditionFact,
     ExposureFact,
+    FamilyHistoryFact,
     LabFact,
+    MedicationRecord,
     PatientFacts,
     ProcedureFact,
     Quantity,
@@ -62,6 +67,11 @@ EXPOSURE_STATUS = {
     "MedicationStatement": frozenset({"active", "completed", "stopped", "on-hold"}),
     "MedicationRequest": frozenset({"active", "completed", "stopped", "on-hold"}),
 }
+COUNTING_FAMILY_HISTORY = frozenset({"partial", "completed"})
+_SUPPLY_DAYS = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7}
+_SUPPLY_DAYS |= {"mo": 30, "month": 30, "months": 30}
+_STRING_QUANTITY = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?|\.\d+)\s*(\S.*?)?\s*$")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
 # The date fields of each record, in the rules page's order, with their FHIR types.
 CONDITION_DATES = (
     ("onsetDateTime", "dateTime"),
@@ -161,7 +171,10 @@ def _quantity(reading: Reading, value: object, path: str) -> Quantity | None:
     return Quantity(number, comparator, unit, text if text != unit else None)
 
 
-def _checked(reading: Reading, read: Callable[[], object]) -> tuple[object, bool]:
+T = TypeVar("T")
+
+
+def _checked(reading: Reading, read: Callable[[], T]) -> tuple[T, bool]:
     """Run one read; True when it found no problem."""
     before = len(reading.problems)
     value = read()
@@ -182,8 +195,8 @@ def condition(reading: Reading, source: Source) -> ConditionFact | None:
     clinical = _status_code(status_reading, "clinicalStatus", CLINICAL_STATUS, CLINICAL_SYSTEM)
     return ConditionFact(
         source=source,
-        codes=codes,  # type: ignore[arg-type]
-        text=text,  # type: ignore[arg-type]
+        codes=codes,
+        text=text,
         date=when,
         clinical_status=clinical,
         verification_status=verification,
@@ -265,8 +278,8 @@ def observation(reading: Reading, source: Source) -> LabFact | None:
     first = reading.dict_at(ranges[0], "referenceRange[0]") if ranges else {}
     return LabFact(
         source=source,
-        codes=codes,  # type: ignore[arg-type]
-        text=text,  # type: ignore[arg-type]
+        codes=codes,
+        text=text,
         date=when,
         status=status or "unreadable",
         quantity=quantity,
@@ -277,7 +290,34 @@ def observation(reading: Reading, source: Source) -> LabFact | None:
         reference_low=_quantity(reading, first.get("low"), "referenceRange[0].low"),
         reference_high=_quantity(reading, first.get("high"), "referenceRange[0].high"),
         any_code=not code_read,
+        **_answer_as_sent(resource),
     )
+
+
+def _answer_as_sent(resource: dict) -> dict:
+    """The coded answer, the answer's texts as sent and a valueString quantity (read
+    again without noting: :func:`_answer` noted any problem already).
+
+    >>> obs = {"valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
+    ...        "code": "260373001", "display": "Detected"}], "text": " Detected "}}
+    >>> found = _answer_as_sent(obs)
+    >>> [c.code for c in found["value_codes"]], found["value_texts"]
+    (['260373001'], ('Detected',))
+    """
+    concept = resource.get("valueCodeableConcept")
+    raw = resource.get("valueString")
+    texts: list[str] = [raw] if isinstance(raw, str) else []
+    value_codes, _ = Reading(resource).concept(concept, "valueCodeableConcept")
+    if isinstance(concept, dict):
+        if isinstance(concept.get("text"), str):
+            texts.append(concept["text"])
+        texts += [c.display for c in value_codes if c.display]
+    texts = [t.strip() for t in texts if t.strip()]
+    return {
+        "value_codes": value_codes,
+        "value_texts": tuple(dict.fromkeys(texts)),
+        "string_quantity": string_quantity(raw),
+    }
 
 
 def procedure(reading: Reading, source: Source) -> ProcedureFact | None:
@@ -290,7 +330,7 @@ def procedure(reading: Reading, source: Source) -> ProcedureFact | None:
         reading, lambda: reading.concept(reading.resource.get("code"), "code")
     )
     when = _first_date(reading, PROCEDURE_DATES)
-    return ProcedureFact(source, codes, text, when, any_code=not code_read)  # type: ignore[arg-type]
+    return ProcedureFact(source, codes, text, when, any_code=not code_read)
 
 
 def _medication_concept(reading: Reading, medication: dict, prefix: str) -> tuple[list, list]:
@@ -434,6 +474,165 @@ def _exposure(
     )
 
 
+def family_history(reading: Reading, source: Source) -> tuple[FamilyHistoryFact, ...]:
+    """The counting conditions of one FamilyMemberHistory (status partial or completed;
+    each ``condition[].code`` one fact, dated by ``date``).
+
+    >>> fmh = {"resourceType": "FamilyMemberHistory", "id": "f1", "status": "completed",
+    ...        "date": "2024-03-01", "relationship": {"coding": [{"code": "MTH"}]},
+    ...        "condition": [{"code": {"coding": [{"system": "http://snomed.info/sct",
+    ...                                            "code": "255032005"}]}}]}
+    >>> where = Source("FamilyMemberHistory", "f1")
+    >>> [(f.source.reference, f.codes[0].code, f.date.isoformat(), f.relationship)
+    ...  for f in family_history(Reading(fmh), where)]
+    [('FamilyMemberHistory/f1', '255032005', '2024-03-01', 'mth')]
+    >>> family_history(Reading({**fmh, "status": "entered-in-error"}), where)
+    ()
+    """
+    resource = reading.resource
+    status = reading.code(resource.get("status"), "status", FAMILY_HISTORY_STATUS)
+    if status is None and resource.get("status") is None:
+        reading.missing("status")
+    if status is not None and status not in COUNTING_FAMILY_HISTORY:
+        return ()
+    when = _first_date(reading, (("date", "dateTime"),))
+    kin = reading.dict_at(resource.get("relationship"), "relationship")
+    codings = reading.array(kin.get("coding"), "relationship.coding")
+    first = codings[0] if codings and type(codings[0]) is dict else {}
+    code = reading.string(first.get("code"), "relationship.coding[0].code")
+    relationship = code.strip().lower() if code else None
+    found = []
+    for index, item in enumerate(reading.array(resource.get("condition"), "condition")):
+        if isinstance(item, dict):
+            before = len(reading.problems)
+            codes, text = reading.concept(item.get("code"), f"condition[{index}].code")
+            code_read = len(reading.problems) == before
+            found.append(
+                FamilyHistoryFact(
+                    source,
+                    codes,
+                    text,
+                    when,
+                    relationship,
+                    any_code=not code_read,
+                )
+            )
+    return tuple(found)
+
+
+def string_quantity(text: object) -> Quantity | None:
+    """A valueString read as ``[comparator] number unit``.
+
+    >>> string_quantity("7.4 %")
+    Quantity(value=7.4, comparator=None, unit='%', unit_text=None)
+    >>> string_quantity(">60 mL/min/1.73m2")
+    Quantity(value=60.0, comparator='>', unit='mL/min/1.73m2', unit_text=None)
+    >>> string_quantity("≥ 25"), string_quantity("Positive")
+    (Quantity(value=25.0, comparator='>=', unit=None, unit_text=None), None)
+    """
+    if not isinstance(text, str):
+        return None
+    match = _STRING_QUANTITY.match(text)
+    if not match:
+        return None
+    comparator, number, unit = match.groups()
+    return Quantity(float(number), _COMPARATORS.get(comparator, comparator), unit or None)
+
+
+def _supply_days(resource: dict) -> int | None:
+    """expectedSupplyDuration in days × (1 + numberOfRepeatsAllowed), when readable.
+
+    >>> _supply_days({"dispenseRequest": {"expectedSupplyDuration": {"value": 30,
+    ...     "unit": "days", "code": "d"}, "numberOfRepeatsAllowed": 2}})
+    90
+    >>> _supply_days({"dispenseRequest": {"expectedSupplyDuration": {"value": 1,
+    ...     "unit": "month"}}}), _supply_days({"dispenseRequest": {}})
+    (30, None)
+    """
+    dispense = resource.get("dispenseRequest")
+    if type(dispense) is not dict:
+        return None
+    supply = dispense.get("expectedSupplyDuration")
+    if not isinstance(supply, dict) or not isinstance(supply.get("value"), (int, float)):
+        return None
+    unit = supply.get("code") if supply.get("code") in _SUPPLY_DAYS else supply.get("unit")
+    if unit not in _SUPPLY_DAYS or supply["value"] <= 0:
+        return None
+    repeats = dispense.get("numberOfRepeatsAllowed", 0)
+    repeats = repeats if isinstance(repeats, int) and repeats >= 0 else 0
+    return round(supply["value"] * _SUPPLY_DAYS[unit]) * (1 + repeats)
+
+
+def medication_record(
+    resource: dict, kind: str, lookup: MedicationLookup, base: str | None = None
+) -> MedicationRecord | None:
+    """One medication record as an exposure interval, or None when it is no exposure.
+
+    >>> mr = {"resourceType": "MedicationRequest", "id": "m", "status": "completed",
+    ...       "intent": "order", "dispenseRequest": {"validityPeriod": {"start": "2026-01-05"},
+    ...       "expectedSupplyDuration": {"value": 4, "unit": "wk"}},
+    ...       "medicationCodeableConcept": {"text": "metformin 500 mg"}}
+    >>> r = medication_record(mr, "MedicationRequest", lambda _: None)
+    >>> r.start.isoformat(), r.end, r.active, r.supply_days, r.names
+    ('2026-01-05', None, False, 28, ('metformin 500 mg',))
+    >>> medication_record({**mr, "intent": "plan"}, "MedicationRequest", lambda _: None) is None
+    True
+    """
+    status = resource.get("status")
+    reading = Reading(resource)  # nulls already marked by the caller
+    supply = None
+    if kind == "MedicationAdministration":
+        if status not in EXPOSURE_STATUS[kind]:
+            return None
+        start = _first_date(
+            reading,
+            (
+                ("effectiveDateTime", "dateTime"),
+                ("effectivePeriod.start", "dateTime"),
+                ("effectivePeriod.end", "dateTime"),
+            ),
+        )
+        end = _first_date(reading, (("effectivePeriod.end", "dateTime"),))
+        active = False
+    elif kind == "MedicationStatement":
+        if status not in EXPOSURE_STATUS[kind]:
+            return None
+        start = _first_date(
+            reading,
+            (
+                ("effectivePeriod.start", "dateTime"),
+                ("effectiveDateTime", "dateTime"),
+                ("effectivePeriod.end", "dateTime"),
+            ),
+        )
+        end = _first_date(reading, (("effectivePeriod.end", "dateTime"),))
+        active = status == "active" and end is None
+    else:
+        if resource.get("intent") not in ORDER_INTENTS or status not in EXPOSURE_STATUS[kind]:
+            return None
+        start = _first_date(
+            reading,
+            (("authoredOn", "dateTime"), ("dispenseRequest.validityPeriod.start", "dateTime")),
+        )
+        if start is None:
+            return None
+        end = _first_date(reading, (("dispenseRequest.validityPeriod.end", "dateTime"),))
+        active = status == "active"
+        supply = None if active or end else _supply_days(resource)
+    source = Source(kind, str(resource.get("id")))
+    codes, names, drug_read = _drug(reading, lookup, base, [], source.reference)
+    medication = resource.get("medicationReference")
+    extra = []
+    if isinstance(medication, dict):
+        extra.append(medication.get("display"))
+        if medication.get("reference"):
+            extra += [c.display for c in codes]
+    names = tuple(dict.fromkeys([*names, *(n for n in extra if isinstance(n, str) and n)]))
+    return MedicationRecord(
+        source, codes, names, str(status), start, end, active, supply, any_drug=not drug_read
+    )
+
+
 def _patient_name(reading: Reading) -> str | None:
     for index, name in enumerate(reading.array(reading.resource.get("name"), "name")):
         if type(name) is not dict:
@@ -454,17 +653,22 @@ def _patient_name(reading: Reading) -> str | None:
     return None
 
 
-Reader = Callable[[Reading, Source, MedicationLookup, "str | None", list], object]
+MEDICATION_KINDS = ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
+Fact = ConditionFact | LabFact | ProcedureFact | ExposureFact | FamilyHistoryFact
+Reader = Callable[
+    [Reading, Source, MedicationLookup, "str | None", list], "Fact | tuple[Fact, ...] | None"
+]
 
 # resourceType -> (the PatientFacts field its facts go to, its reader)
 _READERS: dict[str, tuple[str, Reader]] = {
     "Condition": ("conditions", lambda reading, source, *_: condition(reading, source)),
     "Observation": ("labs", lambda reading, source, *_: observation(reading, source)),
     "Procedure": ("procedures", lambda reading, source, *_: procedure(reading, source)),
-    **{
-        kind: ("exposures", _exposure)
-        for kind in ("MedicationStatement", "MedicationRequest", "MedicationAdministration")
-    },
+    "FamilyMemberHistory": (
+        "family_history",
+        lambda reading, source, *_: family_history(reading, source),
+    ),
+    **{kind: ("exposures", _exposure) for kind in MEDICATION_KINDS},
 }
 
 
@@ -492,6 +696,7 @@ def patient_facts(
     ``base`` is the source's own server base, for absolute Medication references.
     """
     facts: dict[str, list] = {field: [] for field, _ in _READERS.values()}
+    facts["records"] = []
     notes: list[Note] = []
     doubts: list[str] = []
     patient: dict | None = None
@@ -518,6 +723,9 @@ def patient_facts(
         found: list[Note] = []
         try:
             fact = read(reading, source, lookup, base, found)
+            record = None
+            if kind in MEDICATION_KINDS:
+                record = medication_record(resource, kind, lookup, base)
         except (AttributeError, TypeError, KeyError, IndexError, ValueError) as error:
             # A shape no reader foresaw: the record may say anything, so the patient's
             # answer cannot rest on it (and the run goes on).
@@ -527,17 +735,19 @@ def patient_facts(
             continue
         problems = [*_doubted(resource), *reading.problems]
         notes += found + _notes(reading.problems, where)
-        if fact is None:
-            continue
-        if problems:
-            fact = replace(fact, unreadable=tuple(problems))  # type: ignore[type-var]
-        if getattr(fact, "status_unreadable", None):
-            notes += _notes([fact.status_unreadable], where)  # type: ignore[attr-defined]
-        facts[field].append(fact)
+        if record is not None:
+            facts["records"].append(replace(record, unreadable=tuple(problems)))
+        for one in fact if isinstance(fact, tuple) else () if fact is None else (fact,):
+            if problems:
+                one = replace(one, unreadable=tuple(problems))
+            if isinstance(one, ConditionFact) and one.status_unreadable:
+                notes += _notes([one.status_unreadable], where)
+            facts[field].append(one)
+    records: dict[str, Any] = {field: tuple(found) for field, found in facts.items()}
     return PatientFacts(
         patient_id=patient_id,
         **_patient_fields(patient_id, patient or {}, notes),
-        **{field: tuple(found) for field, found in facts.items()},
+        **records,
         notes=tuple(notes),
         doubts=tuple(doubts),
     )
@@ -558,7 +768,9 @@ def _patient_fields(patient_id: str, patient: dict, notes: list[Note]) -> dict:
     naming = Reading(patient)
     name = _patient_name(naming)
     notes += _notes(birth.problems + deceased.problems + naming.problems, where)
+    gender = patient.get("gender")
     return {
+        "gender": gender if isinstance(gender, str) else None,
         "birth_date": patient["birthDate"] if birth_date else None,
         "birth_date_unreadable": "; ".join(birth.problems) or None,
         "deceased_boolean": flag,
@@ -568,19 +780,17 @@ def _patient_fields(patient_id: str, patient: dict, notes: list[Note]) -> dict:
     }
 
 
+_RECORD_FIELDS = ("conditions", "labs", "procedures", "exposures", "family_history", "records")
+
+
 def with_unattached(facts: PatientFacts, unattached: PatientFacts) -> PatientFacts:
     """``facts`` plus the facts of records that name no patient (each marked unreadable:
     it could be this patient's), so they weigh on every candidate, never in their favour."""
-    if not (
-        unattached.conditions or unattached.labs or unattached.procedures or unattached.exposures
-    ):
+    if not any(getattr(unattached, name) for name in _RECORD_FIELDS):
         return facts
     return replace(
         facts,
-        conditions=facts.conditions + unattached.conditions,
-        labs=facts.labs + unattached.labs,
-        procedures=facts.procedures + unattached.procedures,
-        exposures=facts.exposures + unattached.exposures,
+        **{name: getattr(facts, name) + getattr(unattached, name) for name in _RECORD_FIELDS},
     )
 
 
@@ -603,10 +813,5 @@ def unattached_facts(
             for f in items
         )
 
-    return replace(
-        found,
-        conditions=mark(found.conditions),
-        labs=mark(found.labs),
-        procedures=mark(found.procedures),
-        exposures=mark(found.exposures),
-    )
+    marked: dict[str, Any] = {name: mark(getattr(found, name)) for name in _RECORD_FIELDS}
+    return replace(found, **marked)

@@ -1,5 +1,8 @@
 """candidates.json and candidates.csv: the ranked list with its evidence.
 
+The CSV lists candidates in work order: those not yet acted on first, then those
+whose latest review decision acts on or closes the case (:data:`ACTED_ON`).
+
 The JSON is the complete record (funnel, data-quality notes, every criterion
 with its evidence, the changes since the previous run and each patient's
 latest review decision); the CSV is the screening log, one row per candidate,
@@ -13,14 +16,18 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Sequence
+from datetime import date
 
 import orjson
 
 from .. import __version__
-from ..changes import Changes, flags
-from ..criteria.results import MET, UNKNOWN
+from ..changes import REVIEW_STATUSES, SET_ASIDE, Changes, flags
+from ..criteria.language import Trial
+from ..criteria.rank_terms import Ranked
+from ..criteria.tree import NodeResult
 from ..pipeline import Screening
-from ..rank import Candidate
 from ..text import printable
 
 CSV_COLUMNS = (
@@ -31,12 +38,9 @@ CSV_COLUMNS = (
     "eligible_from",
     "rank_score",
     "age",
-    "acr_count",
-    "acr_met",
-    "acr_missing",
-    "activity",
-    "activity_score",
-    "latest_activity_date",
+    "inclusions_met",
+    "inclusions_open",
+    "latest_evidence_date",
     "exclusions_flagged",
     "to_verify",
     "needs_review_because",
@@ -49,7 +53,70 @@ CSV_COLUMNS = (
 )
 
 
-def candidate_dict(candidate: Candidate) -> dict:
+# Decisions that close a case or act on it: the patient leaves the "to contact" order.
+# Only "reopened" (a newer record undoing the one before) puts a patient back.
+ACTED_ON = frozenset(REVIEW_STATUSES) - {"reopened"}
+
+
+def acted_on(patient: str, changes: Changes | None) -> str | None:
+    """The decision that took ``patient`` out of the "to contact" order, or None.
+
+    A patient set aside (declined, not eligible) returns to the order when evidence
+    appears that was not on record at the decision: the change since the last run
+    says so.
+    """
+    state = changes.reviews.get(patient) if changes else None
+    if state is None or state.review.status not in ACTED_ON:
+        return None
+    if state.review.status in SET_ASIDE and state.new_evidence:
+        return None
+    return state.review.status
+
+
+def work_order(candidates: Sequence[Ranked], changes: Changes | None) -> list[Ranked]:
+    """The candidates as a coordinator works them: not yet acted on first, then those
+    already acted on, each part in rank order."""
+    return sorted(candidates, key=lambda c: acted_on(c.result.patient, changes) is not None)
+
+
+UCUM_WORDS = {"degF": "°F", "degC": "°C", "in_i": "in", "lb_av": "lb", "ft_i": "ft"}
+_UCUM = re.compile(r"\[([A-Za-z_]+)\]")
+_UP_TO = re.compile(r"\(reference\s*[–-]\s*([^()–]+)\)")
+_FROM = re.compile(r"\(reference\s+([^()–]+?)\s*[–-]\s*\)")
+_BETWEEN = re.compile(r"\(reference\s+([^()–]+?)\s*[–]\s*([^()–]+)\)")
+
+
+def plain_value(text: str) -> str:
+    """A value as sent, for people: UCUM annotations without brackets and reference
+    ranges that cannot read as a negative number.
+
+    >>> plain_value("85 [IU]/mL (reference –30 [IU]/mL)")
+    '85 IU/mL (reference: up to 30 IU/mL)'
+    >>> plain_value("70 mg/dL (reference 90 mg/dL–180 mg/dL)"), plain_value("101.3 [degF]")
+    ('70 mg/dL (reference: 90 mg/dL to 180 mg/dL)', '101.3 °F')
+    >>> plain_value("5 (reference 2–)")
+    '5 (reference: 2 or more)'
+    """
+    text = _UCUM.sub(lambda m: UCUM_WORDS.get(m[1], m[1]), text)
+    text = _UP_TO.sub(lambda m: f"(reference: up to {m[1].strip()})", text)
+    text = _FROM.sub(lambda m: f"(reference: {m[1].strip()} or more)", text)
+    return _BETWEEN.sub(lambda m: f"(reference: {m[1].strip()} to {m[2].strip()})", text)
+
+
+def reasons(candidate: Ranked, trial: Trial) -> list[str]:
+    """Why a patient needs review, in the trial's words: a reason that starts with an
+    exclusion's id starts with its label, and values read plainly (:func:`plain_value`).
+    """
+    out = []
+    for reason in candidate.result.reasons:
+        key, _, rest = reason.partition(" ")
+        if key in trial.spec.exclusions and rest:
+            reason = f"{trial.label(key)} {rest}"
+        out.append(plain_value(reason))
+    return out
+
+
+def candidate_dict(candidate: Ranked) -> dict:
     return {"rank": candidate.rank, "score": candidate.score, **candidate.result.to_dict()}
 
 
@@ -63,7 +130,10 @@ def screening_dict(screening: Screening, changes: Changes | None = None) -> dict
         "as_of": screening.as_of.isoformat(),
         "generator": f"fhir-cohort {__version__}",
         "funnel": screening.funnel.to_dict(),
-        "retrieval": screening.retrieval,
+        "retrieval": {
+            **screening.retrieval,
+            **({"plan": screening.plan} if screening.plan else {}),
+        },
         "data_quality": screening.data_quality.to_list(),
         "changes": changes.to_dict() if changes else None,
         "candidates": [
@@ -83,35 +153,51 @@ def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
     return orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
 
 
-def flagged(candidate: Candidate) -> list[str]:
-    """Failed inclusions and exclusions that are not clear ('biologic_washout until 2026-08-28')."""
-    return flags(candidate.result)
+def flagged(candidate: Ranked, trial: Trial) -> list[str]:
+    """An age outside the range and exclusions that are not clear, in the trial's words
+    ("Other biologics in the last 6 months until 2026-08-28")."""
+    return flags(candidate.result, trial.label, ": ")
 
 
-def to_verify(candidate: Candidate) -> list[str]:
+def shortfall(trial: Trial, key: str, node: NodeResult) -> str:
+    """An inclusion that is not met, in the trial's words ("… (3 of 5 on record;
+    missing: …)" for an ``at_least``, else its result).
+    """
+    label = trial.label(key)
+    if node.kind == "at_least":
+        missing = [trial.label(p.id) for p in node.parts if p.id and not p.value]
+        return (
+            f"{label} ({len(node.met)} of {len(node.parts)} on record; "
+            f"missing: {', '.join(missing)})"
+        )
+    return f"{label} ({node.result})"
+
+
+def to_verify(candidate: Ranked, trial: Trial) -> list[str]:
     """What the coordinator should check in the chart."""
     result = candidate.result
-    items = []
-    if result.age.result == UNKNOWN:
-        items.append("date of birth")
-    if result.acr.result != MET:
-        items.append(
-            f"ACR criteria ({result.acr.count} of 11 on record; missing: "
-            f"{', '.join(result.acr.missing)})"
-        )
-    if result.activity.result != MET:
-        items.append(f"disease activity (SLEDAI-2K labs {result.activity.result})")
+    items = [
+        shortfall(trial, key, node)
+        for key, node in result.inclusions.items()
+        if node.value is not True
+    ]
     items += [
-        f"{key} ({finding.result})"
+        f"{trial.label(key)} (a record needs review)"
         for key, finding in result.exclusions.items()
         if finding.result == "review"
     ]
     return items
 
 
-def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None = None) -> dict:
+def latest_evidence(candidate: Ranked) -> date | None:
+    """The date of the newest evidence behind the inclusions, or None."""
+    dates = [d for node in candidate.result.inclusions.values() if (d := node.latest_evidence())]
+    return max(dates, default=None)
+
+
+def csv_row(candidate: Ranked, screening: Screening, changes: Changes | None = None) -> dict:
     result = candidate.result
-    latest = result.activity.latest_evidence
+    latest = latest_evidence(candidate)
     review = changes.reviews.get(result.patient) if changes else None
     return {
         "record_id": result.patient,
@@ -120,16 +206,17 @@ def csv_row(candidate: Candidate, screening: Screening, changes: Changes | None 
         "screen_status": result.status,
         "eligible_from": result.eligible_from.isoformat() if result.eligible_from else "",
         "rank_score": candidate.score,
-        "age": "" if result.age.age is None else result.age.age,
-        "acr_count": result.acr.count,
-        "acr_met": "; ".join(result.acr.met),
-        "acr_missing": "; ".join(result.acr.missing),
-        "activity": result.activity.result,
-        "activity_score": result.activity.score,
-        "latest_activity_date": latest.isoformat() if latest else "",
-        "exclusions_flagged": "; ".join(flagged(candidate)),
-        "to_verify": "; ".join(to_verify(candidate)),
-        "needs_review_because": "; ".join(result.reasons),
+        "age": "" if result.age is None else result.age,
+        "inclusions_met": "; ".join(k for k, n in result.inclusions.items() if n.value),
+        "inclusions_open": "; ".join(
+            shortfall(screening.trial, k, n)
+            for k, n in result.inclusions.items()
+            if n.value is not True
+        ),
+        "latest_evidence_date": latest.isoformat() if latest else "",
+        "exclusions_flagged": "; ".join(flagged(candidate, screening.trial)),
+        "to_verify": "; ".join(to_verify(candidate, screening.trial)),
+        "needs_review_because": "; ".join(reasons(candidate, screening.trial)),
         "review_status": review.review.status if review else "",
         "review_date": review.review.at[:10] if review else "",
         "review_by": review.review.by if review else "",
@@ -160,7 +247,7 @@ def csv_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for candidate in screening.candidates:
+    for candidate in work_order(screening.candidates, changes):
         writer.writerow(
             {k: _safe_cell(v) for k, v in csv_row(candidate, screening, changes).items()}
         )

@@ -11,6 +11,7 @@ toggles rows, so the page reads the same printed or without scripts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,13 +19,22 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..changes import Changes
+from ..criteria.language import Trial
+from ..criteria.rank_terms import Ranked
 from ..criteria.results import STATUSES, WASHOUT, Evidence
+from ..criteria.tree import NodeResult
 from ..pipeline import Screening
 from ..private_files import write_private
-from ..rank import Candidate
-from .candidates import candidate_dict, flagged, to_verify
+from .candidates import (
+    acted_on,
+    candidate_dict,
+    flagged,
+    plain_value,
+    reasons,
+    to_verify,
+    work_order,
+)
 
-BAR_HEIGHT, BAR_GAP, CHART_WIDTH, LABEL_WIDTH = 22, 6, 640, 230
 LANE_HEIGHT, LANE_LABEL, TIMELINE_WIDTH, TIMELINE_AXIS = 20, 170, 720, 30
 TIMELINE_MARGIN = 70  # room right of the plot for half a centred date label
 RECENT = timedelta(days=365)  # the last year before as-of gets most of the width
@@ -60,29 +70,55 @@ class TimeScale:
 def _point_label(e: Evidence) -> str:
     return " ".join(
         part
-        for part in (e.date.isoformat() if e.date else None, e.display or e.code, e.value)
+        for part in (
+            e.date.isoformat() if e.date else None,
+            e.display or e.code,
+            plain_value(e.value) if e.value else None,
+        )
         if part
     )
 
 
-def timeline(candidate: Candidate, as_of: date) -> dict:
-    """A candidate's dated evidence by lane, with washout windows to their end date."""
+Dated = list[tuple[date, Evidence]]
+
+
+def _with_dates(evidence: Iterable[Evidence]) -> Dated:
+    """The dated evidence, each with its date (undated evidence is not drawn)."""
+    return [(e.date, e) for e in evidence if e.date]
+
+
+def _dated(node: NodeResult) -> Dated:
+    """The dated evidence a rule shows: its named sub-rules' own, else its own."""
+    named = [p for p in node.parts if p.id]
+    if node.kind in ("at_least", "score") and named:
+        return _with_dates(e for p in named for e in p.evidence)
+    return _with_dates(node.evidence)
+
+
+def _windows(node: NodeResult) -> list[tuple[date, date, str]]:
+    """The time windows a rule and its sub-rules set (drawn as bands)."""
+    own = [(node.window[0], node.window[1], "window")] if node.window else []
+    return own + [w for p in node.parts for w in _windows(p)]
+
+
+def timeline(candidate: Ranked, as_of: date, trial: Trial) -> dict:
+    """A candidate's dated evidence by lane (one per inclusion but age, one per exclusion
+    with evidence), with time windows and washout windows to their end date."""
     result = candidate.result
-    lanes: list[tuple[str, list[Evidence], list[tuple[date, date, str]]]] = []
-    acr = [e for f in result.acr.criteria.values() for e in f.evidence if e.date]
-    lanes.append(("ACR criteria", acr, []))
-    activity = [e for e in result.activity.evidence if e.date]
-    window = (result.activity.window_start, result.activity.window_end, "activity window")
-    lanes.append(("activity (SLEDAI-2K)", activity, [window]))
+    lanes: list[tuple[str, Dated, list[tuple[date, date, str]]]] = []
+    for key, node in result.inclusions.items():
+        if node.kind != "age":
+            lanes.append((trial.label(key), _dated(node), _windows(node)[:1]))
     for key, finding in result.exclusions.items():
-        dated = [e for e in finding.evidence if e.date]
+        dated = _with_dates(finding.evidence)
         bars = []
         if finding.result == WASHOUT and finding.until:
-            last = max((e.date for e in dated), default=as_of)  # type: ignore[type-var]
-            bars.append((last, finding.until, f"{key} until {finding.until.isoformat()}"))
+            last = max((day for day, _ in dated), default=as_of)
+            label = f"{trial.label(key)} until {finding.until.isoformat()}"
+            bars.append((last, finding.until, label))
         if dated or bars:
-            lanes.append((key.replace("_", " "), dated, bars))
-    days = [e.date for _, points, _ in lanes for e in points] + [
+            lanes.append((trial.label(key), dated, bars))
+    days = [day for _, points, _ in lanes for day, _ in points] + [
         day for _, _, bars in lanes for bar in bars for day in bar[:2]
     ]
     end = max([as_of, *days]) + timedelta(days=15)
@@ -108,13 +144,13 @@ def timeline(candidate: Candidate, as_of: date) -> dict:
             {
                 "label": label,
                 "y": index * LANE_HEIGHT,
-                "points": [{"x": scale.x(e.date), "label": _point_label(e)} for e in points],
+                "points": [{"x": scale.x(day), "label": _point_label(e)} for day, e in points],
                 "bars": [
                     {
                         "x": scale.x(start),
                         "width": max(2, scale.x(stop) - scale.x(start)),
                         "label": text,
-                        "washout": text != "activity window",
+                        "washout": text != "window",
                     }
                     for start, stop, text in bars
                 ],
@@ -124,32 +160,98 @@ def timeline(candidate: Candidate, as_of: date) -> dict:
     }
 
 
-def funnel_bars(screening: Screening) -> list[dict]:
-    """The funnel as labelled bars (label, count, width in px) for the SVG."""
-    funnel = screening.funnel.to_dict()
-    rows = [
-        ("patients read", funnel["patients_read"]),
-        ("lupus evidence", funnel["lupus_evidence"]),
-    ]
-    rows += [(f"passed {k}", v["passed"]) for k, v in funnel["inclusion"].items()]
-    rows += [
-        (f"{k}: {r}", n)
-        for k, counts in funnel["exclusions"].items()
-        for r, n in counts.items()
-        if r != "clear" and n
-    ]
-    rows += [(s, funnel["status"][s]) for s in (*STATUSES, "not-a-candidate")]
-    largest = max((n for _, n in rows), default=1) or 1
-    span = CHART_WIDTH - LABEL_WIDTH - 60
+FUNNEL_ROW, FUNNEL_WIDTH = 34, 640
+SIDE_BY_SIDE = ("eligible", "washout")  # the funnel's last steps, drawn on one row
+STEP_WORDS = {"eligible": "eligible now", "washout": "in washout"}
+
+
+def evidence_rows(evidence: Iterable[Evidence]) -> list[dict]:
+    """Evidence as the cards print it: date, what, the value in plain words, the record."""
     return [
         {
-            "label": label,
-            "count": n,
-            "y": i * (BAR_HEIGHT + BAR_GAP),
-            "width": max(1, round(span * n / largest)) if n else 0,
+            "date": e.date.isoformat() if e.date else "undated",
+            "what": e.display or e.code or "",
+            "value": plain_value(e.value) if e.value else "",
+            "resource": e.resource,
+            "note": e.note or "",
         }
-        for i, (label, n) in enumerate(rows)
+        for e in evidence
     ]
+
+
+def funnel_rows(screening: Screening) -> list[list[dict]]:
+    """The funnel from ``funnel.steps``: patients read, then each step on its own row, the
+    last steps (eligible now, in washout) side by side; each bar centred, its width in
+    proportion to the patients read.
+
+    Every bar is a dict (label, count, x, width, y) for the SVG.
+    """
+    funnel = screening.funnel.to_dict()
+    read = funnel["patients_read"] or 1
+    steps = [("read", "patients read", funnel["patients_read"])]
+    steps += [(s["id"], STEP_WORDS.get(s["id"], s["label"]), s["count"]) for s in funnel["steps"]]
+    rows: list[list[tuple[str, int]]] = [
+        [(label, n)] for key, label, n in steps if key not in SIDE_BY_SIDE
+    ]
+    last = [(label, n) for key, label, n in steps if key in SIDE_BY_SIDE]
+    if last:
+        rows.append(last)
+    drawn = []
+    for index, row in enumerate(rows):
+        widths = [max(2, round(FUNNEL_WIDTH * n / read)) if n else 0 for _, n in row]
+        x = (FUNNEL_WIDTH - sum(widths) - 8 * (len(row) - 1)) // 2
+        bars = []
+        for (label, n), width in zip(row, widths, strict=True):
+            bars.append(
+                {"label": label, "count": n, "x": x, "width": width, "y": index * FUNNEL_ROW}
+            )
+            x += width + 8
+        drawn.append(bars)
+    return drawn
+
+
+def exclusion_counts(screening: Screening) -> list[dict]:
+    """Each exclusion that was found, apart from the funnel (a patient can have several)."""
+    trial = screening.trial
+    return [
+        {
+            "label": trial.label(key),
+            "counts": {r: n for r, n in counts.items() if r != "clear" and n},
+        }
+        for key, counts in screening.funnel.to_dict()["exclusions"].items()
+        if any(n for r, n in counts.items() if r != "clear")
+    ]
+
+
+def card(candidate: Ranked, trial: Trial) -> dict:
+    """A candidate's card: the criteria met first, each on one line with the named
+    sub-criteria it met; the rows of those met (with their evidence) and of those not met
+    apart (folded on the page); exclusions found, and the clear ones as one line of labels.
+    """
+    met, rows = [], []
+    for key, node in candidate.result.inclusions.items():
+        own = criterion_rows(trial, key, node)
+        rows += own
+        if node.result == "met":
+            parts = [r["label"] for r in own[1:] if r["result"] == "met"]
+            shown = str(node.shown) if node.kind == "age" else own[0]["shown"][4:].strip("()")
+            met.append({"label": trial.label(key), "shown": shown, "parts": parts})
+    exclusions = candidate.result.exclusions
+    return {
+        "met": met,
+        "met_rows": [r for r in rows if r["result"] == "met"],
+        "open": [r for r in rows if r["result"] != "met"],
+        "no_exclusion": [trial.label(k) for k, f in exclusions.items() if f.result == "clear"],
+        "found": [
+            {
+                "label": trial.label(k),
+                "result": f.result + (f" until {f.until.isoformat()}" if f.until else ""),
+                "evidence": evidence_rows(f.evidence),
+            }
+            for k, f in exclusions.items()
+            if f.result != "clear"
+        ],
+    }
 
 
 def render(screening: Screening, changes: Changes | None = None) -> str:
@@ -157,36 +259,37 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
         loader=PackageLoader("fhir_cohort.outputs", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
-    bars = funnel_bars(screening)
+    environment.filters["plain"] = plain_value  # text from changes.py and reviews
+    funnel = funnel_rows(screening)
     reviews = changes.reviews if changes else {}
+    trial = screening.trial
     candidates = [
         {
             **candidate_dict(c),
-            "flagged": flagged(c),
-            "to_verify": to_verify(c),
+            "flagged": flagged(c, trial),
+            "to_verify": to_verify(c, trial),
+            "acted": acted_on(c.result.patient, changes),
+            "reasons": reasons(c, trial),
             "review": review.describe() if (review := reviews.get(c.result.patient)) else "",
             "review_note": review.review.note if review else "",
             "change": changes.for_patient(c.result.patient) if changes else "",
-            "timeline": timeline(c, screening.as_of),
-            "acr_near_miss": (
-                f"{c.result.acr.count} of 11: missing {', '.join(c.result.acr.missing)}"
-                if c.result.acr.result != "met"
-                else ""
-            ),
+            "timeline": timeline(c, screening.as_of, trial),
+            "cells": [_cell(node) for node in c.result.inclusions.values()],
+            "card": card(c, trial),
         }
-        for c in screening.candidates
+        for c in work_order(screening.candidates, changes)
     ]
     return environment.get_template("report.html.j2").render(
         trial=screening.trial,
         as_of=screening.as_of.isoformat(),
-        bars=bars,
-        chart={
-            "width": CHART_WIDTH,
-            "label": LABEL_WIDTH,
-            "bar": BAR_HEIGHT,
-            "height": len(bars) * (BAR_HEIGHT + BAR_GAP),
-        },
+        funnel=funnel,
+        chart={"width": FUNNEL_WIDTH, "row": FUNNEL_ROW, "height": len(funnel) * FUNNEL_ROW},
+        exclusions=exclusion_counts(screening),
+        status=screening.funnel.to_dict()["status"],
+        to_contact=[c for c in candidates if not c["acted"]],
+        acted=[c for c in candidates if c["acted"]],
         candidates=candidates,
+        inclusions=[trial.label(key) for key in trial.spec.inclusions],
         statuses=STATUSES,
         notes=screening.data_quality.to_list(),
         retrieval=screening.retrieval,
@@ -195,6 +298,41 @@ def render(screening: Screening, changes: Changes | None = None) -> str:
         unreadable=screening.unreadable_data(),
         doubted=sum(c.result.doubted for c in screening.candidates),
     )
+
+
+def _cell(node: NodeResult) -> str:
+    """An inclusion in the list's table: its result, with a count or a score.
+
+    >>> _cell(NodeResult("score", False, score=2)), _cell(NodeResult("age", True, shown=36))
+    ('not-met (score 2)', 'met')
+    """
+    if node.kind == "at_least":
+        return f"{node.result} ({len(node.met)}/{len(node.parts)})"
+    scores = [n.score for n in (node, *node.parts) if n.kind == "score"]
+    return f"{node.result} (score {scores[0]})" if scores else node.result
+
+
+def criterion_rows(trial: Trial, key: str, node: NodeResult, depth: int = 0) -> list[dict]:
+    """An inclusion's card rows: the rule, then its named sub-rules, in the trial's words."""
+    window = (
+        f" ({node.window[0].isoformat()} to {node.window[1].isoformat()})" if node.window else ""
+    )
+    row = {
+        "label": trial.label(key) + window,
+        "depth": depth,
+        "result": node.result,
+        "shown": _cell(node),
+        "evidence": evidence_rows(node.evidence),
+    }
+    return [
+        row,
+        *(
+            r
+            for part in node.parts
+            if part.id
+            for r in criterion_rows(trial, part.id, part, depth + 1)
+        ),
+    ]
 
 
 def write_report(screening: Screening, path: Path, changes: Changes | None = None) -> None:

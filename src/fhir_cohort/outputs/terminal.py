@@ -12,7 +12,7 @@ from ..changes import Changes, Review
 from ..criteria.results import STATUSES
 from ..pipeline import Screening
 from ..text import printable
-from .candidates import flagged
+from .candidates import acted_on, flagged, work_order
 
 TOP = 10
 CHANGES_SHOWN = 10
@@ -70,7 +70,7 @@ def change_lines(changes: Changes) -> list[str]:
                 status = f"from {change.eligible_from}"
             else:
                 status = str(change.after)
-            lines.append(f"    {title:<13} {change.patient[:36]:<36} {status}: {change.why}")
+            lines.append(f"    {title:<13} {change.patient:<36} {status}: {change.why}")
         if len(items) > CHANGES_SHOWN:
             lines.append(f"    ... {len(items) - CHANGES_SHOWN} more {title} in report.html")
     return [printable(line) for line in lines]
@@ -82,10 +82,34 @@ def review_lines(reviews: list[Review], trial: str) -> list[str]:
         return [f"no review decisions recorded for {trial}"]
     lines = [f"{'when':<20}  {'patient':<36}  {'decision':<12}  {'by':<16}  note"]
     lines += [
-        f"{r.at:<20}  {r.patient[:36]:<36}  {r.status:<12}  {r.by[:16]:<16}  {r.note}"
-        for r in reviews
+        f"{r.at:<20}  {r.patient:<36}  {r.status:<12}  {r.by[:16]:<16}  {r.note}" for r in reviews
     ]
     return [printable(line) for line in lines]
+
+
+def top_lines(screening: Screening, changes: Changes | None) -> list[str]:
+    """The first candidates to contact (nobody already acted on), full ids, then a count
+    of the rest and of those already acted on."""
+    order = work_order(screening.candidates, changes)
+    to_contact = [c for c in order if acted_on(c.result.patient, changes) is None]
+    width = max([len("patient"), *(len(c.result.patient) for c in to_contact[:TOP])])
+    lines = [f"  {'rank':>4}  {'patient':<{width}} {'status':<13} {'met':>5}  notes"]
+    for candidate in to_contact[:TOP]:
+        result = candidate.result
+        notes = "; ".join(flagged(candidate, screening.trial))
+        if result.eligible_from:
+            notes = f"eligible from {result.eligible_from.isoformat()}" + (
+                f"; {notes}" if notes else ""
+            )
+        met = f"{sum(bool(n.value) for n in result.inclusions.values())}/{len(result.inclusions)}"
+        patient = f"{result.patient:<{width}}"
+        lines.append(f"  {candidate.rank:>4}  {patient} {result.status:<13} {met:>5}  {notes}")
+    if len(to_contact) > TOP:
+        lines.append(f"  ... {len(to_contact) - TOP} more to contact in candidates.csv")
+    acted = len(order) - len(to_contact)
+    if acted:
+        lines.append(f"  {acted} already acted on (review decisions), listed after them")
+    return lines
 
 
 def summary(
@@ -98,32 +122,18 @@ def summary(
     status = funnel["status"]
     lines = [
         f"fhir-cohort: {screening.trial.id} as of {screening.as_of.isoformat()}",
-        f"  patients read        {funnel['patients_read']:>7}",
-        f"  lupus evidence       {funnel['lupus_evidence']:>7}",
+        f"  {'patients read':<36} {funnel['patients_read']:>7}",
     ]
-    for key in ("age", "acr", "activity"):
-        lines.append(f"  passed {key:<13} {funnel['inclusion'][key]['passed']:>7}")
+    for step in funnel["steps"]:
+        lines.append(f"  {step['label']:<36} {step['count']:>7}")
     for key, counts in funnel["exclusions"].items():
         hits = ", ".join(f"{n} {r}" for r, n in counts.items() if r != "clear")
         if hits:
-            lines.append(f"  {key:<20} {hits}")
+            lines.append(f"  {screening.trial.label(key):<36} {hits}")
     lines.append("  " + "  ".join(f"{s}: {status[s]}" for s in (*STATUSES, "not-a-candidate")))
     if screening.candidates:
         lines.append("")
-        lines.append(f"  {'rank':>4}  {'patient':<36} {'status':<13} {'ACR':>3} {'act':>4}  notes")
-        for candidate in screening.candidates[:TOP]:
-            result = candidate.result
-            notes = "; ".join(flagged(candidate))
-            if result.eligible_from:
-                notes = f"eligible from {result.eligible_from.isoformat()}" + (
-                    f"; {notes}" if notes else ""
-                )
-            lines.append(
-                f"  {candidate.rank:>4}  {result.patient[:36]:<36} {result.status:<13} "
-                f"{result.acr.count:>3} {result.activity.score:>4}  {notes}"
-            )
-        if len(screening.candidates) > TOP:
-            lines.append(f"  ... {len(screening.candidates) - TOP} more in candidates.csv")
+        lines += top_lines(screening, changes)
     if changes is not None:
         lines.append("")
         lines += change_lines(changes)

@@ -19,7 +19,8 @@ from ..errors import UsageError
 from ..quality import Note
 
 NoteSink = Callable[[Note], None]
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]  # told how many more units are done; its answer is unused
+ProgressStart = Callable[[str, "int | None", str], Progress]  # (label, total, unit) -> a bar
 
 PATIENT_REFERENCE_KEYS = ("subject", "patient")
 # A resource a source (or the store) could not read for certain carries, under this key,

@@ -32,7 +32,6 @@ import orjson
 
 from ..quality import Note
 from . import DOUBT, NoteSink, Progress, RawResource, SourceError, patient_of
-from .prefilter import PreFilter
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
@@ -116,13 +115,10 @@ class FileSource:
         *paths: str | Path,
         base: str | None = None,
         limits: FileLimits | None = None,
-        prefilter: PreFilter | None = None,
     ):
-        """``prefilter``: NDJSON lines it vouches for are not parsed (a stand-in is read)."""
         self.files: list[Path] = []
         self.base = base
         self.limits = limits or FileLimits()
-        self.prefilter = prefilter
         for raw in paths:
             path = Path(raw)
             if not path.exists():
@@ -176,7 +172,7 @@ class FileSource:
     ) -> Iterator[RawResource]:
         """The resources of one part of the files (each resource's line numbered as in
         its whole file)."""
-        reader = _Reader(part.path, note, self.base, self.limits, self.prefilter)
+        reader = _Reader(part.path, note, self.base, self.limits)
         reader.name = part.name or reader.name
         try:
             if part.path.name.lower().endswith(NDJSON_SUFFIXES):
@@ -271,17 +267,15 @@ class _Reader:
         note: NoteSink,
         base: str | None,
         limits: FileLimits,
-        prefilter: PreFilter | None = None,
     ):
         self.path, self.name, self.note = path, str(path), note
-        self.base, self.limits, self.prefilter = base, limits, prefilter
+        self.base, self.limits = base, limits
 
     def ndjson(self, progress: Progress, part: FilePart | None = None) -> Iterator[RawResource]:
         raw, stream = _open(self.path, part)
         first = _lines_before(self.path, part.start) + 1 if part and part.start else 1
         name, base, cap = self.name, self.base, self.limits.line
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
-        vouch = self.prefilter.vouch if self.prefilter else None
         done = 0
         with raw, stream:
             for number, line in enumerate(iter(partial(stream.readline, cap + 1), b""), first):
@@ -300,12 +294,6 @@ class _Reader:
                         self._too_large(stream.tell())
                         break
                     continue
-                if vouch is not None:
-                    stand_in = vouch(line)
-                    if stand_in is not None:
-                        patient, foreign = patient_of(stand_in, base)
-                        yield RawResource(stand_in, name, patient, number, foreign)
-                        continue
                 try:
                     value = loads(line)
                 except decode_error as error:
@@ -414,7 +402,8 @@ class _Reader:
             )
             self.note(Note(code, f"{why}; {whose}", where))
         reason = f"unreadable record on {place} ({why})"
-        for patient in names or [None]:
+        patients: list[str | None] = [*names] or [None]
+        for patient in patients:
             yield RawResource({}, self.name, patient, number, unreadable=reason)
 
     # -- resources and Bundles ----------------------------------------------------

@@ -2,7 +2,7 @@
 
 Rule: this is what a trial asks of a live server, in the terms a server
 speaks (resource types, code lists, references to include), built by the
-trial loader (:mod:`fhir_cohort.criteria.trial`) and read by the REST and
+trial loader (:func:`fhir_cohort.criteria.plan.server_plan`) and read by the REST and
 Bulk sources and ``probe``. Sources see code lists through the
 :class:`CodeList` protocol, never a trial.
 """

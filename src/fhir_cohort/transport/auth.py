@@ -169,9 +169,13 @@ class BasicAuth:
         return f"BasicAuth(user={self.user!r}, password=***)"
 
 
-def load_private_key(path: str | Path):
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+NOT_SIGNING = "SMART Backend Services needs an RSA or EC private key"
+
+
+def load_private_key(path: str | Path) -> SigningKey:
     """A PEM private key (RSA or EC P-384) from a file; its password, if any, from
-    FHIR_COHORT_KEY_PASSWORD."""
+    FHIR_COHORT_KEY_PASSWORD. Any other kind of key is refused here."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
@@ -180,12 +184,15 @@ def load_private_key(path: str | Path):
     if password:
         register(password)
     try:
-        return serialization.load_pem_private_key(data, password.encode() if password else None)
+        key = serialization.load_pem_private_key(data, password.encode() if password else None)
     except (ValueError, TypeError) as error:
         raise AuthError(f"{path} is not a usable PEM private key ({error})") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise AuthError(f"{path}: {NOT_SIGNING}")
+    return key
 
 
-def algorithm_for(key) -> str:
+def algorithm_for(key: SigningKey) -> str:
     """The SMART signing algorithm for a key: RS384 for RSA, ES384 for EC on P-384."""
     if isinstance(key, rsa.RSAPrivateKey):
         return "RS384"
@@ -197,7 +204,7 @@ def algorithm_for(key) -> str:
                 "or use RSA"
             )
         return "ES384"
-    raise AuthError("SMART Backend Services needs an RSA or EC private key")
+    raise AuthError(NOT_SIGNING)
 
 
 def _error_detail(answer: Answer) -> str:
@@ -219,7 +226,7 @@ class SmartBackendAuth:
 
     fhir_base: str
     client_id: str
-    private_key: object = field(repr=False)
+    private_key: SigningKey = field(repr=False)
     scope: str = "system/*.rs"
     algorithm: str | None = None
     key_id: str | None = None

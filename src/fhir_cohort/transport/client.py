@@ -189,6 +189,27 @@ def _page(body: dict, what: str) -> _Page:
     )
 
 
+def _keys(entries: list) -> set[tuple]:
+    """(type, id) of the entries that count toward a search's total.
+
+    >>> sorted(_keys([{"resource": {"resourceType": "A", "id": "1"}}, {"resource": 3}, 5]))
+    [('A', '1')]
+    """
+    return {
+        (e["resource"].get("resourceType"), e["resource"].get("id"))
+        for e in entries
+        if isinstance(e, dict)
+        and isinstance(e.get("resource"), dict)
+        and _counted(e)
+        and e["resource"].get("resourceType") != "OperationOutcome"
+    }
+
+
+def _counted(entry: dict) -> bool:
+    search = entry.get("search")
+    return not isinstance(search, dict) or search.get("mode") not in ("include", "outcome")
+
+
 def _matches(entries: list) -> int:
     """Entries that count toward a search's total (not _include-d, not outcomes)."""
     return sum(
@@ -361,50 +382,98 @@ class FhirClient:
     def capabilities(self) -> dict:
         return self.json("GET", "metadata", kind="metadata")
 
+    def search_url(self, resource_type: str, params: dict[str, str]) -> str:
+        """The URL of a search sent as GET (longer than ``MAX_URL``: sent as POST)."""
+        return self.url(f"{resource_type}?{urlencode(params, safe='|,:')}")
+
+    def _first_page(self, resource_type: str, params: dict[str, str], kind: str) -> dict:
+        first = self.search_url(resource_type, params)
+        if len(first) <= MAX_URL:
+            return self.json("GET", first, kind=kind)
+        return self.json(
+            "POST",
+            f"{resource_type}/_search",
+            data=params,
+            kind=kind,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
     def search(
-        self, resource_type: str, params: dict[str, str], *, kind: str = "search"
+        self,
+        resource_type: str,
+        params: dict[str, str],
+        *,
+        kind: str = "search",
+        incomplete: Callable[[str], None] | None = None,
     ) -> Iterator[dict]:
         """Every entry of a search (a dict holding a ``resource`` dict), following ``next``
         links on the same origin only.
 
-        Long searches go as ``POST Type/_search``. Paging stops with an
-        ``incomplete-search`` note at a link to another origin, a link already
-        followed, a link that is not a URL, or past the pages the announced
-        ``total`` needs (``max_pages`` without one). ``search.mode`` outcome
-        entries become notes, not resources; an entry without a resource is a note.
+        Long searches go as ``POST Type/_search``. Paging stops at a link to
+        another origin, a link already followed, a link that is not a URL, or
+        past the pages the announced ``total`` needs (``max_pages`` without
+        one). A server that announces more results than its pages hold and
+        gives no ``next`` link is asked for the rest with ``_offset``
+        (:meth:`_offset_pages`). Whatever leaves the results short is told to
+        ``incomplete`` (default: an ``incomplete-search`` note). ``search.mode``
+        outcome entries become notes, not resources.
         """
         what = f"search {resource_type}"
-        query = urlencode(params, safe="|,:")
-        first = self.url(f"{resource_type}?{query}")
-        if len(first) > MAX_URL:
-            body = self.json(
-                "POST",
-                f"{resource_type}/_search",
-                data=params,
-                kind=kind,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            )
-            followed: set[str] = set()
-        else:
-            body = self.json("GET", first, kind=kind)
-            followed = {first}
-        pages, allowed = 1, self.limits.max_pages
+        short = incomplete or (lambda why: self.note("incomplete-search", why, what))
+        body = self._first_page(resource_type, params, kind)
+        followed = {self.search_url(resource_type, params)}
+        pages, allowed, total = 1, self.limits.max_pages, None
+        seen: set[tuple] = set()
         while True:
             page = _page(body, what)
             if pages == 1 and page.total is not None:
+                total = page.total
                 allowed = min(allowed, math.ceil(page.total / max(1, _matches(page.entries))) + 1)
-            yield from self._entries(page.entries, what)
+            seen |= _keys(page.entries)
+            yield from self._entries(page.entries, what, short)
             link = page.next_url
             if link is None:
-                return
+                break
             stop = self._stop_paging(link, followed, pages, allowed, page.total)
             if stop:
-                self.note("incomplete-search", stop, what)
+                short(stop)
                 return
             assert isinstance(link, str)
             followed.add(self.url(link))
             pages += 1
             body = self.json("GET", link, kind=kind)
+        if total is not None and len(seen) < total:
+            yield from self._offset_pages(resource_type, params, (seen, total), kind, short)
+
+    def _offset_pages(
+        self,
+        resource_type: str,
+        params: dict[str, str],
+        progress: tuple[set[tuple], int],
+        kind: str,
+        short: Callable[[str], None],
+    ) -> Iterator[dict]:
+        """The rest of a search whose pages hold fewer results than its ``total`` and
+        carry no ``next`` link, asked for with ``_offset``. A page that repeats a result
+        already read (``_offset`` ignored) or brings none stops it, told to ``short``."""
+        what = f"search {resource_type}"
+        seen, total = progress
+        pages = 1
+        while len(seen) < total and pages < self.limits.max_pages:
+            asked = {**params, "_offset": str(len(seen))}
+            page = _page(self._first_page(resource_type, asked, kind), what)
+            keys = _keys(page.entries)
+            if not keys or keys & seen:
+                break
+            pages += 1
+            self.counter.count("offset-page")
+            seen |= keys
+            yield from self._entries(page.entries, what, short)
+        if len(seen) < total:
+            short(
+                f"the server announced {total} results but gave {len(seen)}, with no next link, "
+                "and _offset did not bring the rest; results are incomplete"
+            )
 
     def _stop_paging(
         self, link: object, followed: set[str], pages: int, allowed: int, total: int | None
@@ -426,15 +495,13 @@ class FhirClient:
             )
         return None
 
-    def _entries(self, entries: list, what: str) -> Iterator[dict]:
+    def _entries(self, entries: list, what: str, short: Callable[[str], None]) -> Iterator[dict]:
         for entry in entries:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
-                self.note(
-                    "incomplete-search",
+                short(
                     "an entry of the answer holds no resource; it is skipped and the results "
-                    "may be incomplete",
-                    what,
+                    "may be incomplete"
                 )
                 continue
             search = entry.get("search")
@@ -444,11 +511,9 @@ class FhirClient:
                 for text in filter(None, texts):
                     self.note("server-warning", text, what)
                 if not any(texts):  # it meant to say something about this search
-                    self.note(
-                        "incomplete-search",
+                    short(
                         "the server sent an OperationOutcome the tool cannot read; the results "
-                        "may be incomplete",
-                        what,
+                        "may be incomplete"
                     )
                 continue
             yield entry

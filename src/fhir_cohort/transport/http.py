@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -177,7 +178,7 @@ class _Watched:
     def _attach(self) -> None:
         watch = getattr(_CURRENT, "watch", None)
         if watch is not None:
-            watch.attach(self)  # type: ignore[arg-type]
+            watch.attach(self)
 
     def connect(self) -> None:
         self._attach()
@@ -302,7 +303,9 @@ class Transport:
                 "User-Agent": f"fhir-cohort/{__version__}",
             }
         )
-        base = routed_origin(self.session.prepare_request(requests.Request("GET", self.base)).url)
+        prepared = self.session.prepare_request(requests.Request("GET", self.base))
+        # types-requests leaves url Optional (unset before preparing); prepared, it is a str
+        base = routed_origin(cast(str, prepared.url))
         assert base is not None  # check_base made sure
         self.origin: Origin = base
 
