@@ -52,6 +52,11 @@ EXPECTED = ROOT / "fixtures" / "misle-cohort.expected.json"
 GENERATOR = ROOT / "bench" / "generate_population.py"
 OUTPUTS = ["candidates.csv", "candidates.json", "group.json", "report.html"]
 AS_OF = "2026-06-30"
+# A patient listed for the first time, in the trial's words (queries/misle.yaml labels:).
+FIRST_LISTED = (
+    "first listed: Age 18–65 met, ACR 1997 criteria (4 or more of 11) met (5), "
+    "Clinically active SLE met"
+)
 CHANGE_KEYS = {
     "previous_run",
     "new",
@@ -252,9 +257,9 @@ def test_first_run_says_first_recorded_run_and_lists_washouts_ending_soon(two_ru
     ]
     soon = run1.change("eligible_soon", "f-washout-early")
     assert (soon["before"], soon["after"]) == ("washout", "washout")
-    assert soon["why"] == "belimumab_washout until 2026-07-10"
+    assert soon["why"] == "Belimumab in the last 2 months until 2026-07-10"
     assert change_line(run1.stdout, "eligible soon", "f-washout-early").endswith(
-        "from 2026-07-10: belimumab_washout until 2026-07-10"
+        "from 2026-07-10: Belimumab in the last 2 months until 2026-07-10"
     )
     statuses = {c["patient"]: c["status"] for c in run1.data["candidates"]}
     assert statuses == {
@@ -284,19 +289,19 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     assert run2.ids("new") == ["c-new"]
     new = run2.change("new", "c-new")
     assert (new["before"], new["after"]) == (None, "eligible")
-    assert new["why"] == "first listed: age met, acr met (5), activity met"
+    assert new["why"] == FIRST_LISTED
 
     assert run2.ids("status_changed") == ["e-changes"]
     changed = run2.change("status_changed", "e-changes")
     assert (changed["before"], changed["after"]) == ("eligible", "needs-review")
-    assert changed["why"].startswith("eligible → needs-review; now hepatitis_b: review; ")
+    assert changed["why"].startswith("eligible → needs-review; now Hepatitis B: review; ")
     assert "new evidence: " in changed["why"]
     assert "(Observation/e-changes-o-hbc)" in changed["why"]
 
     assert run2.ids("dropped") == ["d-drops"]
     dropped = run2.change("dropped", "d-drops")
     assert (dropped["before"], dropped["after"]) == ("eligible", "excluded")
-    assert dropped["why"].startswith("eligible → excluded; now hiv: excluded; new evidence: ")
+    assert dropped["why"].startswith("eligible → excluded; now HIV: excluded; new evidence: ")
     assert "(Observation/d-drops-o-hiv)" in dropped["why"]
 
     assert [(c["patient"], c["eligible_from"]) for c in changes["eligible_soon"]] == [
@@ -315,9 +320,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
         f"  since the run of {previous['finished_at']} (as of {AS_OF}): "
         "1 new, 1 changed, 1 dropped out\n"
     ) in run2.stdout
-    assert change_line(run2.stdout, "new", "c-new").endswith(
-        "eligible: first listed: age met, acr met (5), activity met"
-    )
+    assert change_line(run2.stdout, "new", "c-new").endswith("eligible: " + FIRST_LISTED)
     assert change_line(run2.stdout, "changed", "e-changes").endswith(
         "needs-review: " + changed["why"]
     )
@@ -326,10 +329,7 @@ def test_second_run_reports_new_changed_dropped_and_soon(two_runs):
     )
     # the CSV's screening log carries the change for listed patients
     rows = run2.csv_rows()
-    assert (
-        rows["c-new"]["change_since_last"]
-        == "new: first listed: age met, acr met (5), activity met"
-    )
+    assert rows["c-new"]["change_since_last"] == "new: " + FIRST_LISTED
     assert rows["e-changes"]["change_since_last"] == "changed: " + changed["why"]
     assert rows["a-eligible"]["change_since_last"] == ""
     # the first run's outputs (another folder) are untouched by the second
@@ -390,8 +390,11 @@ def test_bundled_cohort_as_time_moves_on(tmp_path):
     changes = later.changes
     assert changes["previous_run"]["as_of"] == AS_OF
     for pid, key in (
-        ("p113-statement-stopped-start-only", "biologic_washout until 2026-07-20"),
-        ("p94-belimumab-admin-40d", "belimumab_washout until 2026-07-21"),
+        (
+            "p113-statement-stopped-start-only",
+            "Other biologics in the last 6 months until 2026-07-20",
+        ),
+        ("p94-belimumab-admin-40d", "Belimumab in the last 2 months until 2026-07-21"),
     ):
         change = later.change("status_changed", pid)
         assert (change["before"], change["after"]) == ("washout", "eligible")
@@ -400,7 +403,7 @@ def test_bundled_cohort_as_time_moves_on(tmp_path):
         assert change_line(later.stdout, "changed", pid).endswith(f"eligible: {change['why']}")
     dropped = later.change("dropped", "p05-age-65-day-before-66th")
     assert (dropped["before"], dropped["after"]) == ("eligible", "excluded")
-    assert "age 66" in dropped["why"]
+    assert "Age 18–65: 66 outside the trial's range" in dropped["why"]
     assert later.candidate("p05-age-65-day-before-66th")["age"] == 66
     # washouts with a fixed end in (2026-07-22, 2026-08-21], soonest first, ties by id
     fixed_soon = sorted(
@@ -659,10 +662,7 @@ def test_contacted_is_not_set_aside(reviewed):
     back = rescreen(reviewed, base)
     assert back.ids("new") == ["r-contacted"]
     assert back.ids("set_aside") == []
-    assert (
-        back.change("new", "r-contacted")["why"]
-        == "first listed: age met, acr met (5), activity met"
-    )
+    assert back.change("new", "r-contacted")["why"] == FIRST_LISTED
     assert back.candidate("r-contacted")["review"]["status"] == "contacted"
 
 

@@ -465,7 +465,7 @@ def test_without_history_the_report_says_so(screening):
 
 
 def test_a_first_run_has_nothing_to_compare_with(screening):
-    changes = compare(None, snapshots(screening), {}, screening.as_of, None)
+    changes = compare(None, snapshots(screening), {}, screening.as_of, None, screening.trial.label)
     assert changes.previous is None
     page = render(screening, changes)
     section = changes_section(page)
@@ -480,7 +480,7 @@ def test_a_first_run_has_nothing_to_compare_with(screening):
         "p114-last-exposure-counts",  # 2026-07-25
     ]
     assert rows[0]["status"] == "washout until 2026-07-20"
-    assert rows[0]["why"] == "biologic_washout until 2026-07-20"
+    assert rows[0]["why"] == "Other biologics in the last 6 months until 2026-07-20"
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +500,7 @@ def changes(screening, later):
         ),
         P74: Review(P74, "declined", "", REVIEWER, REVIEWED_AT, frozenset(before[P74]["evidence"])),
     }
-    return compare(before, now, reviews, LATER, PREVIOUS_RUN)
+    return compare(before, now, reviews, LATER, PREVIOUS_RUN, later.trial.label)
 
 
 def soon_after(expected, as_of: date) -> list[str]:
@@ -546,7 +546,9 @@ def test_changes_since_the_previous_run(later, changes, expected):
     # p26's only SLE code is dated after 2026-06-30: listed for the first time now
     (new,) = by_kind["new"]
     assert new["patient"] == P26 and new["status"] == "needs-review"
-    assert new["why"].startswith("first listed: age met, acr not-met (3)")
+    assert new["why"].startswith(
+        "first listed: Age 18–65 met, ACR 1997 criteria (4 or more of 11) not-met (3)"
+    )
 
     # the patients whose every washout ended between the runs: washout → eligible
     changed = {row["patient"]: row for row in by_kind["changed"]}
@@ -559,13 +561,15 @@ def test_changes_since_the_previous_run(later, changes, expected):
     assert {patient for patient, _, _ in ended} == {P113, "p94-belimumab-admin-40d"}
     for patient, key, until in ended:
         assert changed[patient]["status"] == "washout → eligible"
-        assert f"washout over ({key} until {until.isoformat()})" in changed[patient]["why"]
+        label = later.trial.label(key)
+        assert f"washout over ({label} until {until.isoformat()})" in changed[patient]["why"]
 
     # p05 turned 66 on 2026-07-01
     (dropped,) = by_kind["dropped"]
     assert dropped["patient"] == P05
     assert dropped["status"] == "eligible → excluded"
-    assert "age 66 outside the trial's range" in dropped["why"]
+    assert "now Age 18–65: 66 outside the trial's range" in dropped["why"]
+    assert "Age 18–65 met → not-met" in dropped["why"]
 
     # washouts ending in the 30 days after LATER, soonest first, each with its end date
     soon = by_kind["soon"]
@@ -579,6 +583,10 @@ def test_changes_since_the_previous_run(later, changes, expected):
     # one line per patient and kind
     assert len({(row["kind"], row["patient"]) for row in rows}) == len(rows)
     assert "Nothing new, changed or dropped" not in section
+    # the trial's words, never its ids (the history keeps ids; the outputs name them)
+    for key in (*later.trial.spec.inclusions, *later.trial.spec.exclusions):
+        id_used = re.compile(rf"(^|; |: |\(){key}\b(?![-/])")  # not inside a record's id
+        assert not [row for row in rows if id_used.search(row["why"])], key
 
 
 def test_the_candidate_list_and_cards_say_what_changed(later, changes):
@@ -591,13 +599,13 @@ def test_the_candidate_list_and_cards_say_what_changed(later, changes):
     card = text(cards(page)[P113])
     assert (
         "Since the last run: changed: washout → eligible; "
-        "washout over (biologic_washout until 2026-07-20)" in card
+        "washout over (Other biologics in the last 6 months until 2026-07-20)" in card
     )
     # a patient who dropped out is still a candidate (excluded): the card says why
     assert rows["p05-age-65-day-before-66th"]["since"] == "dropped out"
     assert (
-        "Since the last run: dropped out: eligible → excluded; now age 66 outside the "
-        "trial's range" in text(cards(page)["p05-age-65-day-before-66th"])
+        "Since the last run: dropped out: eligible → excluded; now Age 18–65: 66 outside "
+        "the trial's range" in text(cards(page)["p05-age-65-day-before-66th"])
     )
 
 

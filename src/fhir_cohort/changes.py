@@ -236,8 +236,27 @@ def _some(labels: tuple[str, ...] | list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def differences(before: dict | None, now: dict | None) -> list[str]:
-    """Why a patient's snapshot changed, in short phrases.
+def named(flag: str, name: Callable[[str], str]) -> str:
+    """A snapshot's flag with its leading id put in words (snapshots keep ids, so they
+    compare across runs whatever the labels say).
+
+    >>> label = {"biologic_washout": "Biologic (6 months)", "hiv": "HIV", "age": "Age"}.get
+    >>> named("biologic_washout until 2026-07-01", label), named("hiv: excluded", label)
+    ('Biologic (6 months) until 2026-07-01', 'HIV: excluded')
+    >>> named("age 70 outside the trial's range", label)
+    "Age: 70 outside the trial's range"
+    """
+    cut = min((i for i in (flag.find(" "), flag.find(":")) if i > 0), default=len(flag))
+    rest = flag[cut:]
+    if rest.startswith(" ") and not rest.startswith(" until "):
+        rest = ":" + rest  # an age: as the outputs' own flags put it
+    return name(flag[:cut]) + rest
+
+
+def differences(
+    before: dict | None, now: dict | None, name: Callable[[str], str] = str
+) -> list[str]:
+    """Why a patient's snapshot changed, in short phrases (``name`` puts an id in words).
 
     >>> was = {"status": "washout", "flags": ["biologic_washout until 2026-07-01"],
     ...        "criteria": {"acr": "met", "activity": "met"}, "met": {"acr": 4}, "evidence": {}}
@@ -250,7 +269,7 @@ def differences(before: dict | None, now: dict | None) -> list[str]:
         return ["not in the candidate pool in this run's data (records changed or not read)"]
     now = migrated(now)
     if before is None:
-        return ["first listed: " + ", ".join(_criteria(now))]
+        return ["first listed: " + ", ".join(_criteria(now, name))]
     before = migrated(before)
     out = []
     if before["status"] != now["status"]:
@@ -262,37 +281,39 @@ def differences(before: dict | None, now: dict | None) -> list[str]:
         if flag in now["flags"]:
             continue
         if key in was and key in still:
-            out.append(f"{key} now until {still[key]} (was {was[key]})")
+            out.append(f"{name(key)} now until {still[key]} (was {was[key]})")
         elif key in was:
-            out.append(f"washout over ({flag})")
+            out.append(f"washout over ({named(flag, name)})")
         else:
-            out.append(f"no longer {flag}")
+            out.append(f"no longer {named(flag, name)}")
     out += [
-        f"now {flag}"
+        f"now {named(flag, name)}"
         for flag in now["flags"]
         if flag not in before["flags"] and flag.split(" until ")[0] not in was
     ]
     for key, count in now["met"].items():
         was_count = before["met"].get(key, count)
         if was_count != count:
-            out.append(f"{key} {was_count} → {count} met")
+            out.append(f"{name(key)} {was_count} → {count} met")
     for key, result in now["criteria"].items():
         was_result = before["criteria"].get(key, result)
         if was_result != result:
-            out.append(f"{key} {was_result} → {result}")
+            out.append(f"{name(key)} {was_result} → {result}")
     fresh = [label for key, label in now["evidence"].items() if key not in before["evidence"]]
     if fresh:
         out.append(f"new evidence: {_some(fresh)}")
     return out
 
 
-def _criteria(snap: dict) -> list[str]:
+def _criteria(snap: dict, name: Callable[[str], str]) -> list[str]:
     """Each inclusion's result, with the count of an ``at_least``: 'acr met (4)'."""
     shown = [
-        f"{key} {result}" + (f" ({snap['met'][key]})" if key in snap["met"] else "")
+        f"{name(key)} {result}" + (f" ({snap['met'][key]})" if key in snap["met"] else "")
         for key, result in snap["criteria"].items()
     ]
-    return shown + [f"{k}: {n} met" for k, n in snap["met"].items() if k not in snap["criteria"]]
+    return shown + [
+        f"{name(k)}: {n} met" for k, n in snap["met"].items() if k not in snap["criteria"]
+    ]
 
 
 def _washouts(flags: list[str]) -> dict[str, str]:
@@ -336,8 +357,10 @@ def compare(
     reviews: dict[str, Review],
     as_of: date,
     previous_run: dict | None = None,
+    name: Callable[[str], str] = str,
 ) -> Changes:
-    """The diff of ``current`` snapshots against ``previous`` (None on a first run)."""
+    """The diff of ``current`` snapshots against ``previous`` (None on a first run);
+    ``name`` puts the trial's ids in words (its labels) in every line."""
     states = review_states(current, reviews)
     changes = Changes(previous_run if previous is not None else None, reviews=states)
     soon = as_of + timedelta(days=SOON_DAYS)
@@ -346,13 +369,13 @@ def compare(
         leaves = now.get("eligible_from")
         if now["status"] == WASHOUT and leaves and date.fromisoformat(leaves) <= soon:
             changes.eligible_soon.append(
-                _change(patient, now, now, "; ".join(now["flags"]), leaves)
+                _change(patient, now, now, "; ".join(named(f, name) for f in now["flags"]), leaves)
             )
         if previous is None or not listed:
             continue
         before = previous.get(patient)
         state = states.get(patient)
-        reason = "; ".join(differences(before, now))
+        reason = "; ".join(differences(before, now, name))
         if before is None or before["status"] not in LISTED:
             if state and state.set_aside:
                 changes.set_aside.append(
@@ -370,7 +393,7 @@ def compare(
     for patient, before in (previous or {}).items():
         after = current.get(patient)
         if before["status"] in LISTED and (after is None or after["status"] not in LISTED):
-            why = "; ".join(differences(before, after))
+            why = "; ".join(differences(before, after, name))
             changes.dropped.append(_change(patient, before, after, why))
     changes.eligible_soon.sort(key=lambda c: (c.eligible_from or "", c.patient))
     return changes

@@ -164,6 +164,7 @@ def _changes(
         {"id": previous.id, "as_of": previous.as_of, "finished_at": previous.finished_at}
         if previous
         else None,
+        trial.label,
     )
 
 
