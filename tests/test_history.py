@@ -42,8 +42,8 @@ from builders import (
 
 import fhir_cohort.private_files as outputs
 from fhir_cohort import changes as ch
-from fhir_cohort.changes import Review
 from fhir_cohort.cli import main
+from fhir_cohort.reviews import Review
 from fhir_cohort.state import State
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,8 +29,8 @@ from datetime import date
 from pathlib import Path
 
 from . import __version__
-from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .reviews import REVIEW_STATUSES
 from .state import ROLES
 from .transport.redact import shown
 
