@@ -12,6 +12,8 @@ import io
 import json
 import re
 import stat
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -198,7 +200,7 @@ def test_unexpected_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(command, "screen_trials", broken)
+    monkeypatch.setattr(command, "engine", broken)
     monkeypatch.delenv("FHIR_COHORT_DEBUG", raising=False)
     code = cli.main(["screen", "--as-of", "2026-06-30", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -237,3 +239,26 @@ def test_seed_refuses_without_yes_and_says_what_and_where(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "http://127.0.0.1:9/fhir" in err and "--yes" in err and "misle-cohort" in err
+
+
+def _loaded(module: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after importing ``module``."""
+    code = f"import sys, {module}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(found.stdout.split())
+
+
+HTTP_STACK = {"requests", "urllib3", "jwt", "cryptography"}
+HEAVY = {"fhir", "pyspark", "pydantic", "jinja2", "flask", *HTTP_STACK}
+
+
+def test_help_loads_no_heavy_package():
+    """`fhir-cohort --help` and argument errors import nothing heavy: start-up is
+    interpreter start plus argparse (bench/scale.py times it)."""
+    assert _loaded("fhir_cohort.cli") & HEAVY == set()
+
+
+def test_a_screen_of_files_loads_no_http_stack_and_no_fhir_models():
+    """A screen of files never loads the HTTP stack, the SMART cryptography, the FHIR
+    models or Spark (they are imported by the commands and engines that use them)."""
+    assert _loaded("fhir_cohort.commands.screen") & (HTTP_STACK | {"fhir", "pyspark"}) == set()

@@ -42,8 +42,8 @@ from builders import (
 
 import fhir_cohort.private_files as outputs
 from fhir_cohort import changes as ch
-from fhir_cohort.changes import Review
 from fhir_cohort.cli import main
+from fhir_cohort.reviews import Review
 from fhir_cohort.state import State
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -736,15 +736,26 @@ def population(tmp_path_factory) -> Path:
     return folder
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (its worker processes), from /proc."""
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in found)]
+
+
 def reading(pid: int, folder: Path) -> bool:
-    """Whether process ``pid`` has a file of ``folder`` open (always true without /proc)."""
-    fds = Path(f"/proc/{pid}/fd")
+    """Whether process ``pid`` or one of its workers has a file of ``folder`` open
+    (always true without /proc)."""
     if not Path("/proc/self/fd").is_dir():
         return True
-    try:
-        targets = [os.readlink(fd) for fd in fds.iterdir()]
-    except OSError:  # the process is gone, or an fd closed while listing
-        return False
+    targets = []
+    for member in family(pid):
+        try:
+            targets += [os.readlink(fd) for fd in Path(f"/proc/{member}/fd").iterdir()]
+        except OSError:  # the process is gone, or an fd closed while listing
+            continue
     return any(target.startswith(f"{folder.resolve()}/") for target in targets)
 
 
@@ -786,6 +797,7 @@ def test_sigkilled_run_leaves_previous_outputs_and_history(tmp_path, population)
         time.sleep(0.1)
         if child.poll() is not None:
             pytest.fail(f"the run finished (exit {child.returncode}) before it was killed")
+        workers = family(child.pid)[1:]
         child.send_signal(signal.SIGKILL)
         stdout, _ = child.communicate(timeout=10)
     finally:
@@ -794,6 +806,11 @@ def test_sigkilled_run_leaves_previous_outputs_and_history(tmp_path, population)
             child.communicate()
     assert child.returncode == -signal.SIGKILL
     assert stdout == b""  # it never got as far as its summary
+    # its worker processes die with it (they would hold the state's lock otherwise)
+    deadline = time.monotonic() + 10
+    while [w for w in workers if Path(f"/proc/{w}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [w for w in workers if Path(f"/proc/{w}/fd").exists()]
 
     after_files, after_runs = outputs_and_runs(out, state)
     assert after_files == before_files  # byte-identical, and no stray '.name.xxx' temp file

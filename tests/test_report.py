@@ -12,7 +12,7 @@ from builders import D, eligible_core, run
 from conftest import COHORT, EXPECTED
 from misle_view import MisleView
 
-from fhir_cohort.changes import Change, Changes, Review, ReviewState, compare, snapshot
+from fhir_cohort.changes import Change, Changes, ReviewState, compare, snapshot
 from fhir_cohort.criteria.language import load
 from fhir_cohort.criteria.rank_terms import Ranked as Candidate
 from fhir_cohort.criteria.results import WASHOUT
@@ -25,6 +25,7 @@ from fhir_cohort.outputs.report import (
     timeline,
 )
 from fhir_cohort.pipeline import screen
+from fhir_cohort.reviews import Review
 from fhir_cohort.sources.files import FileSource
 
 LATER = date(2026, 7, 22)  # the same data screened again, three weeks on

@@ -348,7 +348,7 @@ def changes_report(screening, trial, tmp_path_factory):
         P74: Review(P74, "declined", "", HOSTILE_REVIEWER, at, frozenset(before[P74]["evidence"])),
     }
     run = {"id": 1, "as_of": "2026-06-30", "finished_at": "2026-06-30T18:05:00+00:00"}
-    changes = compare(before, now, reviews, LATER, run)
+    changes = compare(before, now, reviews, LATER, run, later.trial.label)
     path = tmp_path_factory.mktemp("changes") / "report.html"
     write_report(later, path, changes)
     return later, changes, path.as_uri()
@@ -387,7 +387,8 @@ def test_changes_table_lists_every_change(changes_page, changes_report):
     by_patient = {(row["kind"], p): row["text"] for row, (_, p) in zip(rows, expected, strict=True)}
     assert "washout → eligible" in by_patient[("changed", P113)]
     assert (
-        "age 66 outside the trial's range" in by_patient[("dropped", "p05-age-65-day-before-66th")]
+        "Age 18–65: 66 outside the trial's range"
+        in by_patient[("dropped", "p05-age-65-day-before-66th")]
     )
     assert "washout until 2026-07-25" in by_patient[("soon", "p114-last-exposure-counts")]
     reconsider = by_patient[("reconsider", P74)]

@@ -19,12 +19,13 @@ import pytest
 from conftest import COHORT, EXPECTED
 from test_report import candidate_rows, cards, snapshots, text
 
-from fhir_cohort.changes import REVIEW_STATUSES, Review, compare
+from fhir_cohort.changes import compare
 from fhir_cohort.criteria.results import STATUSES
 from fhir_cohort.outputs.candidates import ACTED_ON, csv_bytes, reasons
 from fhir_cohort.outputs.report import render
 from fhir_cohort.outputs.terminal import TOP, summary
 from fhir_cohort.pipeline import screen
+from fhir_cohort.reviews import REVIEW_STATUSES, Review
 from fhir_cohort.sources.files import FileSource
 
 AT = "2026-07-01T09:30:00+00:00"

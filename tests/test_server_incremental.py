@@ -400,7 +400,7 @@ def test_rest_incremental_equals_a_full_pull(server, tmp_path, sent, narrow_marg
     }
     hiv = change(incremental, "dropped", "p01-eligible-baseline")
     assert (hiv["before"], hiv["after"]) == ("eligible", "excluded")
-    assert "hiv: excluded" in hiv["why"] and "Observation/inc-hiv-p01" in hiv["why"]
+    assert "HIV: excluded" in hiv["why"] and "Observation/inc-hiv-p01" in hiv["why"]
     gone = change(incremental, "dropped", "p15-synthea-200936003-only")
     assert gone["after"] is None and "not in the candidate pool" in gone["why"]
     pyuria = change(incremental, "status_changed", "p68-activity-pyuria-exactly-4")
@@ -453,7 +453,7 @@ def test_bulk_incremental_equals_a_full_export(server, tmp_path, sent, capsys):
     assert now["p46-c3-g-per-L-fallback"]["status"] == "needs-review"
     assert [c["patient"] for c in incremental["changes"]["new"]] == ["p21-refuted-sle-code"]
     hiv = change(incremental, "dropped", "p02-age-18-birthday-on-d")
-    assert hiv["after"] == "excluded" and "hiv: excluded" in hiv["why"]
+    assert hiv["after"] == "excluded" and "HIV: excluded" in hiv["why"]
     c3 = change(incremental, "status_changed", "p46-c3-g-per-L-fallback")
     assert (c3["before"], c3["after"]) == ("eligible", "needs-review")
 

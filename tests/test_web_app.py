@@ -19,7 +19,7 @@ import time
 import pytest
 from web_support import PASSWORDS, Clock, add_users, cli, sign_in, signed_in, token
 
-from fhir_cohort.changes import SET_ASIDE
+from fhir_cohort.reviews import SET_ASIDE
 from fhir_cohort.state import SCHEMA, SCHEMA_VERSION, State
 from fhir_cohort.web.app import create_app, trial_rows
 

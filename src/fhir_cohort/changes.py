@@ -20,44 +20,11 @@ from datetime import date, timedelta
 from .criteria.rank_terms import Ranked
 from .criteria.results import ELIGIBLE, NEEDS_REVIEW, WASHOUT, Evidence
 from .criteria.tree import NodeResult, TrialResult
+from .reviews import SET_ASIDE, Review
 
 LISTED = (ELIGIBLE, WASHOUT, NEEDS_REVIEW)
-# The decisions a coordinator records, in the order a case moves; "reopened" undoes the
-# one before it (a newer record: the history is never edited).
-REVIEW_STATUSES = (
-    "contacted",
-    "scheduled",
-    "screened",
-    "declined",
-    "not-eligible",
-    "enrolled",
-    "deferred",
-    "reopened",
-)
-SET_ASIDE = ("declined", "not-eligible")
 SOON_DAYS = 30
 SHOWN_EVIDENCE = 3
-
-
-@dataclass(frozen=True)
-class Review:
-    """One review decision: who decided what, when, and the evidence then on record."""
-
-    patient: str
-    status: str
-    note: str
-    by: str
-    at: str
-    evidence_seen: frozenset[str] = frozenset()
-
-    def to_dict(self) -> dict:
-        return {
-            "patient": self.patient,
-            "status": self.status,
-            "note": self.note,
-            "by": self.by,
-            "at": self.at,
-        }
 
 
 def evidence_key(resource: str) -> str:

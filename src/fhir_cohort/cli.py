@@ -24,12 +24,13 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from . import __version__
-from .changes import REVIEW_STATUSES
 from .errors import Exit, Locked, ServerFailure, UsageError
+from .reviews import REVIEW_STATUSES
 from .state import ROLES
 from .transport.redact import shown
 
@@ -43,14 +44,22 @@ def _as_of(text: str) -> date:
         ) from None
 
 
-def _mebibytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a size in MiB must be a whole number >= 1, not {text!r}")
-    return value
+def _whole_number(what: str) -> Callable[[str], int]:
+    """An argument type: a whole number of at least 1, else one line naming ``what``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number >= 1, not {text!r}")
+        return value
+
+    return parse
+
+
+_mebibytes = _whole_number("a size in MiB")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,6 +135,27 @@ def _parser() -> argparse.ArgumentParser:
             metavar="MIB",
             help=f"{what}, in MiB (default: {default})",
         )
+    engines = run.add_argument_group("engines", "where the screen runs (the answer is the same)")
+    engines.add_argument(
+        "--engine",
+        choices=("embedded", "workers", "spark"),
+        default="workers",
+        help="workers (default): --workers processes on this machine (a server is read by "
+        "one); embedded: this one process; spark: a Spark cluster or local[N] "
+        "(pip install 'fhir-cohort[spark]')",
+    )
+    engines.add_argument(
+        "--workers",
+        type=_whole_number("a number of workers"),
+        default=None,
+        metavar="N",
+        help="worker processes (default: the number of cores; 1: the embedded engine)",
+    )
+    engines.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="for --engine spark: the master (default: local[*], or what spark-submit set)",
+    )
     _state_option(run)
     run.add_argument(
         "--quiet", action="store_true", help="print only problems (for cron and timers)"

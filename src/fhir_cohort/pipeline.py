@@ -1,11 +1,11 @@
 """Pipeline: sources -> store -> normalise -> evaluate -> rank, for one run.
 
-Rule: this is the only module that knows every stage; it wires them in one
-direction and holds no state between runs. The per-patient step
-(``PoolGate.may_be_candidate`` on the patient's pool bits, then
-``normalise.patient_facts`` and ``criteria.evaluate``) is pure, so an engine
-that groups resources by patient some other way (Spark, a REST funnel) can
-call it and get identical results.
+Rule: this module holds what every engine shares about one run (the
+:class:`Screening` it returns, the notes that make a run partial, the records
+that name nobody) and no state between runs. How a run is carried out is an
+engine's job (``engines/``: one process, every core, Spark); each groups the
+records by patient its own way and calls the one per-patient function
+(:func:`fhir_cohort.decide.decide`), so all give identical results.
 
 Records that cannot be attached to a patient of this source never count for
 anyone, and never silently: one that refers to a patient elsewhere (a foreign
@@ -25,19 +25,16 @@ doubt (their source marks them).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from .criteria.funnel import TrialFunnel
 from .criteria.language import Trial
-from .criteria.plan import CODED, PATIENT_DATA, PoolGate, TrialGates
-from .criteria.rank_terms import Ranked, rank
-from .criteria.tree import TrialResult, evaluate
+from .criteria.plan import PATIENT_DATA, PoolGate, TrialGates
+from .criteria.rank_terms import Ranked
 from .normalise.elements import R4_RESOURCE_TYPES, show
-from .normalise.resources import patient_facts, unattached_facts, with_unattached
 from .quality import DataQuality, Note
 from .sources import (
     DOUBT_RECORD,
@@ -133,7 +130,7 @@ def screen_trials(
     now: float | None = None,
 ) -> list[Screening]:
     """Screen every patient in ``sources`` for each of ``trials`` as of ``as_of``, reading
-    the data once (the store keeps the union of what the trials read).
+    the data once, in this process (the embedded engine; ``engines`` has the others).
 
     ``progress(label, total, unit)`` may return a callback that is told how much
     work was done; it is how the command line draws its progress bars.
@@ -141,99 +138,9 @@ def screen_trials(
     temporary folder). ``now`` is when the run started (default: the clock), after
     which no ``meta.lastUpdated`` counts.
     """
-    sources = list(sources)
-    quality = DataQuality()
-    funnels = [TrialFunnel(trial) for trial in trials]
-    gates = pool_gates(trials)
-    results: list[list[TrialResult]] = [[] for _ in trials]
-    base = next((b for s in sources if (b := getattr(s, "base", None))), None)
+    from .engines.embedded import Embedded  # the engines build on this module's types
 
-    def no_progress(_: int) -> None:
-        return None
-
-    retrieval: Counter = Counter()
-    plan = None
-    not_read = 0
-    with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
-        unattached = _Unattached(quality, store)
-        classify, add = gates.classify, store.add
-        for source in sources:
-            advance = (
-                progress("reading", source.total_work(), source.progress_unit)
-                if progress
-                else no_progress
-            )
-            for raw in source.read(quality.add, advance):
-                mask = classify(raw.resource)
-                if mask:
-                    if raw.patient is None:
-                        unattached.take(raw)
-                    add(raw, mask)
-                elif raw.unreadable is None and raw.resource["resourceType"] in R4_RESOURCE_TYPES:
-                    add(raw, 0)
-                else:
-                    unattached.unreadable(raw)
-            not_read += source.patients_not_read()
-            retrieval.update(source.stats())
-            plan = getattr(source, "retrieval_plan", None)
-        store.finish()
-        if store.duplicates:
-            quality.counts["duplicate-resource"] += store.duplicates
-            quality.examples["duplicate-resource"] = [
-                {
-                    "where": "(several files)",
-                    "message": "the same type and id was read more than once; counted once "
-                    "(later meta.lastUpdated wins, else the first seen)",
-                }
-            ]
-        for note in store.notes:
-            quality.add(note)
-        everyone = unattached_facts(unattached.records, store.medication, base)
-        for note in everyone.notes:
-            quality.add(note)
-        partial = partial_input_doubts(quality)
-        advance = (
-            progress("screening", store.patient_count(), "patients") if progress else no_progress
-        )
-        indexes = range(len(trials))
-        for record in store.patients():
-            advance(1)
-            wanted = [i for i in indexes if gates.may_be_candidate(i, record.touches)]
-            for i in indexes:
-                if i not in wanted:
-                    funnels[i].count_outside_pool()
-            if not wanted:
-                continue
-            facts = patient_facts(record.patient_id, record.resources(), store.medication, base)
-            if partial:
-                facts = replace(facts, doubts=facts.doubts + partial)
-            facts = with_unattached(facts, everyone)
-            found: list[Note] = []
-            for i in wanted:
-                result = evaluate(facts, trials[i], as_of)
-                funnels[i].count(result)
-                found += [n for n in result.notes if not found or n not in found]
-                if result.candidate:
-                    results[i].append(result)
-            for note in found:
-                if note.code not in _NOTED_BY_STORE:
-                    quality.add(note)
-    screenings = []
-    for trial, funnel, listed in zip(trials, funnels, results, strict=True):
-        funnel.resources_read = dict(store.resources_by_type)
-        funnel.count_outside_pool(not_read)
-        screenings.append(
-            Screening(
-                trial,
-                as_of,
-                funnel,
-                quality,
-                rank(listed, trial),
-                dict(retrieval),
-                plan() if plan else None,
-            )
-        )
-    return screenings
+    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
 
 
 def _other_subject(resource: dict) -> str | None:

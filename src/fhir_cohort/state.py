@@ -33,8 +33,8 @@ from pathlib import Path
 
 import orjson
 
-from .changes import Review
 from .errors import Locked, UsageError
+from .reviews import Review
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

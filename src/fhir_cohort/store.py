@@ -22,20 +22,21 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 
 from .errors import UsageError
 from .normalise.elements import fhir_date, show
 from .quality import Note
-from .sources import DOUBT, NOTE_RECORD, RawResource
+from .sources import DOUBT, DOUBT_RECORD, NOTE_RECORD, RawResource
 
 _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
@@ -46,6 +47,16 @@ _ABSENT = object()
 
 class StoreError(UsageError):
     """The scratch store cannot be written (a full disk, an unwritable folder): exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """One kept record of a patient: where it stood in the source order, what its codes
+    can mean to the trial (relevance bits), and its JSON bytes."""
+
+    position: int
+    touches: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,86 @@ def instant(stamp: object, now: float) -> tuple[float, str | None]:
     return moment, None
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One copy of a type and id: where it stood, its raw lastUpdated, its patient and its
+    kept bytes (None: a copy the trial cannot use, which still competes)."""
+
+    seen: int
+    stamp: str | None
+    patient: str | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the duplicate rule keeps of one type and id, and what it says about it."""
+
+    kept: list[Copy]  # the kept copies that stay (bodies marked doubtful where they must)
+    duplicates: int  # copies counted once
+    notes: list[Note]  # bad-last-updated, then conflicting-duplicate (its message last)
+    owners: list[str]  # patients (sorted) whose card gets the conflicting-duplicate note
+
+
+def settle(where: str, copies: list[Copy], now: float) -> Settled:
+    """The rules pages' one duplicate rule over every copy of one type and id (``where``).
+
+    Identical kept copies of one patient are one. Then the copy with the later
+    ``meta.lastUpdated`` wins (an unreadable one counts as the oldest, and is noted), on
+    a tie the first seen; a winner the trial cannot use retires every kept copy. Copies
+    that disagree are noted, on the data quality and on each owner's card; if the choice
+    rests on an unreadable lastUpdated, every kept copy stays, marked doubtful.
+
+    >>> a = Copy(1, "2026-01-01T00:00:00Z", "p1", b'{"v":1}')
+    >>> b = Copy(2, "2026-02-01T00:00:00Z")
+    >>> out = settle("Observation/o1", [a, b], 1.9e9)
+    >>> out.kept, out.duplicates, out.owners
+    ([], 1, ['p1'])
+    >>> settle("Observation/o1", [a, Copy(3, a.stamp, "p1", a.body)], 1.9e9).kept == [a]
+    True
+    """
+    copies = sorted(copies, key=lambda c: c.seen)
+    unique: list[Copy] = []
+    for copy in copies:
+        if copy.body is None or not any(
+            c.body == copy.body and c.patient == copy.patient for c in unique if c.body
+        ):
+            unique.append(copy)
+    duplicates = len(copies) - len(unique)
+    kept = [c for c in unique if c.body is not None]
+    if len(unique) < 2 or not kept:
+        return Settled(kept, duplicates, [], [])
+    ranked = []
+    for copy in unique:
+        moment, why = instant(copy.stamp, now)
+        ranked.append(((moment, -copy.seen), copy, why))
+    unreadable = [why for *_, why in ranked if why]
+    notes = [
+        Note("bad-last-updated", f"{why}; counted as the oldest copy", where)
+        for why in dict.fromkeys(unreadable)
+    ]
+    winner = max(ranked, key=lambda r: r[0])[1]
+    duplicates += len(unique) - 1
+    if len(kept) == len(unique) and len({c.body for c in kept}) == 1:
+        return Settled([winner], duplicates, notes, [])
+    message = f"{len(unique)} copies of {where} differ in what the trial reads; " + (
+        "the choice between them rests on a meta.lastUpdated that cannot be read, "
+        "so every copy counts as one that cannot be read"
+        if unreadable
+        else "the copy with the later meta.lastUpdated (else the first seen) is used"
+    )
+    notes.append(Note("conflicting-duplicate", message, where))
+    owners = sorted({c.patient for c in kept if c.patient is not None})
+    if unreadable:
+        doubted = []
+        for copy in kept:
+            resource = orjson.loads(copy.body)  # type: ignore[arg-type]
+            resource[DOUBT] = [message]
+            doubted.append(Copy(copy.seen, copy.stamp, copy.patient, orjson.dumps(resource)))
+        return Settled(doubted, duplicates, notes, owners)
+    return Settled([c for c in kept if c is winner], duplicates, notes, owners)
+
+
 @contextmanager
 def _writing(folder: Path) -> Iterator[None]:
     """Turn a full disk (or an unwritable scratch folder) into one StoreError line."""
@@ -149,11 +240,12 @@ class SqliteStore:
                 CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, stamp TEXT,
                                         seen INTEGER, key INTEGER, touches INTEGER, body BLOB);
                 CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
-                CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER);
+                CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER, rtype TEXT, rid TEXT);
                 """
             )
         self._now = time.time() if now is None else now
         self._filtered_types = filtered_types
+        self.keep_ids = False  # keep the type and id of unkept copies (an engine settling them)
         self._rows: list[tuple] = []
         self._unkept: list[tuple] = []
         self._new_patients: list[tuple[str]] = []
@@ -207,7 +299,8 @@ class SqliteStore:
             stamp = meta.get("lastUpdated") if type(meta) is dict else meta
             if type(stamp) is not str:
                 stamp = _stamp(resource, meta)
-            self._unkept.append((hash((rtype, resource["id"])), stamp, self._seen))
+            row = (hash((rtype, resource["id"])), stamp, self._seen)
+            self._unkept.append((*row, rtype, resource["id"]) if self.keep_ids else row)
         if not self._seen % _BATCH:
             self._flush()
 
@@ -224,7 +317,8 @@ class SqliteStore:
             self._db.executemany(
                 "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._rows
             )
-            self._db.executemany("INSERT INTO unkept VALUES (?, ?, ?)", self._unkept)
+            values = "?, ?" if self.keep_ids else "NULL, NULL"
+            self._db.executemany(f"INSERT INTO unkept VALUES (?, ?, ?, {values})", self._unkept)
             self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
         self._rows.clear()
         self._unkept.clear()
@@ -244,11 +338,15 @@ class SqliteStore:
                 "AND o.patient IS r.patient)"
             )
             self.duplicates += identical.rowcount
+            # Keys in the order of their first copy (not of their hash, which is salted per
+            # process): the markers settling adds are numbered the same in every run.
             keys = [
                 key
-                for (key,) in self._db.execute(
+                for key, _ in self._db.execute(
+                    "SELECT key, min(seen) FROM resources WHERE key IN ("
                     "SELECT key FROM resources GROUP BY key HAVING count(*) > 1 "
-                    "UNION SELECT DISTINCT u.key FROM unkept u JOIN resources r ON r.key = u.key"
+                    "UNION SELECT u.key FROM unkept u JOIN resources r ON r.key = u.key) "
+                    "GROUP BY key ORDER BY 2"
                 )
             ]
             for key in keys:
@@ -263,85 +361,92 @@ class SqliteStore:
             (key,),
         ).fetchall()
         unkept = self._db.execute("SELECT stamp, seen FROM unkept WHERE key = ?", (key,)).fetchall()
-        copies = []  # (order, rowid or None, why its stamp does not count)
-        for rowid, _, _, _, stamp, seen, _ in kept:
-            moment, why = instant(stamp, self._now)
-            copies.append(((moment, -seen), rowid, why))
-        for stamp, seen in unkept:
-            moment, why = instant(stamp, self._now)
-            copies.append(((moment, -seen), None, why))
-        self.duplicates += len(copies) - 1
-        _, rtype, rid, *_ = kept[0]
-        where = f"{rtype}/{rid}"
-        unreadable = [why for *_, why in copies if why]
-        for why in dict.fromkeys(unreadable):
-            self.notes.append(Note("bad-last-updated", f"{why}; counted as the oldest copy", where))
-        winner = max(copies)[1]
-        bodies = {body for *_, body in kept}
-        agree = not unkept and len(bodies) == 1
-        if agree:
-            self._db.executemany(
-                "DELETE FROM resources WHERE rowid = ?",
-                ((row[0],) for row in kept if row[0] != (winner or kept[0][0])),
-            )
-            return
-        message = f"{len(copies)} copies of {where} differ in what the trial reads; " + (
-            "the choice between them rests on a meta.lastUpdated that cannot be read, "
-            "so every copy counts as one that cannot be read"
-            if unreadable
-            else "the copy with the later meta.lastUpdated (else the first seen) is used"
-        )
-        self.notes.append(Note("conflicting-duplicate", message, where))
-        for owner in {row[3] for row in kept if row[3] is not None}:
-            self.add_marker(owner, NOTE_RECORD, message, "conflicting-duplicate")
-        if unreadable:
-            for rowid, *_, body in kept:
-                resource = orjson.loads(body)
-                resource[DOUBT] = [message]
+        copies = [Copy(seen, stamp, patient, body) for _, _, _, patient, stamp, seen, body in kept]
+        copies += [Copy(seen, stamp) for stamp, seen in unkept]
+        outcome = settle(f"{kept[0][1]}/{kept[0][2]}", copies, self._now)
+        self.duplicates += outcome.duplicates
+        self.notes += outcome.notes
+        for owner in outcome.owners:
+            self.add_marker(owner, NOTE_RECORD, outcome.notes[-1].message, "conflicting-duplicate")
+        survivors = {copy.seen: copy.body for copy in outcome.kept}
+        for rowid, *_, seen, body in kept:
+            if seen not in survivors:
+                self._db.execute("DELETE FROM resources WHERE rowid = ?", (rowid,))
+            elif survivors[seen] != body:
                 self._db.execute(
-                    "UPDATE resources SET body = ? WHERE rowid = ?",
-                    (orjson.dumps(resource), rowid),
+                    "UPDATE resources SET body = ? WHERE rowid = ?", (survivors[seen], rowid)
                 )
-        else:
-            self._db.executemany(
-                "DELETE FROM resources WHERE rowid = ?",
-                ((row[0],) for row in kept if row[0] != winner),
-            )
         self._flush()
 
     @property
     def distinct_kept(self) -> int:
         return self.kept - self.duplicates
 
+    # -- shards: one store per part of the input, merged in source order ----------
+    def detach(self) -> tuple[Path, int]:
+        """End of a shard's input (before :meth:`finish`): its folder, for
+        :meth:`absorb` in another process, and how many positions it used."""
+        self._flush()
+        with _writing(self._folder):
+            self._db.commit()
+        self._db.close()
+        return self._folder, self._seen
+
+    def absorb(self, folder: Path, used: int) -> None:
+        """Append a detached shard, read after everything absorbed so far: its positions
+        (and the ids of its markers, which are made from them) follow on, as if one store
+        had read both. The shard's folder is removed."""
+        self._flush()
+        offset, plain = self._seen, "rtype NOT IN (?, ?)"
+        with _writing(self._folder):
+            self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
+            self._db.execute(
+                "INSERT INTO resources SELECT rtype, rid, patient, stamp, seen + ?, key, touches,"
+                f" body FROM shard.resources WHERE {plain} ORDER BY rowid",
+                (offset, DOUBT_RECORD, NOTE_RECORD),
+            )
+            self._db.execute(
+                "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept",
+                (offset,),
+            )
+            self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
+            markers = self._db.execute(
+                f"SELECT patient, body, seen FROM shard.resources WHERE NOT {plain} ORDER BY rowid",
+                (DOUBT_RECORD, NOTE_RECORD),
+            ).fetchall()
+            self._db.commit()
+            self._db.execute("DETACH DATABASE shard")
+        for patient, body, seen in markers:
+            marker = orjson.loads(body)
+            self._seen = offset + seen - 1
+            self.add_marker(patient, marker["resourceType"], marker["message"], marker["code"])
+        self._seen = offset + used
+        shutil.rmtree(folder, ignore_errors=True)
+
     # -- reading -----------------------------------------------------------
+    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
+        """Each patient (sorted by id) with their kept records (:class:`Kept`); with
+        ``part`` (i, n), only the patients whose :func:`partition` of n is i."""
+        return kept_by_patient(self._db, part)
+
     def patients(self) -> Iterator[PatientRecord]:
         """Each patient (sorted by id) with their kept resources, unparsed."""
-        cursor = self._db.execute(
-            "SELECT p.id, r.touches, r.body FROM patients p "
-            "LEFT JOIN resources r ON r.patient = p.id ORDER BY p.id"
-        )
-        current: str | None = None
-        touches = 0
-        bodies: list[bytes] = []
-        for patient, bits, body in cursor:
-            if patient != current:
-                if current is not None:
-                    yield PatientRecord(current, touches, tuple(bodies))
-                current, touches, bodies = patient, 0, []
-            if body is not None:
-                touches |= bits
-                bodies.append(body)
-        if current is not None:
-            yield PatientRecord(current, touches, tuple(bodies))
+        for patient, kept in self.kept_by_patient():
+            touches = 0
+            for record in kept:
+                touches |= record.touches
+            yield PatientRecord(patient, touches, tuple(record.body for record in kept))
 
     def patient_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM patients").fetchone()[0]
 
     def _medication(self, medication_id: str) -> dict | None:
-        row = self._db.execute(
-            "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?", (medication_id,)
-        ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        return medication(self._db, medication_id)
+
+    @property
+    def path(self) -> Path:
+        """The database file (to be opened read-only by :class:`StoreReader`)."""
+        return self._folder / "resources.sqlite3"
 
     def close(self) -> None:
         self._db.close()
@@ -352,3 +457,60 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def partition(patient_id: str, parts: int) -> int:
+    """A patient's part of ``parts``, stable across processes and machines (CRC-32).
+
+    >>> partition("p01", 2), partition("p01", 2) == partition("p01", 2)
+    (1, True)
+    """
+    return zlib.crc32(patient_id.encode()) % parts
+
+
+def kept_by_patient(
+    db: sqlite3.Connection, part: tuple[int, int] | None = None
+) -> Iterator[tuple[str, list[Kept]]]:
+    """Each patient (sorted by id) with their kept records, in source order."""
+    where, args = "", cast(tuple, ())
+    if part is not None:
+        db.create_function("part", 2, partition, deterministic=True)
+        where, args = "WHERE part(p.id, ?) = ?", (part[1], part[0])
+    cursor = db.execute(
+        "SELECT p.id, r.seen, r.touches, r.body FROM patients p "
+        f"LEFT JOIN resources r ON r.patient = p.id {where} ORDER BY p.id, r.seen",
+        args,
+    )
+    current: str | None = None
+    kept: list[Kept] = []
+    for patient, seen, bits, body in cursor:
+        if patient != current:
+            if current is not None:
+                yield current, kept
+            current, kept = patient, []
+        if body is not None:
+            kept.append(Kept(seen, bits, body))
+    if current is not None:
+        yield current, kept
+
+
+def medication(db: sqlite3.Connection, medication_id: str) -> dict | None:
+    row = db.execute(
+        "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?", (medication_id,)
+    ).fetchone()
+    return orjson.loads(row[0]) if row else None
+
+
+class StoreReader:
+    """A finished store, opened read-only by another process (a worker deciding its part
+    of the patients)."""
+
+    def __init__(self, path: Path):
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.medication = lru_cache(maxsize=4096)(partial(medication, self._db))
+
+    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
+        return kept_by_patient(self._db, part)
+
+    def close(self) -> None:
+        self._db.close()

@@ -32,8 +32,7 @@ from ..sources.strategy import (
 )
 from ..transport.client import FhirClient, ServerError
 from ..transport.redact import shown
-from .common import server_client
-from .screen import server_plan
+from .server import server_client, server_plan
 
 SAMPLE = 50  # results asked for by a probe search
 CHECK_CODES = 20  # codes a probe search asks for (a GET that fits any URL limit)

@@ -16,41 +16,26 @@ but read leave it complete.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from fhir.resources.R4B.group import Group
-
 from ..changes import Changes, compare, snapshot
 from ..criteria.language import Trial, check_site, load, load_site, queries_dir
-from ..criteria.plan import merged_plan
+from ..engines import engine
 from ..errors import Exit
 from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
 from ..outputs.group import build_group, group_json
 from ..outputs.report import render
 from ..outputs.terminal import problems, summary
-from ..pipeline import Screening, screen_trials
+from ..pipeline import Screening
 from ..private_files import locked_folder, write_private_files
 from ..sources import ResourceSource, SourceError
-from ..sources.bulk import BulkSource
 from ..sources.files import MIB, FileLimits, FileSource
-from ..sources.plan import ServerPlan
-from ..sources.rest import RestSource
 from ..state import RunRecord, State, default_state_dir, utc_now
 from ..transport.redact import shown
-from .common import bundled_fixtures, progress_bars, server_client
-
-
-def server_plan(trials: list[Trial]) -> ServerPlan:
-    """The trials' searches for a live server; a trial without them cannot screen one."""
-    for trial in trials:
-        if trial.server is None:
-            raise SourceError(f"trial {trial.id!r} has no 'server' section: it says no searches")
-    plans = [t.server for t in trials if t.server is not None]
-    return plans[0] if len(plans) == 1 else merged_plan(plans)
+from .common import bundled_fixtures, progress_bars
 
 
 def load_trials(names: list[str], site_file: Path | None = None) -> list[Trial]:
@@ -83,6 +68,7 @@ def _sources(
     trials: list[Trial],
     state: State | None,
     previous: RunRecord | None,
+    scope: str,
 ) -> list[ResourceSource]:
     if not args.server:
         limits = FileLimits(
@@ -91,38 +77,9 @@ def _sources(
             inflated=args.max_inflated_mib * MIB,
         )
         return [FileSource(*(args.source or [bundled_fixtures()]), base=args.base, limits=limits)]
-    client = server_client(args)
-    if args.bulk:
-        key = hashlib.sha256(_scope(args).encode()).hexdigest()[:16]
-        folder = args.bulk_dir or (
-            state.folder / "bulk" / key if state else args.out / "bulk-export"
-        )
+    from .server import server_sources  # the HTTP stack, only for a server
 
-        def status(text: str) -> None:
-            if not args.quiet:
-                print(f"fhir-cohort: {shown(text)}", file=sys.stderr)
-
-        return [
-            BulkSource(
-                client,
-                server_plan(trials),
-                folder,
-                level=args.bulk,
-                incremental=not args.full,
-                type_filter=args.type_filter,
-                on_status=status,
-            )
-        ]
-    source = RestSource(client, server_plan(trials), concurrency=args.concurrency)
-    if state is None or previous is None or not previous.checkpoint:
-        source.pull = "full (no earlier complete run to build on)"
-    elif args.full:
-        source.pull = "full (asked for with --full)"
-    elif previous.searches != source.searches_fingerprint():
-        source.pull = "full (the trial's candidate searches changed since the last run)"
-    else:
-        source.since, source.known = previous.checkpoint, tuple(state.pool(previous.id))
-    return [source]
+    return server_sources(args, trials, state, previous, scope)
 
 
 def _attribute(sources: list[ResourceSource], name: str) -> str | None:
@@ -135,7 +92,7 @@ def _attribute(sources: list[ResourceSource], name: str) -> str | None:
 
 
 def _write_outputs(
-    screening: Screening, changes: Changes, group: Group, out: Path, record: Callable[[], object]
+    screening: Screening, changes: Changes, group: dict, out: Path, record: Callable[[], object]
 ) -> None:
     """Stage the outputs, rename them into place, then ``record`` the run (undone if it
     fails)."""
@@ -187,27 +144,23 @@ def run(args: argparse.Namespace) -> int:
         raise SourceError(
             "--base is for files exported from a server; with --server it is that URL"
         )
+    scope = _scope(args)
     if args.dry_run:
-        for source in _sources(args, trials, None, None):
+        for source in _sources(args, trials, None, None, scope):
             plan = getattr(source, "plan", None)
             print("\n".join(plan()) if plan else "nothing to plan: files are read as they are")
         return Exit.OK
     as_of = args.as_of or date.today()
-    scope = _scope(args)
     with (
         State(args.state or default_state_dir()) as state,
         state.lock(),
         locked_folder(args.out),
     ):
         previous = _previous(state, trials, scope)
-        sources = _sources(args, trials, state, previous)
-        if previous is not None and len(trials) > 1:
-            pools = [state.pool(r.id) for t in trials if (r := state.previous_run(t.id, scope))]
-            for source in sources:
-                if isinstance(source, RestSource) and source.known:
-                    source.known = tuple(dict.fromkeys(p for pool in pools for p in pool))
+        sources = _sources(args, trials, state, previous, scope)
         started = utc_now()
-        results = screen_trials(
+        chosen = engine(args.engine, args.workers, args.spark_master)
+        results = chosen.screen(
             sources, trials, as_of, progress=progress_bars(not args.quiet), workdir=state.scratch()
         )
         written = []
@@ -224,9 +177,11 @@ def run(args: argparse.Namespace) -> int:
     pull = next((p for s in sources if (p := getattr(s, "pull", None))), None)
     for result, out, changes, group in written:
         if args.publish_group:
+            from .server import server_client
+
             server_client(args).request(
                 "PUT",
-                f"Group/{group.id}",
+                f"Group/{group['id']}",
                 kind="publish",
                 data=group_json(group),
                 headers={"Content-Type": "application/fhir+json"},
@@ -234,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(summary(result, str(out), changes, pull))
             if args.publish_group:
-                print(f"published Group/{group.id} ({group.quantity} members) to {args.server}")
+                print(
+                    f"published Group/{group['id']} ({group['quantity']} members) to {args.server}"
+                )
     for line in problems(results[0], pull):
         print(f"fhir-cohort: warning: {shown(line)}", file=sys.stderr)
     return Exit.PARTIAL if results[0].missing_data() else Exit.OK
@@ -247,7 +204,7 @@ def _write_trial(
     scope: str,
     started: str,
     sources: list[ResourceSource],
-) -> tuple[Changes, Group]:
+) -> tuple[Changes, dict]:
     """One trial's outputs written into ``out`` and its run recorded (or neither)."""
     trial, as_of = result.trial, result.as_of
     previous = state.previous_run(trial.id, scope)

@@ -30,7 +30,8 @@ from ..sources import Progress
 from ..sources.files import FileSource
 from ..transport.client import FhirClient, ServerError, issue_text
 from ..transport.redact import shown
-from .common import bundled_fixtures, server_client
+from .common import bundled_fixtures
+from .server import server_client
 
 BUNDLE_SIZE = 200
 # Referenced resources first, so a server that checks references finds them.

@@ -23,11 +23,12 @@ from datetime import date
 import orjson
 
 from .. import __version__
-from ..changes import REVIEW_STATUSES, SET_ASIDE, Changes, flags
+from ..changes import Changes, flags
 from ..criteria.language import Trial
 from ..criteria.rank_terms import Ranked
 from ..criteria.tree import NodeResult
 from ..pipeline import Screening
+from ..reviews import REVIEW_STATUSES, SET_ASIDE
 from ..text import printable
 
 CSV_COLUMNS = (

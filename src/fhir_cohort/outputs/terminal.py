@@ -8,9 +8,10 @@ and messages come from the data and must not move the cursor or split lines.
 
 from __future__ import annotations
 
-from ..changes import Changes, Review
+from ..changes import Changes
 from ..criteria.results import STATUSES
 from ..pipeline import Screening
+from ..reviews import Review
 from ..text import printable
 from .candidates import acted_on, flagged, work_order
 

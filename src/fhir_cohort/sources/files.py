@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -110,7 +111,10 @@ class FileSource:
     """
 
     def __init__(
-        self, *paths: str | Path, base: str | None = None, limits: FileLimits | None = None
+        self,
+        *paths: str | Path,
+        base: str | None = None,
+        limits: FileLimits | None = None,
     ):
         self.files: list[Path] = []
         self.base = base
@@ -139,18 +143,112 @@ class FileSource:
         return {"files": len(self.files)}
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
-        for path in self.files:
-            reader = _Reader(path, note, self.base, self.limits)
-            try:
-                if path.name.lower().endswith(NDJSON_SUFFIXES):
-                    yield from reader.ndjson(progress)
-                else:
-                    yield from reader.json(progress)
-            except (OSError, EOFError, zlib.error) as error:
-                note(Note("unreadable-file", f"cannot read the file: {error}", str(path)))
+        for index, path in enumerate(self.files):
+            yield from self.read_part(FilePart(index, path), note, progress)
+
+    def parts(self, pieces: int, smallest: int = 8 * MIB) -> list[FilePart]:
+        """The files as parts to read apart (in worker processes), in source order: each
+        plain NDJSON file of at least ``smallest`` bytes in ``pieces`` line-aligned byte
+        ranges, every other file whole."""
+        found = []
+        for index, path in enumerate(self.files):
+            size = path.stat().st_size
+            name = path.name.lower()
+            if (
+                pieces < 2
+                or size < smallest
+                or not name.endswith(NDJSON_SUFFIXES)
+                or (name.endswith(".gz"))
+            ):
+                found.append(FilePart(index, path))
+                continue
+            bounds = [0] + [_line_start(path, size * k // pieces) for k in range(1, pieces)]
+            bounds = [*sorted(set(bounds)), size]
+            found += [FilePart(index, path, a, b) for a, b in pairwise(bounds) if b > a]
+        return found
+
+    def read_part(
+        self, part: FilePart, note: NoteSink, progress: Progress
+    ) -> Iterator[RawResource]:
+        """The resources of one part of the files (each resource's line numbered as in
+        its whole file)."""
+        reader = _Reader(part.path, note, self.base, self.limits)
+        reader.name = part.name or reader.name
+        try:
+            if part.path.name.lower().endswith(NDJSON_SUFFIXES):
+                yield from reader.ndjson(progress, part)
+            else:
+                yield from reader.json(progress)
+        except (OSError, EOFError, zlib.error) as error:
+            note(Note("unreadable-file", f"cannot read the file: {error}", reader.name))
 
 
-def _open(path: Path):
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """A piece of the input read on its own: a whole file, or the lines of a plain NDJSON
+    file from byte ``start`` (a line's start) to ``end`` (None: the end)."""
+
+    index: int  # the file's place in the source's order
+    path: Path
+    start: int = 0
+    end: int | None = None
+    name: str | None = None  # what notes call the file (default: ``path``)
+
+
+def _line_start(path: Path, offset: int) -> int:
+    """The start of the first line at or after ``offset`` (read in bounded pieces)."""
+    with path.open("rb") as file:
+        if offset == 0:
+            return 0
+        file.seek(offset - 1)
+        while True:
+            piece = file.readline(_CHUNK)
+            if not piece or piece.endswith(b"\n"):
+                return file.tell()
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """How many line breaks the first ``offset`` bytes of a file hold."""
+    count = 0
+    with path.open("rb") as file:
+        while offset > 0:
+            block = file.read(min(offset, 16 * MIB))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
+
+
+class _Span:
+    """The bytes ``start`` to ``end`` of a plain file, read as if they were the whole file."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        self._file = path.open("rb")
+        self._file.seek(start)
+        self._start, self._left = start, end - start
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        line = self._file.readline(self._left if size < 0 else min(size, self._left))
+        self._left -= len(line)
+        return line
+
+    def tell(self) -> int:
+        return self._file.tell() - self._start
+
+    def __enter__(self) -> _Span:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _open(path: Path, part: FilePart | None = None):
+    if part is not None and (part.start or part.end is not None):
+        span = _Span(path, part.start, path.stat().st_size if part.end is None else part.end)
+        return span, span
     raw = path.open("rb")
     if path.name.lower().endswith(".gz"):
         return raw, gzip.GzipFile(fileobj=raw, mode="rb")
@@ -163,17 +261,24 @@ _NOT_PLAIN = frozenset({"Bundle", "OperationOutcome"})
 class _Reader:
     """One file being read: its notes, its server base and its limits."""
 
-    def __init__(self, path: Path, note: NoteSink, base: str | None, limits: FileLimits):
+    def __init__(
+        self,
+        path: Path,
+        note: NoteSink,
+        base: str | None,
+        limits: FileLimits,
+    ):
         self.path, self.name, self.note = path, str(path), note
         self.base, self.limits = base, limits
 
-    def ndjson(self, progress: Progress) -> Iterator[RawResource]:
-        raw, stream = _open(self.path)
+    def ndjson(self, progress: Progress, part: FilePart | None = None) -> Iterator[RawResource]:
+        raw, stream = _open(self.path, part)
+        first = _lines_before(self.path, part.start) + 1 if part and part.start else 1
         name, base, cap = self.name, self.base, self.limits.line
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         done = 0
         with raw, stream:
-            for number, line in enumerate(iter(partial(stream.readline, cap + 1), b""), 1):
+            for number, line in enumerate(iter(partial(stream.readline, cap + 1), b""), first):
                 if not number & 2047:
                     position = raw.tell()
                     progress(position - done)

@@ -24,7 +24,7 @@ from flask import Flask, Response, abort, g, redirect, render_template, request,
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WebResponse  # what redirect() returns
 
-from ..changes import REVIEW_STATUSES
+from ..reviews import REVIEW_STATUSES
 from ..state import RunRecord, State, StateError, UserRecord, utc_now
 from . import auth, patient, screening_log, worklist
 from .labels import label, trial_labels

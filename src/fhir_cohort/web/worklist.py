@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
-from ..changes import Review
+from ..reviews import Review
 from ..state import Action, DoNotContact
 
 STATUS_ORDER = ("eligible", "washout", "needs-review", "excluded")

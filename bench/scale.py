@@ -1,0 +1,115 @@
+"""Benchmark: the engines end to end from the command line, against a bare parse.
+
+    python bench/scale.py --data bench/data/pop-2000 --data bench/data/pop-10000 \
+        --json bench/data/scale.json [--spark] [--repeat 2]
+
+For each ``--data`` folder, in this one script run (so the ratios share the machine's
+load): the bare single-threaded parse (every NDJSON line through ``orjson.loads``,
+bench/run.py's ``bare_parse``), then ``fhir-cohort screen --source DATA`` as a
+subprocess with each setting (default; ``--engine embedded``; ``--workers 1`` and
+``2``; ``--prefilter``; with ``--spark``, ``--engine spark --spark-master local[2]``),
+each the best of ``--repeat`` wall-clock runs, with the peak RSS of the largest process
+(the CLI or one worker; ``wait4``'s ``ru_maxrss``) and the CPU seconds of the whole
+process tree (a figure the machine's load moves less than wall time). The load average
+is recorded before and after: on a shared machine the numbers move with it. Each run's
+candidates.json (without ``generator``) is compared with the first: all must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import bare_parse  # bench/run.py: the same floor as the main benchmark
+
+SETTINGS = {
+    "default": [],
+    "embedded": ["--engine", "embedded"],
+    "workers 1": ["--engine", "workers", "--workers", "1"],
+    "workers 2": ["--engine", "workers", "--workers", "2"],
+    "workers 2 + prefilter": ["--engine", "workers", "--workers", "2", "--prefilter"],
+    "embedded + prefilter": ["--engine", "embedded", "--prefilter"],
+}
+SPARK = {"spark local[2]": ["--engine", "spark", "--spark-master", "local[2]"]}
+
+
+def cli_run(data: Path, options: list[str]) -> tuple[float, int, bytes, float]:
+    """Seconds, peak RSS (bytes) of the largest process, candidates.json minus metadata,
+    CPU seconds of the whole process tree (user + system)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out, state = Path(folder) / "out", Path(folder) / "state"
+        command = [sys.executable, "-m", "fhir_cohort.cli", "screen", "--source", str(data)]
+        command += ["--as-of", "2026-06-30", "--out", str(out), "--state", str(state)]
+        started = time.perf_counter()
+        child = subprocess.Popen([*command, "--quiet", *options])
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise SystemExit(f"{' '.join(options)} exited {child.returncode}")
+        result = json.loads((out / "candidates.json").read_bytes())
+        result.pop("generator", None)
+        cpu = usage.ru_utime + usage.ru_stime
+        return seconds, usage.ru_maxrss * 1024, json.dumps(result, sort_keys=True).encode(), cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", type=Path, required=True)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--spark", action="store_true")
+    parser.add_argument("--only", action="append", help="run only these settings")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    settings = {**SETTINGS, **(SPARK if args.spark else {})}
+    if args.only:
+        settings = {k: v for k, v in settings.items() if k in args.only}
+    results = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "runs": []}
+    for data in args.data:
+        files = sorted(data.glob("*.ndjson"))
+        bare = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            lines = bare_parse(files)
+            bare.append(time.perf_counter() - started)
+        floor = min(bare)
+        print(f"{data.name}: {lines:,} lines, bare parse {floor:.2f} s", flush=True)
+        reference = None
+        for name, options in settings.items():
+            runs = [cli_run(data, options) for _ in range(args.repeat)]
+            seconds = min(r[0] for r in runs)
+            peak = max(r[1] for r in runs)
+            cpu = min(r[3] for r in runs)
+            same = reference is None or runs[0][2] == reference
+            reference = reference or runs[0][2]
+            row = {
+                "data": data.name,
+                "setting": name,
+                "seconds": seconds,
+                "x_bare_parse": seconds / floor,
+                "peak_rss_mib": peak / 2**20,
+                "cpu_s": cpu,
+                "same_candidates": same,
+                "bare_parse_s": floor,
+                "load": os.getloadavg()[0],
+            }
+            results["runs"].append(row)
+            print(
+                f"  {name:24s} {seconds:7.2f} s  {seconds / floor:5.2f}x bare  cpu {cpu:6.1f} s  "
+                f"peak {peak / 2**20:6.0f} MiB  same={same}  load {row['load']:.1f}",
+                flush=True,
+            )
+    results["load_after"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The embedded engine: one process, the bounded-memory SQLite store, the seam per patient.
+
+Rule: memory holds one patient at a time; the stages here (:func:`ingest`,
+:func:`settled`, :func:`decide_patients`, :func:`merge_decisions`,
+:func:`screenings`) are the ones every engine shares, so the others differ only in
+running them on parts of the input.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date
+from pathlib import Path
+
+from ..criteria.funnel import TrialFunnel
+from ..criteria.language import Trial
+from ..criteria.plan import CODED, TrialGates
+from ..criteria.rank_terms import rank
+from ..criteria.tree import TrialResult
+from ..decide import Context, Decision, decide
+from ..normalise.elements import R4_RESOURCE_TYPES
+from ..normalise.resources import unattached_facts
+from ..pipeline import Screening, _Unattached, partial_input_doubts, pool_gates
+from ..quality import DataQuality, add_counters
+from ..sources import ProgressStart, RawResource, ResourceSource
+from ..store import Kept, SqliteStore
+
+DUPLICATES_EXAMPLE = {
+    "where": "(several files)",
+    "message": "the same type and id was read more than once; counted once "
+    "(later meta.lastUpdated wins, else the first seen)",
+}
+
+
+def no_progress(_: int) -> None:
+    return None
+
+
+def ingest(
+    raws: Iterable[RawResource], gates: TrialGates, store: SqliteStore, unattached: _Unattached
+) -> None:
+    """Classify each record once and keep it in the store (or note why it cannot be)."""
+    classify, add = gates.classify, store.add
+    for raw in raws:
+        mask = classify(raw.resource)
+        if mask:
+            if raw.patient is None:
+                unattached.take(raw)
+            add(raw, mask)
+        elif raw.unreadable is None and raw.resource["resourceType"] in R4_RESOURCE_TYPES:
+            add(raw, 0)
+        else:
+            unattached.unreadable(raw)
+
+
+def note_duplicates(quality: DataQuality, duplicates: int) -> None:
+    """Copies counted once, in data_quality (one example: they are many by nature)."""
+    if duplicates:
+        quality.counts["duplicate-resource"] += duplicates
+        quality.examples["duplicate-resource"] = [dict(DUPLICATES_EXAMPLE)]
+
+
+def context_for(
+    trials: list[Trial],
+    as_of: date,
+    base: str | None,
+    unattached: list[dict],
+    medications: Callable[[str], dict | None],
+    quality: DataQuality,
+) -> Context:
+    """What every patient is decided against, once the input is read and settled (the
+    records naming nobody weigh on everyone; input not all read doubts everyone)."""
+    everyone = unattached_facts(unattached, medications, base)
+    for note in everyone.notes:
+        quality.add(note)
+    return Context(tuple(trials), as_of, base, everyone, partial_input_doubts(quality))
+
+
+def settled(
+    store: SqliteStore,
+    quality: DataQuality,
+    unattached: list[dict],
+    trials: list[Trial],
+    as_of: date,
+    base: str | None,
+) -> Context:
+    """End of input: settle duplicates, note them, and what every patient is decided
+    against."""
+    store.finish()
+    note_duplicates(quality, store.duplicates)
+    for note in store.notes:
+        quality.add(note)
+    return context_for(trials, as_of, base, unattached, store.medication, quality)
+
+
+def decide_patients(
+    patients: Iterable[tuple[str, list[Kept]]],
+    medications: Callable[[str], dict | None],
+    context: Context,
+    advance: Callable[[int], object] = no_progress,
+) -> Iterator[Decision]:
+    """The seam over each patient, in the order given."""
+    gates = pool_gates(list(context.trials))
+    for patient_id, kept in patients:
+        advance(1)
+        yield decide(patient_id, kept, medications, context, gates)
+
+
+def merge_decisions(
+    decisions: Iterable[Decision], funnels: list[TrialFunnel], quality: DataQuality
+) -> list[list[TrialResult]]:
+    """Add decisions (in patient-id order) to the run's funnels (unless their shares are
+    counted already: None) and notes; each trial's candidates' results."""
+    results: list[list[TrialResult]] = [[] for _ in funnels]
+    for decision in decisions:
+        if decision.funnels is not None:
+            for funnel, share in zip(funnels, decision.funnels, strict=True):
+                add_counters(funnel, share)
+        for note in decision.notes:
+            quality.add(note)
+        for listed, result in zip(results, decision.results, strict=True):
+            if result is not None:
+                listed.append(result)
+    return results
+
+
+def screenings(
+    context: Context,
+    funnels: list[TrialFunnel],
+    quality: DataQuality,
+    results: list[list[TrialResult]],
+    read: dict[str, int],
+    retrieval: dict[str, int],
+    plan: dict | None = None,
+    not_read: int = 0,
+) -> list[Screening]:
+    """Each trial's outcome from the merged shares (``read``: resources by type)."""
+    out = []
+    for trial, funnel, listed in zip(context.trials, funnels, results, strict=True):
+        funnel.resources_read = dict(read)
+        funnel.count_outside_pool(not_read)
+        ranked = rank(listed, trial)
+        out.append(Screening(trial, context.as_of, funnel, quality, ranked, dict(retrieval), plan))
+    return out
+
+
+def base_of(sources: Sequence[ResourceSource]) -> str | None:
+    return next((b for s in sources if (b := getattr(s, "base", None))), None)
+
+
+class Embedded:
+    """Every source read into one store, each patient decided in turn."""
+
+    def screen(
+        self,
+        sources: Iterable[ResourceSource],
+        trials: list[Trial],
+        as_of: date,
+        progress: ProgressStart | None = None,
+        workdir: Path | None = None,
+        now: float | None = None,
+    ) -> list[Screening]:
+        sources = list(sources)
+        quality = DataQuality()
+        gates = pool_gates(trials)
+        retrieval: Counter = Counter()
+        plan = None
+        not_read = 0
+        with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
+            unattached = _Unattached(quality, store)
+            for source in sources:
+                advance = (
+                    progress("reading", source.total_work(), source.progress_unit)
+                    if progress
+                    else no_progress
+                )
+                ingest(source.read(quality.add, advance), gates, store, unattached)
+                not_read += source.patients_not_read()
+                retrieval.update(source.stats())
+                plan = getattr(source, "retrieval_plan", None)
+            context = settled(store, quality, unattached.records, trials, as_of, base_of(sources))
+            advance = (
+                progress("screening", store.patient_count(), "patients")
+                if progress
+                else no_progress
+            )
+            funnels = context.funnels()
+            decisions = decide_patients(store.kept_by_patient(), store.medication, context, advance)
+            results = merge_decisions(decisions, funnels, quality)
+            read = dict(store.resources_by_type)
+        return screenings(
+            context,
+            funnels,
+            quality,
+            results,
+            read,
+            dict(retrieval),
+            plan() if plan else None,
+            not_read,
+        )

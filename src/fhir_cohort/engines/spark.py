@@ -1,0 +1,329 @@
+"""The Spark engine: the same screen where the data lives, on a cluster or ``local[N]``.
+
+Rule: the answer is the embedded engine's, byte for byte; only the work moves. Files
+up to 64 MiB are read as bytes through the Hadoop filesystem (``binaryFiles``), larger
+ones in line-aligned parts from their path (which executors must see as the driver
+does: a JVM array cannot hold a large file whole), each by the file source's own
+reader and gate on an executor (so the bad-data rules hold and what the trial cannot use is dropped
+there), into rows that carry their position in the source order (numbered as one
+reader would, from each file's count). Copies of one type and id are settled by the
+one duplicate rule (:func:`fhir_cohort.store.settle`) grouped by key, the survivors
+grouped by patient and each patient decided by :func:`fhir_cohort.decide.decide`,
+with the trial and the Medications broadcast. The driver receives per-file counts and
+notes, the Medications, the few conflicts to number, and the decisions of the
+patients past the gate: never the records.
+
+Python's ``hash`` (the store's key of a type and id) is salted per process, so the
+executors run with ``PYTHONHASHSEED=0`` (set for ``local`` masters here; set
+``spark.executorEnv.PYTHONHASHSEED=0`` on a cluster, as the README shows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from ..criteria.language import Trial
+from ..criteria.plan import CODED
+from ..decide import Decision
+from ..errors import UsageError
+from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
+from ..quality import DataQuality, add_counters
+from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource
+from ..sources.files import MIB, FilePart, FileSource
+from ..store import Copy, Kept, SqliteStore, settle
+from .embedded import (
+    base_of,
+    context_for,
+    decide_patients,
+    ingest,
+    merge_decisions,
+    no_progress,
+    note_duplicates,
+    screenings,
+)
+
+_MARKERS = (DOUBT_RECORD, NOTE_RECORD)
+WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoop filesystem
+
+
+@dataclass
+class _Read:
+    """One file read on an executor: its counts and notes (to the driver), its rows."""
+
+    order: tuple[int, int]  # the file's place in the source, the part's first byte
+    used: int
+    quality: DataQuality
+    unattached: list[dict]
+    resources_by_type: dict[str, int]
+    kept: int
+    patients: list[str]
+    rows: list[tuple]  # (rtype, rid, patient, stamp, seen, touches, body); body None: unkept
+
+
+def _read_file(item: tuple[str, bytes], files: dict, source: FileSource, trials, now) -> _Read:
+    """Read one whole file's bytes (from the Hadoop filesystem) with the file source's
+    reader, as if it were at its own path."""
+    uri, content = item
+    index, name = files[uri]
+    folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-spark-"))
+    try:
+        path = folder / Path(name).name
+        path.write_bytes(content)
+        return _read_part(FilePart(index, path, name=name), source, trials, now)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
+    """Read one part of the files into a private shard, and take its rows out."""
+    quality = DataQuality()
+    store = SqliteStore(None, filtered_types=CODED, now=now)
+    store.keep_ids = True
+    unattached = _Unattached(quality, store)
+    raws = source.read_part(part, quality.add, no_progress)
+    ingest(raws, pool_gates(trials), store, unattached)
+    shard, used = store.detach()
+    try:
+        db = sqlite3.connect(shard / "resources.sqlite3")
+        rows = db.execute(
+            "SELECT rtype, rid, patient, stamp, seen, touches, body FROM resources ORDER BY rowid"
+        ).fetchall()
+        rows += db.execute(
+            "SELECT rtype, rid, NULL, stamp, seen, 0, NULL FROM unkept ORDER BY rowid"
+        ).fetchall()
+        patients = [p for (p,) in db.execute("SELECT id FROM patients")]
+        db.close()
+    finally:
+        shutil.rmtree(shard, ignore_errors=True)
+    return _Read(
+        (part.index, part.start),
+        used,
+        quality,
+        unattached.records,
+        store.resources_by_type,
+        store.kept,
+        patients,
+        rows,
+    )
+
+
+def _placed(read: _Read, offsets: dict[tuple[int, int], int]) -> Iterator[tuple]:
+    """A file's rows at their positions in the whole input (marker ids made from them)."""
+    offset = offsets[read.order]
+    for rtype, rid, patient, stamp, seen, touches, body in read.rows:
+        seen += offset
+        if rtype in _MARKERS:
+            marker = orjson.loads(body)
+            rid = marker["id"] = f"marker-{seen}"
+            body = orjson.dumps(marker)
+        yield (rtype, rid), (seen, stamp, patient, touches, body)
+
+
+def _settled(key: tuple, copies: Iterable[tuple], now: float) -> Iterator[tuple]:
+    """The duplicate rule over one type and id: ("row", patient, Kept) for what stays,
+    ("conflict", first seen, notes, owners, duplicates) for the driver."""
+    copies = sorted(copies)
+    if len(copies) == 1:
+        seen, _, patient, touches, body = copies[0]
+        if body is not None:
+            yield "row", patient, Kept(seen, touches, body), key
+        return
+    touches = {seen: bits for seen, _, _, bits, _ in copies}
+    outcome = settle(
+        f"{key[0]}/{key[1]}",
+        [Copy(seen, stamp, patient, body) for seen, stamp, patient, _, body in copies],
+        now,
+    )
+    for copy in outcome.kept:
+        assert copy.body is not None  # settle keeps only copies the trial can use
+        yield "row", copy.patient, Kept(copy.seen, touches[copy.seen], copy.body), key
+    if outcome.duplicates or outcome.notes:  # in the order of each key's first kept copy
+        first = min(seen for seen, *_, body in copies if body is not None)
+        yield "conflict", first, outcome.notes, outcome.owners, outcome.duplicates
+
+
+class Spark:
+    """``master``: a Spark master URL (default ``local[*]``, or the one spark-submit set)."""
+
+    def __init__(self, master: str | None = None, whole: int = WHOLE):
+        """``whole``: files below this many bytes are read whole through Hadoop."""
+        self.master, self.whole = master, whole
+
+    def session(self):
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise UsageError(
+                "--engine spark needs pyspark: pip install 'fhir-cohort[spark]'"
+            ) from None
+        builder = SparkSession.builder.appName("fhir-cohort")
+        if self.master:
+            builder = builder.master(self.master)
+        if (self.master or "local").startswith("local"):
+            os.environ.setdefault("PYTHONHASHSEED", "0")
+            builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
+            builder = builder.config("spark.driver.memory", "2g")  # local: driver = executor
+        return builder.getOrCreate()
+
+    def screen(
+        self,
+        sources: Iterable[ResourceSource],
+        trials: list[Trial],
+        as_of: date,
+        progress: ProgressStart | None = None,
+        workdir: Path | None = None,
+        now: float | None = None,
+    ) -> list[Screening]:
+        sources = list(sources)
+        if len(sources) != 1 or not isinstance(sources[0], FileSource):
+            raise UsageError("--engine spark reads files (--source), not a server")
+        source = sources[0]
+        now = time.time() if now is None else now
+        spark = self.session()
+        context = spark.sparkContext
+        quality = DataQuality()
+        read_by_type: dict[str, int] = {}
+        files = {str(path.resolve()): (n, str(path)) for n, path in enumerate(source.files)}
+        shared = context.broadcast((files, trials))
+
+        def read(item: tuple[str, bytes]) -> _Read:
+            found, trials_ = shared.value
+            return _read_file((_local(item[0]), item[1]), found, source, trials_, now)
+
+        def read_part(part: FilePart) -> _Read:
+            return _read_part(part, source, shared.value[1], now)
+
+        # Files up to WHOLE are read as bytes through the Hadoop filesystem; a larger one
+        # (a JVM array holds at most 2 GiB, and the executor's heap less) is read in
+        # line-aligned parts from its path, which the executors must see as the driver does.
+        parts = source.parts(context.defaultParallelism, smallest=self.whole)
+        small = [
+            p
+            for p in parts
+            if p.end is None and p.start == 0 and p.path.stat().st_size < self.whole
+        ]
+        large = [p for p in parts if p not in small]
+        reads = context.parallelize(large, max(1, len(large))).map(read_part)
+        if small:
+            uris = ",".join(p.path.resolve().as_uri() for p in small)
+            whole = context.binaryFiles(uris, minPartitions=len(small)).map(read)
+            reads = reads.union(whole)
+        reads = reads.cache()
+        summaries = sorted(
+            reads.map(
+                lambda r: (
+                    r.order,
+                    r.used,
+                    r.quality,
+                    r.unattached,
+                    r.resources_by_type,
+                    r.kept,
+                    len(r.rows),
+                )
+            ).collect()
+        )
+        offsets: dict[tuple[int, int], int] = {}
+        position, unattached = 0, []
+        for order, used, shard_quality, records, by_type, _, _ in summaries:
+            offsets[order] = position
+            position += used
+            quality = quality.merge(shard_quality)
+            unattached += records
+            for kind, count in by_type.items():
+                read_by_type[kind] = read_by_type.get(kind, 0) + count
+        if len(unattached) > MAX_UNATTACHED:
+            raise UsageError(
+                f"more than {MAX_UNATTACHED} records name no patient: run --engine embedded"
+            )
+        placed = context.broadcast(offsets)
+        settled = (
+            reads.flatMap(lambda r: _placed(r, placed.value))
+            .groupByKey()
+            .flatMap(lambda kv: _settled(kv[0], kv[1], now))
+            .cache()
+        )
+        conflicts = sorted(c for c in settled.filter(lambda x: x[0] == "conflict").collect())
+        duplicates = sum(c[4] for c in conflicts)
+        medications: dict[str, tuple[int, bytes]] = {}
+        for _, _, kept, key in settled.filter(
+            lambda x: x[0] == "row" and x[3][0] == "Medication"
+        ).collect():
+            if key[1] not in medications or kept.position < medications[key[1]][0]:
+                medications[key[1]] = (kept.position, kept.body)
+        table = {rid: orjson.loads(body) for rid, (_, body) in medications.items()}
+        note_duplicates(quality, duplicates)
+        markers = []
+        for _, _, notes, owners, _ in conflicts:
+            for note in notes:
+                quality.add(note)
+            for owner in owners:
+                position += 1
+                body = {
+                    "resourceType": NOTE_RECORD,
+                    "id": f"marker-{position}",
+                    "message": notes[-1].message,
+                    "code": "conflicting-duplicate",
+                }
+                markers.append((owner, Kept(position, 1, orjson.dumps(body))))
+        ran = context_for(trials, as_of, base_of(sources), unattached, table.get, quality)
+        shared_run = context.broadcast((ran, table))
+        patients = reads.flatMap(lambda r: [(p, None) for p in r.patients])
+        rows = settled.filter(lambda x: x[0] == "row" and x[1] is not None).map(
+            lambda x: (x[1], x[2])
+        )
+        grouped = (
+            patients.union(rows)
+            .union(context.parallelize(markers, 1))
+            .groupByKey()
+            .mapPartitions(lambda part: _decide_partition(part, shared_run.value))
+        )
+        funnels = ran.funnels()
+        decisions: list[Decision] = []
+        for shares, evaluated in grouped.collect():
+            for funnel, share in zip(funnels, shares, strict=True):
+                add_counters(funnel, share)
+            decisions += evaluated
+        reads.unpersist()
+        settled.unpersist()
+        decisions.sort(key=lambda d: d.patient_id)
+        results = merge_decisions(decisions, funnels, quality)
+        return screenings(ran, funnels, quality, results, read_by_type, {"files": len(files)})
+
+
+def _local(uri: str) -> str:
+    """The path of a ``file:`` URI as binaryFiles gives it (``file:/x``); others as they are.
+
+    >>> _local("file:/data/a%20b.ndjson"), _local("hdfs://nn/x.ndjson")
+    ('/data/a b.ndjson', 'hdfs://nn/x.ndjson')
+    """
+    parsed = urlsplit(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
+def _decide_partition(part, run) -> Iterator[tuple]:
+    context, table = run
+    shares = context.funnels()
+    evaluated = []
+    # A patient exists when a record names them (the None each brings); rows alone (a
+    # doubt or a note about a patient no record names) do not make one, as in the store.
+    groups = ((p, list(kept)) for p, kept in sorted(part))
+    patients = ((p, [k for k in kept if k is not None]) for p, kept in groups if None in kept)
+    for decision in decide_patients(patients, table.get, context):
+        for share, mine in zip(shares, decision.funnels or (), strict=True):
+            add_counters(share, mine)
+        if (slim := decision.slim()) is not None:
+            evaluated.append(slim)
+    for share in shares:
+        share.trial = None  # type: ignore[assignment]  # the driver has it; not sent back
+    yield shares, evaluated

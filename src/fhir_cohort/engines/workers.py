@@ -1,0 +1,208 @@
+"""The workers engine: every core of one machine, with the embedded engine's answer.
+
+Rule: the results are those of one process, byte for byte. Reading is split into parts
+of the files (:meth:`FileSource.parts`: line-aligned byte ranges of each NDJSON file,
+other files whole), each read by a worker process into a shard store of its own with
+its own notes; the shards are absorbed in source order, so positions, "first seen",
+marker ids and the first examples of each note are those of one reader, and the one
+duplicate rule then runs over the whole input. Deciding is split by patient: worker
+``i`` of ``N`` decides the patients whose stable hash (:func:`store.partition`) is
+``i``; their notes are merged in patient-id order. Memory is one part's batch and one
+patient per worker. Input that is not files (a server) is read by the embedded engine,
+as are inputs with more records naming no patient than one process keeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from ..criteria.funnel import TrialFunnel
+from ..criteria.language import Trial
+from ..criteria.plan import CODED
+from ..decide import Context, Decision
+from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
+from ..quality import DataQuality, add_counters
+from ..sources import ProgressStart, ResourceSource
+from ..sources.files import MIB, FilePart, FileSource
+from ..store import SqliteStore, StoreReader
+from .embedded import (
+    Embedded,
+    base_of,
+    decide_patients,
+    ingest,
+    merge_decisions,
+    no_progress,
+    screenings,
+    settled,
+)
+
+
+@dataclass
+class _Shard:
+    """What a worker read from one part of the files."""
+
+    folder: Path
+    used: int  # positions the shard's store took
+    quality: DataQuality
+    unattached: list[dict]
+    resources_by_type: dict[str, int]
+    kept: int
+    size: int  # bytes of the part, for the progress bar
+
+
+@dataclass
+class _Part:
+    """What a worker decided for its share of the patients."""
+
+    funnels: list[TrialFunnel]  # without their trial (the parent has it)
+    decisions: list[Decision]  # patients with a result or a note, without funnel shares
+
+
+# Set in the parent before the pool forks; the children read it (nothing is pickled).
+_JOB: dict = {}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the run does, even if the run is killed (SIGKILL): it would
+    otherwise go on reading clinical data and hold the state's lock it inherited."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own pipes end the workers
+        return
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
+
+
+def _read_part(part: FilePart) -> _Shard:
+    source: FileSource = _JOB["source"]
+    quality = DataQuality()
+    store = SqliteStore(_JOB["workdir"], filtered_types=CODED, now=_JOB["now"])
+    unattached = _Unattached(quality, store)
+    ingest(source.read_part(part, quality.add, no_progress), _JOB["gates"], store, unattached)
+    folder, used = store.detach()
+    end = part.end if part.end is not None else part.path.stat().st_size
+    return _Shard(
+        folder,
+        used,
+        quality,
+        unattached.records,
+        store.resources_by_type,
+        store.kept,
+        end - part.start,
+    )
+
+
+def _decide_part(index: int) -> _Part:
+    context: Context = _JOB["context"]
+    reader = StoreReader(_JOB["store"])
+    funnels = context.funnels()
+    decisions = []
+    try:
+        for decision in decide_patients(
+            reader.kept_by_patient((index, _JOB["parts"])), reader.medication, context
+        ):
+            for funnel, share in zip(funnels, decision.funnels or (), strict=True):
+                add_counters(funnel, share)
+            if (slim := decision.slim()) is not None:
+                decisions.append(slim)
+    finally:
+        reader.close()
+    for funnel in funnels:
+        funnel.trial = None  # type: ignore[assignment]  # the parent has it; not sent back
+    return _Part(funnels, decisions)
+
+
+class Workers:
+    """``workers`` processes (default: the number of cores)."""
+
+    def __init__(self, workers: int | None = None, smallest: int = 8 * MIB):
+        """``smallest``: an NDJSON file below this many bytes is one part."""
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.smallest = smallest
+
+    def screen(
+        self,
+        sources: Iterable[ResourceSource],
+        trials: list[Trial],
+        as_of: date,
+        progress: ProgressStart | None = None,
+        workdir: Path | None = None,
+        now: float | None = None,
+    ) -> list[Screening]:
+        sources = list(sources)
+        files = [s for s in sources if type(s) is FileSource]
+        if self.workers == 1 or len(files) != len(sources):
+            return Embedded().screen(sources, trials, as_of, progress, workdir, now)
+        now = time.time() if now is None else now
+        # One folder for the run's stores and the workers' shards, removed whatever happens
+        # (a full disk in one worker leaves no shard of another behind).
+        scratch = Path(tempfile.mkdtemp(prefix="fhir-cohort-workers-", dir=workdir))
+        try:
+            return self._screen(files, trials, as_of, progress, scratch, now)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _screen(
+        self,
+        sources: list[FileSource],
+        trials: list[Trial],
+        as_of: date,
+        progress: ProgressStart | None,
+        workdir: Path,
+        now: float,
+    ) -> list[Screening]:
+        context = multiprocessing.get_context("fork")
+        quality = DataQuality()
+        retrieval: dict[str, int] = {}
+        unattached: list[dict] = []
+        with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
+            _JOB.update(gates=pool_gates(trials), workdir=workdir, now=now)
+            try:
+                for source in sources:
+                    advance = progress("reading", source.total_work(), "B") if progress else None
+                    _JOB["source"] = source
+                    with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
+                        for shard in pool.imap(
+                            _read_part, source.parts(self.workers, self.smallest)
+                        ):
+                            store.absorb(shard.folder, shard.used)
+                            for kind, count in shard.resources_by_type.items():
+                                found = store.resources_by_type.get(kind, 0)
+                                store.resources_by_type[kind] = found + count
+                            store.kept += shard.kept
+                            quality = quality.merge(shard.quality)
+                            unattached += shard.unattached
+                            if advance:
+                                advance(shard.size)
+                    for key, value in source.stats().items():
+                        retrieval[key] = retrieval.get(key, 0) + value
+                if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
+                    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
+                ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
+                _JOB.update(context=ran, store=store.path, parts=self.workers)
+                with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
+                    parts = pool.map(_decide_part, range(self.workers))
+                read = dict(store.resources_by_type)
+            finally:
+                _JOB.clear()
+        funnels = ran.funnels()
+        decisions = []
+        for part in parts:
+            for funnel, share in zip(funnels, part.funnels, strict=True):
+                add_counters(funnel, share)
+            decisions += part.decisions
+        decisions.sort(key=lambda d: d.patient_id)
+        results = merge_decisions(decisions, funnels, quality)
+        return screenings(ran, funnels, quality, results, read, retrieval)

@@ -1,0 +1,104 @@
+"""Engines give the embedded engine's answer byte for byte: the workers engine with its
+parts of files and partitions of patients, on the bundled cohort, the messy fixture and a
+generated population; counters merge associatively."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_cohort.criteria.language import load
+from fhir_cohort.engines import engine
+from fhir_cohort.engines.workers import Workers
+from fhir_cohort.outputs.candidates import json_bytes
+from fhir_cohort.pipeline import screen_trials
+from fhir_cohort.quality import DataQuality, Note
+from fhir_cohort.sources.files import FileSource
+
+ROOT = Path(__file__).resolve().parents[1]
+AS_OF, NOW = date(2026, 6, 30), 1.9e9  # a fixed run start: lastUpdated checks repeat
+
+
+TRIALS = [load("misle"), load("surpass2")]
+
+
+def candidates_json(run, *paths: Path) -> bytes:
+    """Both trials' candidates.json, screened in one pass."""
+    return b"\n".join(json_bytes(s) for s in run([FileSource(*paths)], TRIALS, AS_OF, now=NOW))
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory) -> Path:
+    """A small generated population with many lupus patients (about 7 MB)."""
+    out = tmp_path_factory.mktemp("pop") / "pop-20"
+    generator = ROOT / "bench" / "generate_population.py"
+    command = [sys.executable, str(generator), "--patients", "20", "--lupus-rate", "0.3"]
+    subprocess.run([*command, "--out", str(out), "--quiet"], check=True)
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["misle-cohort", "messy"])
+def test_workers_equal_embedded_on_fixtures(fixture):
+    path = ROOT / "fixtures" / fixture
+    reference = candidates_json(screen_trials, path)
+    assert candidates_json(engine("embedded").screen, path) == reference
+    # Every NDJSON file in two byte ranges, read by two processes.
+    assert candidates_json(Workers(2, smallest=1).screen, path) == reference
+
+
+def test_workers_equal_embedded_on_a_population(population):
+    reference = candidates_json(screen_trials, population)
+    assert b'"status": "eligible"' in reference
+    for workers in (1, 2, 3):
+        assert candidates_json(Workers(workers, smallest=1).screen, population) == reference
+
+
+def test_parts_cover_every_line_once(population):
+    """Byte ranges start at line starts and add up to each file, whatever the count."""
+    source = FileSource(population)
+    for pieces in (1, 2, 7):
+        parts = source.parts(pieces, smallest=1)
+        for index, path in enumerate(source.files):
+            mine = [p for p in parts if p.index == index]
+            data = path.read_bytes()
+            if len(mine) == 1 and mine[0].end is None:
+                continue
+            assert mine[0].start == 0 and mine[-1].end == len(data)
+            for before, after in itertools.pairwise(mine):
+                assert before.end == after.start and data[after.start - 1 : after.start] == b"\n"
+
+
+notes = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 50)), max_size=40).map(
+    lambda pairs: [Note(code, "m", f"f:{n}") for code, n in pairs]
+)
+
+
+@settings(max_examples=60, database=None)
+@given(notes, st.lists(st.integers(0, 40), max_size=4))
+def test_quality_merges_associatively(all_notes, cuts):
+    """Notes split into any parts, merged in order, in any grouping: one reader's result."""
+    whole = DataQuality()
+    for note in all_notes:
+        whole.add(note)
+    bounds = [0, *sorted(min(c, len(all_notes)) for c in cuts), len(all_notes)]
+    shares = []
+    for start, end in itertools.pairwise(bounds):
+        share = DataQuality()
+        for note in all_notes[start:end]:
+            share.add(note)
+        shares.append(share)
+    left = DataQuality()
+    for share in shares:
+        left = left.merge(share)
+    right = DataQuality()
+    for share in reversed(shares):
+        right = share.merge(right)
+    for merged in (left, right):
+        assert merged.counts == whole.counts and merged.examples == whole.examples
