@@ -14,7 +14,9 @@ import pytest
 from fhir_cohort.criteria.language import load
 from fhir_cohort.engines.embedded import Embedded
 from fhir_cohort.engines.spark import Spark
+from fhir_cohort.errors import UsageError
 from fhir_cohort.outputs.candidates import json_bytes
+from fhir_cohort.sources import SourceError
 from fhir_cohort.sources.files import FileSource
 
 pytest.importorskip("pyspark")
@@ -55,3 +57,49 @@ def test_spark_equals_embedded_on_a_population(spark, tmp_path):
     assert candidates(spark.screen, out) == reference
     # every file in line-aligned parts read from its path, not whole through Hadoop
     assert candidates(Spark("local[2]", whole=1).screen, out) == reference
+
+
+def _as_paths(data: bytes, folder: Path) -> bytes:
+    """Notes name a file by the URI it was read from: the same file, named as a path."""
+    return data.replace(f"file:{folder}".encode(), str(folder).encode())
+
+
+@pytest.mark.parametrize("fixture", ["misle-cohort", "messy"])
+def test_a_hadoop_uri_is_listed_and_read_by_the_cluster(spark, fixture):
+    """A source given as a URI (file:// here; hdfs:// or s3a:// on a cluster) is listed
+    by the cluster's Hadoop filesystem and its files read there: the same candidates."""
+    path = (ROOT / "fixtures" / fixture).resolve()
+    reference = candidates(Embedded().screen, path)
+    uri = path.as_uri()
+    read = b"\n".join(
+        json_bytes(s) for s in spark.screen([FileSource(uri)], TRIALS, AS_OF, now=NOW)
+    )
+    assert _as_paths(read, path) == reference
+
+
+def test_a_remote_file_too_large_to_read_whole_is_refused(spark):
+    path = (ROOT / "fixtures" / "misle-cohort").resolve()
+    tight = Spark("local[2]", largest_remote=1)
+    with pytest.raises(UsageError, match="read whole by one executor, up to 0 MiB"):
+        tight.screen([FileSource(path.as_uri())], TRIALS, AS_OF, now=NOW)
+
+
+def test_a_uri_nothing_lists_is_one_clear_error(spark, tmp_path):
+    with pytest.raises(SourceError, match=r"cannot list file:.*missing"):
+        spark.screen([FileSource((tmp_path / "missing").as_uri())], TRIALS, AS_OF, now=NOW)
+    (tmp_path / "notes.txt").write_text("not FHIR")
+    with pytest.raises(SourceError, match=r"holds no \.ndjson or \.json files"):
+        spark.screen([FileSource(tmp_path.as_uri())], TRIALS, AS_OF, now=NOW)
+
+
+def test_other_engines_refuse_a_uri(tmp_path, capsys):
+    """Only Spark reads through a Hadoop filesystem: the others say so (exit 2)."""
+    from fhir_cohort.cli import main
+
+    argv = ["screen", "--source", "hdfs://nn:8020/exports", "--as-of", "2026-06-30"]
+    argv += ["--out", str(tmp_path / "o"), "--state", str(tmp_path / "s")]
+    for engine in (["--workers", "2"], ["--engine", "embedded"]):
+        assert main([*argv, *engine]) == 2
+        err = capsys.readouterr().err
+        assert "hdfs://nn:8020/exports is read through a Hadoop filesystem" in err
+        assert "--engine spark" in err

@@ -32,7 +32,7 @@ from ..outputs.terminal import problems, summary
 from ..pipeline import Screening
 from ..private_files import locked_folder, write_private_files
 from ..sources import ResourceSource, SourceError
-from ..sources.files import MIB, FileLimits, FileSource
+from ..sources.files import MIB, FileLimits, FileSource, is_uri
 from ..state import RunRecord, State, default_state_dir, utc_now
 from ..transport.redact import shown
 from .common import bundled_fixtures, progress_bars
@@ -60,7 +60,7 @@ def _scope(args: argparse.Namespace) -> str:
         mode = f"bulk-{args.bulk}" if args.bulk else "rest"
         return f"{mode}:{args.server.rstrip('/')}"
     paths = args.source or [bundled_fixtures()]
-    return "files:" + "|".join(sorted(str(Path(p).resolve()) for p in paths))
+    return "files:" + "|".join(sorted(p if is_uri(p) else str(Path(p).resolve()) for p in paths))
 
 
 def _sources(

@@ -1,9 +1,11 @@
 """The Spark engine: the same screen where the data lives, on a cluster or ``local[N]``.
 
-Rule: the answer is the embedded engine's, byte for byte; only the work moves. Files
-up to 64 MiB are read as bytes through the Hadoop filesystem (``binaryFiles``), larger
-ones in line-aligned parts from their path (which executors must see as the driver
-does: a JVM array cannot hold a large file whole), each by the file source's own
+Rule: the answer is the embedded engine's, byte for byte; only the work moves. Local
+files up to 64 MiB are read as bytes through the Hadoop filesystem (``binaryFiles``),
+larger ones in line-aligned parts from their path (which executors must see as the
+driver does: a JVM array cannot hold a large file whole); sources given as URIs
+(``hdfs://``, ``s3a://`` through the cluster's own connector) are listed by the
+cluster's filesystem and each file read whole (up to 1 GiB), each by the file source's own
 reader and gate on an executor (so the bad-data rules hold and what the trial cannot use is dropped
 there), into rows that carry their position in the source order (numbered as one
 reader would, from each file's count). Copies of one type and id are settled by the
@@ -39,8 +41,8 @@ from ..decide import Decision
 from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality, add_counters
-from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource
-from ..sources.files import MIB, FilePart, FileSource
+from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource, SourceError
+from ..sources.files import MIB, FilePart, FileSource, is_data_file
 from ..store import Copy, Kept, SqliteStore, settle
 from .embedded import (
     base_of,
@@ -55,6 +57,9 @@ from .embedded import (
 
 _MARKERS = (DOUBT_RECORD, NOTE_RECORD)
 WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoop filesystem
+# A file on a Hadoop filesystem (no path the executors share) is read whole, as one JVM
+# byte array: at most 2 GiB, and it must fit the executor's heap with room to spare.
+LARGEST_REMOTE = 1024 * MIB
 
 
 @dataclass
@@ -156,9 +161,12 @@ def _settled(key: tuple, copies: Iterable[tuple], now: float) -> Iterator[tuple]
 class Spark:
     """``master``: a Spark master URL (default ``local[*]``, or the one spark-submit set)."""
 
-    def __init__(self, master: str | None = None, whole: int = WHOLE):
-        """``whole``: files below this many bytes are read whole through Hadoop."""
-        self.master, self.whole = master, whole
+    def __init__(
+        self, master: str | None = None, whole: int = WHOLE, largest_remote: int = LARGEST_REMOTE
+    ):
+        """``whole``: local files below this many bytes are read whole through Hadoop;
+        ``largest_remote``: the largest file on a Hadoop filesystem read (whole)."""
+        self.master, self.whole, self.largest_remote = master, whole, largest_remote
 
     def session(self):
         try:
@@ -195,6 +203,16 @@ class Spark:
         quality = DataQuality()
         read_by_type: dict[str, int] = {}
         files = {str(path.resolve()): (n, str(path)) for n, path in enumerate(source.files)}
+        remote = _listed(spark, source.uris)
+        for uri, size in remote:
+            if size > self.largest_remote:
+                raise UsageError(
+                    f"{uri} is {size / MIB:,.0f} MiB: a file on a Hadoop filesystem is read "
+                    f"whole by one executor, up to {self.largest_remote / MIB:,.0f} MiB; "
+                    "export it in smaller parts (Bulk exports split large types) or copy it "
+                    "to a path every executor sees"
+                )
+            files[_local(uri)] = (len(files), uri)
         shared = context.broadcast((files, trials))
 
         def read(item: tuple[str, bytes]) -> _Read:
@@ -215,9 +233,9 @@ class Spark:
         ]
         large = [p for p in parts if p not in small]
         reads = context.parallelize(large, max(1, len(large))).map(read_part)
-        if small:
-            uris = ",".join(p.path.resolve().as_uri() for p in small)
-            whole = context.binaryFiles(uris, minPartitions=len(small)).map(read)
+        wholes = [p.path.resolve().as_uri() for p in small] + [uri for uri, _ in remote]
+        if wholes:
+            whole = context.binaryFiles(",".join(wholes), minPartitions=len(wholes)).map(read)
             reads = reads.union(whole)
         reads = reads.cache()
         summaries = sorted(
@@ -299,6 +317,34 @@ class Spark:
         decisions.sort(key=lambda d: d.patient_id)
         results = merge_decisions(decisions, funnels, quality)
         return screenings(ran, funnels, quality, results, read_by_type, {"files": len(files)})
+
+
+def _listed(spark, uris: list[str]) -> list[tuple[str, int]]:
+    """The data files under each URI, as the cluster's Hadoop filesystem lists them
+    (recursively, each folder's files in name order, as local folders are): the URI
+    binaryFiles will name each by, and its size."""
+    if not uris:
+        return []
+    jvm, conf = spark._jvm, spark._jsc.hadoopConfiguration()
+    found: list[tuple[str, int]] = []
+    for uri in uris:
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        try:
+            system = path.getFileSystem(conf)
+            listing = system.listFiles(path, True)
+            mine = []
+            while listing.hasNext():
+                status = listing.next()
+                name = status.getPath().toString()
+                if is_data_file(Path(urlsplit(name).path)):
+                    mine.append((name, int(status.getLen())))
+        except Exception as error:  # a py4j error carries the Java exception's text
+            first = str(error).strip().splitlines()[-1:] or ["unknown error"]
+            raise SourceError(f"cannot list {uri}: {first[0][:300]}") from None
+        if not mine:
+            raise SourceError(f"source {uri} holds no .ndjson or .json files")
+        found += sorted(mine)
+    return found
 
 
 def _local(uri: str) -> str:

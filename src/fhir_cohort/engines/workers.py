@@ -142,7 +142,7 @@ class Workers:
         now: float | None = None,
     ) -> list[Screening]:
         sources = list(sources)
-        files = [s for s in sources if type(s) is FileSource]
+        files = [s for s in sources if type(s) is FileSource and not s.uris]
         if self.workers == 1 or len(files) != len(sources):
             return Embedded().screen(sources, trials, as_of, progress, workdir, now)
         now = time.time() if now is None else now

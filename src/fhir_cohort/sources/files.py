@@ -94,7 +94,7 @@ def named_patients(data: bytes | memoryview) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _is_data_file(path: Path) -> bool:
+def is_data_file(path: Path) -> bool:
     name = path.name.lower()
     return (
         not name.startswith(".")
@@ -103,11 +103,26 @@ def _is_data_file(path: Path) -> bool:
     )
 
 
+def is_uri(path: str | Path) -> bool:
+    """Is a source a URI for a Hadoop filesystem (``hdfs://``, ``s3a://``, ``file://``)
+    rather than a local path?
+
+    >>> is_uri("hdfs://nn:8020/exports/2026-11"), is_uri("s3a://bucket/x"), is_uri("./x")
+    (True, True, False)
+    """
+    return isinstance(path, str) and _URI.match(path) is not None
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 class FileSource:
     """Resources from files and folders of NDJSON and Bundle JSON.
 
     ``base`` is the base URL of the server the files were exported from: absolute
-    references under it are this source's own (others are foreign).
+    references under it are this source's own (others are foreign). Paths given as
+    URIs of a Hadoop filesystem (:func:`is_uri`) are kept in ``uris``, unlisted: only
+    the Spark engine lists and reads them, through the cluster's own filesystem.
     """
 
     def __init__(
@@ -117,14 +132,18 @@ class FileSource:
         limits: FileLimits | None = None,
     ):
         self.files: list[Path] = []
+        self.uris: list[str] = []
         self.base = base
         self.limits = limits or FileLimits()
         for raw in paths:
+            if is_uri(raw):
+                self.uris.append(str(raw))
+                continue
             path = Path(raw)
             if not path.exists():
                 raise SourceError(f"source {path} does not exist")
             if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+                found = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(p))
                 if not found:
                     raise SourceError(f"source folder {path} holds no .ndjson or .json files")
                 self.files += found
@@ -143,6 +162,10 @@ class FileSource:
         return {"files": len(self.files)}
 
     def read(self, note: NoteSink, progress: Progress) -> Iterator[RawResource]:
+        if self.uris:
+            raise SourceError(
+                f"{self.uris[0]} is read through a Hadoop filesystem: use --engine spark"
+            )
         for index, path in enumerate(self.files):
             yield from self.read_part(FilePart(index, path), note, progress)
 
