@@ -6,13 +6,15 @@
 For each ``--data`` folder, in this one script run (so the ratios share the machine's
 load): the bare single-threaded parse (every NDJSON line through ``orjson.loads``,
 bench/run.py's ``bare_parse``), then ``fhir-cohort screen --source DATA`` as a
-subprocess with each setting (default; ``--engine embedded``; ``--workers 1`` and
-``2``; ``--prefilter``; with ``--spark``, ``--engine spark --spark-master local[2]``),
+subprocess with each setting (the default, one worker per core; ``--workers 1``,
+which is the embedded engine; ``--workers 2``; with ``--spark``, ``--engine spark
+--spark-master local[2]``),
 each the best of ``--repeat`` wall-clock runs, with the peak RSS of the largest process
 (the CLI or one worker; ``wait4``'s ``ru_maxrss``) and the CPU seconds of the whole
 process tree (a figure the machine's load moves less than wall time). The load average
 is recorded before and after: on a shared machine the numbers move with it. Each run's
 candidates.json (without ``generator``) is compared with the first: all must agree.
+First, the median time of ``fhir-cohort --help`` (start-up).
 """
 
 from __future__ import annotations
@@ -30,12 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import bare_parse  # bench/run.py: the same floor as the main benchmark
 
 SETTINGS = {
-    "default": [],
-    "embedded": ["--engine", "embedded"],
-    "workers 1": ["--engine", "workers", "--workers", "1"],
-    "workers 2": ["--engine", "workers", "--workers", "2"],
-    "workers 2 + prefilter": ["--engine", "workers", "--workers", "2", "--prefilter"],
-    "embedded + prefilter": ["--engine", "embedded", "--prefilter"],
+    "default": [],  # the workers engine, one process per core
+    "workers 1": ["--workers", "1"],  # the embedded engine
+    "workers 2": ["--workers", "2"],
 }
 SPARK = {"spark local[2]": ["--engine", "spark", "--spark-master", "local[2]"]}
 
@@ -60,6 +59,18 @@ def cli_run(data: Path, options: list[str]) -> tuple[float, int, bytes, float]:
         return seconds, usage.ru_maxrss * 1024, json.dumps(result, sort_keys=True).encode(), cpu
 
 
+def help_seconds(runs: int = 10) -> float:
+    """The median wall time of ``fhir-cohort --help`` in a fresh interpreter: start-up."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fhir_cohort.cli", "--help"], check=True, capture_output=True
+        )
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", type=Path, required=True)
@@ -72,6 +83,8 @@ def main() -> None:
     if args.only:
         settings = {k: v for k, v in settings.items() if k in args.only}
     results = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "runs": []}
+    results["help_s"] = help_seconds()
+    print(f"fhir-cohort --help: {results['help_s']:.3f} s (median of 10)", flush=True)
     for data in args.data:
         files = sorted(data.glob("*.ndjson"))
         bare = []
