@@ -5,8 +5,10 @@ generated population; counters merge associatively."""
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from hypothesis import strategies as st
 
 from fhir_cohort.criteria.language import load
 from fhir_cohort.engines import engine
-from fhir_cohort.engines.workers import Workers
+from fhir_cohort.engines.workers import Workers, processes
+from fhir_cohort.errors import UsageError
 from fhir_cohort.outputs.candidates import json_bytes
 from fhir_cohort.pipeline import screen_trials
 from fhir_cohort.quality import DataQuality, Note
@@ -53,11 +56,36 @@ def test_workers_equal_embedded_on_fixtures(fixture):
     assert candidates_json(Workers(2, smallest=1).screen, path) == reference
 
 
-def test_workers_equal_embedded_on_a_population(population):
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_workers_equal_embedded_on_a_population(population, start):
+    """Forked workers (a process running one thread) and workers from a fork server (a
+    process with threads: the workbench, a test server) give the same answer."""
     reference = candidates_json(screen_trials, population)
     assert b'"status": "eligible"' in reference
     for workers in (1, 2, 3):
-        assert candidates_json(Workers(workers, smallest=1).screen, population) == reference
+        run = Workers(workers, smallest=1, start=start).screen
+        assert candidates_json(run, population) == reference
+
+
+def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
+    """A thread holding a lock at the fork would leave a forked worker waiting forever;
+    with another thread running, workers start from a fork server (and still finish)."""
+    release = threading.Event()
+    lock = threading.Lock()
+
+    def holder() -> None:
+        with lock:
+            release.wait(60)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    try:
+        assert processes().get_start_method() == "forkserver"
+        reference = candidates_json(screen_trials, population)
+        assert candidates_json(Workers(2, smallest=1).screen, population) == reference
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_parts_cover_every_line_once(population):
@@ -102,3 +130,20 @@ def test_quality_merges_associatively(all_notes, cuts):
         right = share.merge(right)
     for merged in (left, right):
         assert merged.counts == whole.counts and merged.examples == whole.examples
+
+
+def _dies(part) -> None:
+    """A worker's reading task that is killed (sent to the worker by name)."""
+    os._exit(9)
+
+
+def test_a_worker_that_dies_ends_the_run_in_one_line(population, monkeypatch, tmp_path):
+    """A worker killed mid-part (the system's OOM killer, say) is one clear error and
+    leaves no scratch data, never a run waiting forever for its part."""
+    import fhir_cohort.engines.workers as engine_module
+
+    monkeypatch.setattr(engine_module, "_read_part", _dies)
+    run = Workers(2, smallest=1, start="fork")
+    with pytest.raises(UsageError, match="a worker process ended before its part was done"):
+        run.screen([FileSource(population)], TRIALS, AS_OF, workdir=tmp_path, now=NOW)
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,9 @@ def bundled_fixtures() -> Path:
 
 
 def progress_bars(enabled: bool) -> ProgressStart:
+    # No monitor thread: a screen forks its workers, which is safe only in a process
+    # running one thread (engines/workers.py starts them another way otherwise).
+    tqdm.monitor_interval = 0
     bars: list[tqdm] = []
 
     def start(label: str, total: int | None, unit: str) -> Progress:

@@ -20,16 +20,22 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
 from ..criteria.funnel import TrialFunnel
 from ..criteria.language import Trial
 from ..criteria.plan import CODED
 from ..decide import Context, Decision
+from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality, add_counters
 from ..sources import ProgressStart, ResourceSource
@@ -68,13 +74,23 @@ class _Part:
     decisions: list[Decision]  # patients with a result or a note, without funnel shares
 
 
-# Set in the parent before the pool forks; the children read it (nothing is pickled).
+# What a worker's tasks read: set once per worker by :func:`_start` (inherited when the
+# pool forks, pickled once per worker under forkserver), never changed by a task.
 _JOB: dict = {}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def _start(job: dict, parent: int | None) -> None:
+    """A worker's first act: take the run's job, and end when the run does (``parent``:
+    the run's pid when forked from it; None under a fork server, whose own end follows
+    the run's)."""
+    _JOB.clear()
+    _JOB.update(job)
+    _die_with_parent(os.getppid() if parent is None else parent)
+
+
 def _die_with_parent(parent: int) -> None:
-    """A worker ends when the run does, even if the run is killed (SIGKILL): it would
+    """A worker ends when its parent does, even if the run is killed (SIGKILL): it would
     otherwise go on reading clinical data and hold the state's lock it inherited."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -83,6 +99,18 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before the call took effect
         os._exit(1)
+
+
+def processes(start: str | None = None) -> BaseContext:
+    """How workers start (``start``: "fork" or "forkserver"; None: the safe one): forked
+    when this process runs no other thread (quick, nothing is pickled), else from a fork
+    server (a forked copy of a process with threads, such as the workbench or a test
+    server, can wait forever on a lock another thread held at the fork)."""
+    if start == "fork" or (start is None and threading.active_count() == 1):
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _read_part(part: FilePart) -> _Shard:
@@ -124,13 +152,32 @@ def _decide_part(index: int) -> _Part:
     return _Part(funnels, decisions)
 
 
+@contextmanager
+def _pool(
+    workers: int, context: BaseContext, job: dict, parent: int | None
+) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes for one stage; a worker that dies (killed by the system, out of
+    memory) ends the run with one line rather than leaving it waiting for its part."""
+    try:
+        with ProcessPoolExecutor(workers, context, _start, (job, parent)) as pool:
+            yield pool
+    except BrokenProcessPool:
+        raise UsageError(
+            "a worker process ended before its part was done (killed by the system, "
+            "perhaps out of memory); nothing was recorded: run again, with fewer --workers"
+        ) from None
+
+
 class Workers:
     """``workers`` processes (default: the number of cores)."""
 
-    def __init__(self, workers: int | None = None, smallest: int = 8 * MIB):
-        """``smallest``: an NDJSON file below this many bytes is one part."""
+    def __init__(
+        self, workers: int | None = None, smallest: int = 8 * MIB, start: str | None = None
+    ):
+        """``smallest``: an NDJSON file below this many bytes is one part; ``start``: how
+        worker processes start (:func:`processes`)."""
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self.smallest = smallest
+        self.smallest, self.start = smallest, start
 
     def screen(
         self,
@@ -163,40 +210,36 @@ class Workers:
         workdir: Path,
         now: float,
     ) -> list[Screening]:
-        context = multiprocessing.get_context("fork")
+        context = processes(self.start)
+        parent = os.getpid() if context.get_start_method() == "fork" else None
         quality = DataQuality()
         retrieval: dict[str, int] = {}
         unattached: list[dict] = []
         with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
-            _JOB.update(gates=pool_gates(trials), workdir=workdir, now=now)
-            try:
-                for source in sources:
-                    advance = progress("reading", source.total_work(), "B") if progress else None
-                    _JOB["source"] = source
-                    with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
-                        for shard in pool.imap(
-                            _read_part, source.parts(self.workers, self.smallest)
-                        ):
-                            store.absorb(shard.folder, shard.used)
-                            for kind, count in shard.resources_by_type.items():
-                                found = store.resources_by_type.get(kind, 0)
-                                store.resources_by_type[kind] = found + count
-                            store.kept += shard.kept
-                            quality = quality.merge(shard.quality)
-                            unattached += shard.unattached
-                            if advance:
-                                advance(shard.size)
-                    for key, value in source.stats().items():
-                        retrieval[key] = retrieval.get(key, 0) + value
-                if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
-                    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
-                ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
-                _JOB.update(context=ran, store=store.path, parts=self.workers)
-                with context.Pool(self.workers, _die_with_parent, (os.getpid(),)) as pool:
-                    parts = pool.map(_decide_part, range(self.workers))
-                read = dict(store.resources_by_type)
-            finally:
-                _JOB.clear()
+            gates = pool_gates(trials)
+            for source in sources:
+                advance = progress("reading", source.total_work(), "B") if progress else None
+                job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
+                with _pool(self.workers, context, job, parent) as pool:
+                    for shard in pool.map(_read_part, source.parts(self.workers, self.smallest)):
+                        store.absorb(shard.folder, shard.used)
+                        for kind, count in shard.resources_by_type.items():
+                            found = store.resources_by_type.get(kind, 0)
+                            store.resources_by_type[kind] = found + count
+                        store.kept += shard.kept
+                        quality = quality.merge(shard.quality)
+                        unattached += shard.unattached
+                        if advance:
+                            advance(shard.size)
+                for key, value in source.stats().items():
+                    retrieval[key] = retrieval.get(key, 0) + value
+            if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
+                return Embedded().screen(sources, trials, as_of, progress, workdir, now)
+            ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
+            job = {"context": ran, "store": store.path, "parts": self.workers}
+            with _pool(self.workers, context, job, parent) as pool:
+                parts = list(pool.map(_decide_part, range(self.workers)))
+            read = dict(store.resources_by_type)
         funnels = ran.funnels()
         decisions = []
         for part in parts:
