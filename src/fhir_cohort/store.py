@@ -250,6 +250,9 @@ class SqliteStore:
         self._unkept: list[tuple] = []
         self._new_patients: list[tuple[str]] = []
         self._recent_patients: set[str] = set()  # bounded: cleared when large
+        # Absorbed shards whose unkept copies are taken at finish(), and only those of a
+        # type and id some kept copy has (the others compete with nothing): (folder, offset).
+        self._shards: list[tuple[Path, int]] = []
         self._seen = 0
         self.kept = 0
         self.duplicates = 0
@@ -331,6 +334,17 @@ class SqliteStore:
         self._flush()
         with _writing(self._folder):
             self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
+            for folder, offset in self._shards:
+                self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
+                self._db.execute(
+                    "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept "
+                    "WHERE key IN (SELECT key FROM resources)",
+                    (offset,),
+                )
+                self._db.commit()
+                self._db.execute("DETACH DATABASE shard")
+                shutil.rmtree(folder, ignore_errors=True)
+            self._shards.clear()
             # Identical copies (the same export read twice) agree whoever wins: one stays.
             identical = self._db.execute(
                 "DELETE FROM resources WHERE rowid IN (SELECT r.rowid FROM resources r "
@@ -395,7 +409,7 @@ class SqliteStore:
     def absorb(self, folder: Path, used: int) -> None:
         """Append a detached shard, read after everything absorbed so far: its positions
         (and the ids of its markers, which are made from them) follow on, as if one store
-        had read both. The shard's folder is removed."""
+        had read both. Its unkept copies wait for :meth:`finish`, which removes its folder."""
         self._flush()
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         with _writing(self._folder):
@@ -404,10 +418,6 @@ class SqliteStore:
                 "INSERT INTO resources SELECT rtype, rid, patient, stamp, seen + ?, key, touches,"
                 f" body FROM shard.resources WHERE {plain} ORDER BY rowid",
                 (offset, DOUBT_RECORD, NOTE_RECORD),
-            )
-            self._db.execute(
-                "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept",
-                (offset,),
             )
             self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
             markers = self._db.execute(
@@ -421,7 +431,7 @@ class SqliteStore:
             self._seen = offset + seen - 1
             self.add_marker(patient, marker["resourceType"], marker["message"], marker["code"])
         self._seen = offset + used
-        shutil.rmtree(folder, ignore_errors=True)
+        self._shards.append((folder, offset))
 
     # -- reading -----------------------------------------------------------
     def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
