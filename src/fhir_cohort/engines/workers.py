@@ -9,7 +9,9 @@ duplicate rule then runs over the whole input. Deciding is split by patient: wor
 ``i`` of ``N`` decides the patients whose stable hash (:func:`store.partition`) is
 ``i``; their notes are merged in patient-id order. Memory is one part's batch and one
 patient per worker. Input that is not files (a server) is read by the embedded engine,
-as are inputs with more records naming no patient than one process keeps.
+as are inputs with more records naming no patient than one process keeps. Workers
+never outlive the run (a killed run takes them along) and a worker that dies ends the
+run with one line, never a wait.
 """
 
 from __future__ import annotations
