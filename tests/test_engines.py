@@ -26,6 +26,15 @@ from fhir_cohort.quality import DataQuality, Note
 from fhir_cohort.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every data set the tests read: both trials' cohorts, the messy files (bad lines, gzip,
+# a broken Bundle, duplicates across files), a SMART Bulk export and Synthea Bundles.
+FIXTURES = [
+    "misle-cohort",
+    "surpass2-cohort",
+    "messy",
+    "third-party/smart-bulk",
+    "third-party/synthea-bundles",
+]
 AS_OF, NOW = date(2026, 6, 30), 1.9e9  # a fixed run start: lastUpdated checks repeat
 
 
@@ -47,7 +56,7 @@ def population(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fixture", ["misle-cohort", "messy"])
+@pytest.mark.parametrize("fixture", FIXTURES)
 def test_workers_equal_embedded_on_fixtures(fixture):
     path = ROOT / "fixtures" / fixture
     reference = candidates_json(screen_trials, path)

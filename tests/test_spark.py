@@ -22,6 +22,15 @@ from fhir_cohort.sources.files import FileSource
 pytest.importorskip("pyspark")
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every data set the tests read: both trials' cohorts, the messy files (bad lines, gzip,
+# a broken Bundle, duplicates across files), a SMART Bulk export and Synthea Bundles.
+FIXTURES = [
+    "misle-cohort",
+    "surpass2-cohort",
+    "messy",
+    "third-party/smart-bulk",
+    "third-party/synthea-bundles",
+]
 AS_OF, NOW = date(2026, 6, 30), 1.9e9
 TRIALS = [load("misle"), load("surpass2")]
 
@@ -41,7 +50,7 @@ def candidates(run, path: Path) -> bytes:
     return b"\n".join(json_bytes(s) for s in run([FileSource(path)], TRIALS, AS_OF, now=NOW))
 
 
-@pytest.mark.parametrize("fixture", ["misle-cohort", "messy"])
+@pytest.mark.parametrize("fixture", FIXTURES)
 def test_spark_equals_embedded_on_fixtures(spark, fixture):
     path = ROOT / "fixtures" / fixture
     assert candidates(spark.screen, path) == candidates(Embedded().screen, path)
