@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 from . import __version__
+from .engines import EngineName
 from .errors import Exit, Locked, ServerFailure, UsageError
 from .reviews import REVIEW_STATUSES
 from .state import ROLES
@@ -138,8 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     engines = run.add_argument_group("engines", "where the screen runs (the answer is the same)")
     engines.add_argument(
         "--engine",
-        choices=("embedded", "workers", "spark"),
-        default="workers",
+        choices=[name.value for name in EngineName],
+        default=EngineName.WORKERS.value,
         help="workers (default): --workers processes on this machine (a server is read by "
         "one); embedded: this one process; spark: a Spark cluster or local[N] "
         "(pip install 'fhir-cohort[spark]')",

@@ -77,7 +77,6 @@ UNREADABLE_DATA = (
     "malformed-resource",
 )
 MAX_UNATTACHED = 10_000  # records naming no patient weighed on every candidate; more: partial
-_NOTED_BY_STORE = frozenset({"conflicting-duplicate"})  # in data_quality once, from the store
 
 
 def pool_gates(trials: list[Trial]) -> TrialGates:

@@ -45,6 +45,13 @@ _OLDEST = float("-inf")
 _ABSENT = object()
 
 
+def marker(kind: str, seen: int, message: str, code: str) -> tuple[str, bytes]:
+    """A doubt or note kept for a patient at position ``seen``: its id (made from the
+    position, so every engine numbers it alike) and its bytes."""
+    rid = f"marker-{seen}"
+    return rid, orjson.dumps({"resourceType": kind, "id": rid, "message": message, "code": code})
+
+
 class StoreError(UsageError):
     """The scratch store cannot be written (a full disk, an unwritable folder): exit 2."""
 
@@ -72,9 +79,13 @@ class PatientRecord:
 
 
 class PatientStore(Protocol):
+    """What the engines ask of a store: records in, duplicates settled, patients out."""
+
     def add(self, raw: RawResource, keep: int) -> None: ...
     def finish(self) -> None: ...
-    def patients(self) -> Iterator[PatientRecord]: ...
+    def kept_by_patient(
+        self, part: tuple[int, int] | None = None
+    ) -> Iterator[tuple[str, list[Kept]]]: ...
     def medication(self, medication_id: str) -> dict | None: ...
 
 
@@ -311,8 +322,7 @@ class SqliteStore:
         """Keep a doubt (``DOUBT_RECORD``) or a note (``NOTE_RECORD``) for a patient, if
         that patient exists; it does not make the patient exist."""
         self._seen += 1
-        rid = f"marker-{self._seen}"
-        body = orjson.dumps({"resourceType": kind, "id": rid, "message": message, "code": code})
+        rid, body = marker(kind, self._seen, message, code)
         self._rows.append((kind, rid, patient, None, self._seen, hash((kind, rid)), 1, body))
 
     def _flush(self) -> None:
@@ -406,15 +416,16 @@ class SqliteStore:
         self._db.close()
         return self._folder, self._seen
 
-    def absorb(self, folder: Path, used: int) -> None:
+    def absorb(self, folder: Path, used: int, by_type: dict[str, int]) -> None:
         """Append a detached shard, read after everything absorbed so far: its positions
-        (and the ids of its markers, which are made from them) follow on, as if one store
-        had read both. Its unkept copies wait for :meth:`finish`, which removes its folder."""
+        (and the ids of its markers, which are made from them) follow on, and its counts
+        (``by_type``: its ``resources_by_type``) add up, as if one store had read both.
+        Its unkept copies wait for :meth:`finish`, which removes its folder."""
         self._flush()
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         with _writing(self._folder):
             self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
-            self._db.execute(
+            kept = self._db.execute(
                 "INSERT INTO resources SELECT rtype, rid, patient, stamp, seen + ?, key, touches,"
                 f" body FROM shard.resources WHERE {plain} ORDER BY rowid",
                 (offset, DOUBT_RECORD, NOTE_RECORD),
@@ -431,6 +442,9 @@ class SqliteStore:
             self._seen = offset + seen - 1
             self.add_marker(patient, marker["resourceType"], marker["message"], marker["code"])
         self._seen = offset + used
+        self.kept += kept.rowcount
+        for kind, count in by_type.items():
+            self.resources_by_type[kind] = self.resources_by_type.get(kind, 0) + count
         self._shards.append((folder, offset))
 
     # -- reading -----------------------------------------------------------

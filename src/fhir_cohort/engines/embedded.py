@@ -107,6 +107,44 @@ def decide_patients(
         yield decide(patient_id, kept, medications, context, gates)
 
 
+Share = tuple[list[TrialFunnel], list[Decision]]
+
+
+def decide_share(
+    patients: Iterable[tuple[str, list[Kept]]],
+    medications: Callable[[str], dict | None],
+    context: Context,
+) -> Share:
+    """Decide a share of the patients (a worker's partition, a Spark partition): their
+    funnel counts added up, without the trials (the caller has them), and the decisions
+    worth sending back (a result or a note)."""
+    funnels = context.funnels()
+    decisions = []
+    for decision in decide_patients(patients, medications, context):
+        for funnel, mine in zip(funnels, decision.funnels or (), strict=True):
+            add_counters(funnel, mine)
+        if (slim := decision.slim()) is not None:
+            decisions.append(slim)
+    for funnel in funnels:
+        funnel.trial = None  # type: ignore[assignment]
+    return funnels, decisions
+
+
+def merge_shares(
+    context: Context, shares: Iterable[Share], quality: DataQuality
+) -> tuple[list[TrialFunnel], list[list[TrialResult]]]:
+    """The run's funnels and each trial's candidates from the shares, in any order (the
+    decisions are merged in patient-id order, so notes come as one process gives them)."""
+    funnels = context.funnels()
+    decisions: list[Decision] = []
+    for counted, decided in shares:
+        for funnel, share in zip(funnels, counted, strict=True):
+            add_counters(funnel, share)
+        decisions += decided
+    decisions.sort(key=lambda d: d.patient_id)
+    return funnels, merge_decisions(decisions, funnels, quality)
+
+
 def merge_decisions(
     decisions: Iterable[Decision], funnels: list[TrialFunnel], quality: DataQuality
 ) -> list[list[TrialResult]]:

@@ -37,19 +37,19 @@ import orjson
 
 from ..criteria.language import Trial
 from ..criteria.plan import CODED
-from ..decide import Decision
 from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
-from ..quality import DataQuality, add_counters
+from ..quality import DataQuality
 from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource, SourceError
 from ..sources.files import MIB, FilePart, FileSource, is_data_file
-from ..store import Copy, Kept, SqliteStore, settle
+from ..store import Copy, Kept, SqliteStore, marker, settle
 from .embedded import (
+    Share,
     base_of,
     context_for,
-    decide_patients,
+    decide_share,
     ingest,
-    merge_decisions,
+    merge_shares,
     no_progress,
     note_duplicates,
     screenings,
@@ -71,7 +71,6 @@ class _Read:
     quality: DataQuality
     unattached: list[dict]
     resources_by_type: dict[str, int]
-    kept: int
     patients: list[str]
     rows: list[tuple]  # (rtype, rid, patient, stamp, seen, touches, body); body None: unkept
 
@@ -117,7 +116,6 @@ def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
         quality,
         unattached.records,
         store.resources_by_type,
-        store.kept,
         patients,
         rows,
     )
@@ -129,9 +127,8 @@ def _placed(read: _Read, offsets: dict[tuple[int, int], int]) -> Iterator[tuple]
     for rtype, rid, patient, stamp, seen, touches, body in read.rows:
         seen += offset
         if rtype in _MARKERS:
-            marker = orjson.loads(body)
-            rid = marker["id"] = f"marker-{seen}"
-            body = orjson.dumps(marker)
+            found = orjson.loads(body)
+            rid, body = marker(rtype, seen, found["message"], found["code"])
         yield (rtype, rid), (seen, stamp, patient, touches, body)
 
 
@@ -246,14 +243,12 @@ class Spark:
                     r.quality,
                     r.unattached,
                     r.resources_by_type,
-                    r.kept,
-                    len(r.rows),
                 )
             ).collect()
         )
         offsets: dict[tuple[int, int], int] = {}
         position, unattached = 0, []
-        for order, used, shard_quality, records, by_type, _, _ in summaries:
+        for order, used, shard_quality, records, by_type in summaries:
             offsets[order] = position
             position += used
             quality = quality.merge(shard_quality)
@@ -287,13 +282,8 @@ class Spark:
                 quality.add(note)
             for owner in owners:
                 position += 1
-                body = {
-                    "resourceType": NOTE_RECORD,
-                    "id": f"marker-{position}",
-                    "message": notes[-1].message,
-                    "code": "conflicting-duplicate",
-                }
-                markers.append((owner, Kept(position, 1, orjson.dumps(body))))
+                _, body = marker(NOTE_RECORD, position, notes[-1].message, "conflicting-duplicate")
+                markers.append((owner, Kept(position, 1, body)))
         ran = context_for(trials, as_of, base_of(sources), unattached, table.get, quality)
         shared_run = context.broadcast((ran, table))
         patients = reads.flatMap(lambda r: [(p, None) for p in r.patients])
@@ -306,16 +296,9 @@ class Spark:
             .groupByKey()
             .mapPartitions(lambda part: _decide_partition(part, shared_run.value))
         )
-        funnels = ran.funnels()
-        decisions: list[Decision] = []
-        for shares, evaluated in grouped.collect():
-            for funnel, share in zip(funnels, shares, strict=True):
-                add_counters(funnel, share)
-            decisions += evaluated
+        funnels, results = merge_shares(ran, grouped.collect(), quality)
         reads.unpersist()
         settled.unpersist()
-        decisions.sort(key=lambda d: d.patient_id)
-        results = merge_decisions(decisions, funnels, quality)
         return screenings(ran, funnels, quality, results, read_by_type, {"files": len(files)})
 
 
@@ -357,19 +340,10 @@ def _local(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
-def _decide_partition(part, run) -> Iterator[tuple]:
+def _decide_partition(part, run) -> Iterator[Share]:
     context, table = run
-    shares = context.funnels()
-    evaluated = []
     # A patient exists when a record names them (the None each brings); rows alone (a
     # doubt or a note about a patient no record names) do not make one, as in the store.
     groups = ((p, list(kept)) for p, kept in sorted(part))
     patients = ((p, [k for k in kept if k is not None]) for p, kept in groups if None in kept)
-    for decision in decide_patients(patients, table.get, context):
-        for share, mine in zip(shares, decision.funnels or (), strict=True):
-            add_counters(share, mine)
-        if (slim := decision.slim()) is not None:
-            evaluated.append(slim)
-    for share in shares:
-        share.trial = None  # type: ignore[assignment]  # the driver has it; not sent back
-    yield shares, evaluated
+    yield decide_share(patients, table.get, context)

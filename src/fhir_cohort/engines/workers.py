@@ -33,22 +33,21 @@ from datetime import date
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
-from ..criteria.funnel import TrialFunnel
 from ..criteria.language import Trial
 from ..criteria.plan import CODED
-from ..decide import Context, Decision
 from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
-from ..quality import DataQuality, add_counters
+from ..quality import DataQuality
 from ..sources import ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
 from ..store import SqliteStore, StoreReader
 from .embedded import (
     Embedded,
+    Share,
     base_of,
-    decide_patients,
+    decide_share,
     ingest,
-    merge_decisions,
+    merge_shares,
     no_progress,
     screenings,
     settled,
@@ -64,16 +63,7 @@ class _Shard:
     quality: DataQuality
     unattached: list[dict]
     resources_by_type: dict[str, int]
-    kept: int
     size: int  # bytes of the part, for the progress bar
-
-
-@dataclass
-class _Part:
-    """What a worker decided for its share of the patients."""
-
-    funnels: list[TrialFunnel]  # without their trial (the parent has it)
-    decisions: list[Decision]  # patients with a result or a note, without funnel shares
 
 
 # What a worker's tasks read: set once per worker by :func:`_start` (inherited when the
@@ -129,29 +119,17 @@ def _read_part(part: FilePart) -> _Shard:
         quality,
         unattached.records,
         store.resources_by_type,
-        store.kept,
         end - part.start,
     )
 
 
-def _decide_part(index: int) -> _Part:
-    context: Context = _JOB["context"]
+def _decide_part(index: int) -> Share:
     reader = StoreReader(_JOB["store"])
-    funnels = context.funnels()
-    decisions = []
     try:
-        for decision in decide_patients(
-            reader.kept_by_patient((index, _JOB["parts"])), reader.medication, context
-        ):
-            for funnel, share in zip(funnels, decision.funnels or (), strict=True):
-                add_counters(funnel, share)
-            if (slim := decision.slim()) is not None:
-                decisions.append(slim)
+        patients = reader.kept_by_patient((index, _JOB["parts"]))
+        return decide_share(patients, reader.medication, _JOB["context"])
     finally:
         reader.close()
-    for funnel in funnels:
-        funnel.trial = None  # type: ignore[assignment]  # the parent has it; not sent back
-    return _Part(funnels, decisions)
 
 
 @contextmanager
@@ -224,11 +202,7 @@ class Workers:
                 job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
                 with _pool(self.workers, context, job, parent) as pool:
                     for shard in pool.map(_read_part, source.parts(self.workers, self.smallest)):
-                        store.absorb(shard.folder, shard.used)
-                        for kind, count in shard.resources_by_type.items():
-                            found = store.resources_by_type.get(kind, 0)
-                            store.resources_by_type[kind] = found + count
-                        store.kept += shard.kept
+                        store.absorb(shard.folder, shard.used, shard.resources_by_type)
                         quality = quality.merge(shard.quality)
                         unattached += shard.unattached
                         if advance:
@@ -242,12 +216,5 @@ class Workers:
             with _pool(self.workers, context, job, parent) as pool:
                 parts = list(pool.map(_decide_part, range(self.workers)))
             read = dict(store.resources_by_type)
-        funnels = ran.funnels()
-        decisions = []
-        for part in parts:
-            for funnel, share in zip(funnels, part.funnels, strict=True):
-                add_counters(funnel, share)
-            decisions += part.decisions
-        decisions.sort(key=lambda d: d.patient_id)
-        results = merge_decisions(decisions, funnels, quality)
+        funnels, results = merge_shares(ran, parts, quality)
         return screenings(ran, funnels, quality, results, read, retrieval)
