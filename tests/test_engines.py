@@ -6,74 +6,48 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 import threading
-from datetime import date
 from pathlib import Path
 
 import pytest
+from engine_support import AS_OF, DATA_SETS, NOW, ROOT, TRIALS, candidates
+from engine_support import population as generate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_cohort.criteria.language import load
 from fhir_cohort.engines import engine
 from fhir_cohort.engines.workers import Workers, processes
 from fhir_cohort.errors import UsageError
-from fhir_cohort.outputs.candidates import json_bytes
 from fhir_cohort.pipeline import screen_trials
 from fhir_cohort.quality import DataQuality, Note
 from fhir_cohort.sources.files import FileSource
-
-ROOT = Path(__file__).resolve().parents[1]
-# Every data set the tests read: both trials' cohorts, the messy files (bad lines, gzip,
-# a broken Bundle, duplicates across files), a SMART Bulk export and Synthea Bundles.
-FIXTURES = [
-    "misle-cohort",
-    "surpass2-cohort",
-    "messy",
-    "third-party/smart-bulk",
-    "third-party/synthea-bundles",
-]
-AS_OF, NOW = date(2026, 6, 30), 1.9e9  # a fixed run start: lastUpdated checks repeat
-
-
-TRIALS = [load("misle"), load("surpass2")]
-
-
-def candidates_json(run, *paths: Path) -> bytes:
-    """Both trials' candidates.json, screened in one pass."""
-    return b"\n".join(json_bytes(s) for s in run([FileSource(*paths)], TRIALS, AS_OF, now=NOW))
 
 
 @pytest.fixture(scope="module")
 def population(tmp_path_factory) -> Path:
     """A small generated population with many lupus patients (about 7 MB)."""
     out = tmp_path_factory.mktemp("pop") / "pop-20"
-    generator = ROOT / "bench" / "generate_population.py"
-    command = [sys.executable, str(generator), "--patients", "20", "--lupus-rate", "0.3"]
-    subprocess.run([*command, "--out", str(out), "--quiet"], check=True)
-    return out
+    return generate(out, 20, 0.3)
 
 
-@pytest.mark.parametrize("fixture", FIXTURES)
+@pytest.mark.parametrize("fixture", DATA_SETS)
 def test_workers_equal_embedded_on_fixtures(fixture):
     path = ROOT / "fixtures" / fixture
-    reference = candidates_json(screen_trials, path)
-    assert candidates_json(engine("embedded").screen, path) == reference
+    reference = candidates(screen_trials, path)
+    assert candidates(engine("embedded").screen, path) == reference
     # Every NDJSON file in two byte ranges, read by two processes.
-    assert candidates_json(Workers(2, smallest=1).screen, path) == reference
+    assert candidates(Workers(2, smallest=1).screen, path) == reference
 
 
 @pytest.mark.parametrize("start", ["fork", "forkserver"])
 def test_workers_equal_embedded_on_a_population(population, start):
     """Forked workers (a process running one thread) and workers from a fork server (a
     process with threads: the workbench, a test server) give the same answer."""
-    reference = candidates_json(screen_trials, population)
+    reference = candidates(screen_trials, population)
     assert b'"status": "eligible"' in reference
     for workers in (1, 2, 3):
         run = Workers(workers, smallest=1, start=start).screen
-        assert candidates_json(run, population) == reference
+        assert candidates(run, population) == reference
 
 
 def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
@@ -90,8 +64,8 @@ def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
     thread.start()
     try:
         assert processes().get_start_method() == "forkserver"
-        reference = candidates_json(screen_trials, population)
-        assert candidates_json(Workers(2, smallest=1).screen, population) == reference
+        reference = candidates(screen_trials, population)
+        assert candidates(Workers(2, smallest=1).screen, population) == reference
     finally:
         release.set()
         thread.join()

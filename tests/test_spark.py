@@ -4,14 +4,11 @@ Bundle, duplicates across files) and a generated population."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
+from engine_support import AS_OF, DATA_SETS, NOW, ROOT, TRIALS, candidates, population
 
-from fhir_cohort.criteria.language import load
 from fhir_cohort.engines.embedded import Embedded
 from fhir_cohort.engines.spark import Spark
 from fhir_cohort.errors import UsageError
@@ -20,19 +17,6 @@ from fhir_cohort.sources import SourceError
 from fhir_cohort.sources.files import FileSource
 
 pytest.importorskip("pyspark")
-
-ROOT = Path(__file__).resolve().parents[1]
-# Every data set the tests read: both trials' cohorts, the messy files (bad lines, gzip,
-# a broken Bundle, duplicates across files), a SMART Bulk export and Synthea Bundles.
-FIXTURES = [
-    "misle-cohort",
-    "surpass2-cohort",
-    "messy",
-    "third-party/smart-bulk",
-    "third-party/synthea-bundles",
-]
-AS_OF, NOW = date(2026, 6, 30), 1.9e9
-TRIALS = [load("misle"), load("surpass2")]
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +29,7 @@ def spark():
     session.stop()
 
 
-def candidates(run, path: Path) -> bytes:
-    """Both trials' candidates.json, screened in one pass."""
-    return b"\n".join(json_bytes(s) for s in run([FileSource(path)], TRIALS, AS_OF, now=NOW))
-
-
-@pytest.mark.parametrize("fixture", FIXTURES)
+@pytest.mark.parametrize("fixture", DATA_SETS)
 def test_spark_equals_embedded_on_fixtures(spark, fixture):
     path = ROOT / "fixtures" / fixture
     assert candidates(spark.screen, path) == candidates(Embedded().screen, path)
@@ -58,9 +37,7 @@ def test_spark_equals_embedded_on_fixtures(spark, fixture):
 
 def test_spark_equals_embedded_on_a_population(spark, tmp_path):
     out = tmp_path / "pop"
-    generator = ROOT / "bench" / "generate_population.py"
-    command = [sys.executable, str(generator), "--patients", "40", "--lupus-rate", "0.25"]
-    subprocess.run([*command, "--out", str(out), "--quiet"], check=True)
+    population(out, 40, 0.25)
     reference = candidates(Embedded().screen, out)
     assert b'"status": "eligible"' in reference
     assert candidates(spark.screen, out) == reference
