@@ -95,8 +95,17 @@ def load(driver, url: str) -> None:
     for _ in range(20):  # accepting one alert lets the page run on to the next
         if open_alert_text(driver) is None:
             break
+    from selenium.webdriver.support.ui import WebDriverWait
+
     with suppress(UnexpectedAlertPresentException):
         driver.get(url)
+        # get() can return before a long page is parsed (CI once counted 61 of 115
+        # cards): wait until this document, not the last one, is complete.
+        WebDriverWait(driver, 60).until(
+            lambda d: (
+                d.execute_script("return [document.URL, document.readyState]") == [url, "complete"]
+            )
+        )
 
 
 def remote_fetches(driver) -> list[str]:
