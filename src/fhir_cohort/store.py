@@ -67,6 +67,18 @@ class Kept:
 
 
 @dataclass(frozen=True, slots=True)
+class Detached:
+    """A shard store whose input has ended, for :meth:`SqliteStore.absorb` in another
+    process: its folder, the positions it used, how many markers it holds (none: its
+    rows need not be searched for them) and its counts by resource type."""
+
+    folder: Path
+    used: int
+    markers: int
+    resources_by_type: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class PatientRecord:
     """One patient's kept resources, still as stored bytes, and their relevance bits OR-ed."""
 
@@ -265,6 +277,7 @@ class SqliteStore:
         # type and id some kept copy has (the others compete with nothing): (folder, offset).
         self._shards: list[tuple[Path, int]] = []
         self._seen = 0
+        self._markers = 0
         self.kept = 0
         self.duplicates = 0
         self.resources_by_type: dict[str, int] = {}
@@ -322,6 +335,7 @@ class SqliteStore:
         """Keep a doubt (``DOUBT_RECORD``) or a note (``NOTE_RECORD``) for a patient, if
         that patient exists; it does not make the patient exist."""
         self._seen += 1
+        self._markers += 1
         rid, body = marker(kind, self._seen, message, code)
         self._rows.append((kind, rid, patient, None, self._seen, hash((kind, rid)), 1, body))
 
@@ -356,10 +370,12 @@ class SqliteStore:
                 shutil.rmtree(folder, ignore_errors=True)
             self._shards.clear()
             # Identical copies (the same export read twice) agree whoever wins: one stays.
+            # Only keys kept more than once are compared (found on the key index alone).
             identical = self._db.execute(
                 "DELETE FROM resources WHERE rowid IN (SELECT r.rowid FROM resources r "
                 "JOIN resources o ON o.key = r.key AND o.rowid < r.rowid AND o.body = r.body "
-                "AND o.patient IS r.patient)"
+                "AND o.patient IS r.patient WHERE r.key IN "
+                "(SELECT key FROM resources GROUP BY key HAVING count(*) > 1))"
             )
             self.duplicates += identical.rowcount
             # Keys in the order of their first copy (not of their hash, which is salted per
@@ -407,45 +423,49 @@ class SqliteStore:
         return self.kept - self.duplicates
 
     # -- shards: one store per part of the input, merged in source order ----------
-    def detach(self) -> tuple[Path, int]:
-        """End of a shard's input (before :meth:`finish`): its folder, for
-        :meth:`absorb` in another process, and how many positions it used."""
+    def detach(self) -> Detached:
+        """End of a shard's input (before :meth:`finish`): what :meth:`absorb` takes in
+        another process."""
         self._flush()
         with _writing(self._folder):
             self._db.commit()
         self._db.close()
-        return self._folder, self._seen
+        return Detached(self._folder, self._seen, self._markers, self.resources_by_type)
 
-    def absorb(self, folder: Path, used: int, by_type: dict[str, int]) -> None:
+    def absorb(self, shard: Detached) -> None:
         """Append a detached shard, read after everything absorbed so far: its positions
         (and the ids of its markers, which are made from them) follow on, and its counts
-        (``by_type``: its ``resources_by_type``) add up, as if one store had read both.
-        Its unkept copies wait for :meth:`finish`, which removes its folder."""
+        add up, as if one store had read both. Its unkept copies wait for :meth:`finish`,
+        which removes its folder."""
         self._flush()
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
+        markers: list[tuple[str, bytes, int]] = []
         with _writing(self._folder):
-            self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
+            path = str(shard.folder / "resources.sqlite3")
+            self._db.execute("ATTACH DATABASE ? AS shard", (path,))
             kept = self._db.execute(
                 "INSERT INTO resources SELECT rtype, rid, patient, stamp, seen + ?, key, touches,"
                 f" body FROM shard.resources WHERE {plain} ORDER BY rowid",
                 (offset, DOUBT_RECORD, NOTE_RECORD),
             )
             self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
-            markers = self._db.execute(
-                f"SELECT patient, body, seen FROM shard.resources WHERE NOT {plain} ORDER BY rowid",
-                (DOUBT_RECORD, NOTE_RECORD),
-            ).fetchall()
+            if shard.markers:
+                markers = self._db.execute(
+                    "SELECT patient, body, seen FROM shard.resources "
+                    f"WHERE NOT {plain} ORDER BY rowid",
+                    (DOUBT_RECORD, NOTE_RECORD),
+                ).fetchall()
             self._db.commit()
             self._db.execute("DETACH DATABASE shard")
         for patient, body, seen in markers:
             marker = orjson.loads(body)
             self._seen = offset + seen - 1
             self.add_marker(patient, marker["resourceType"], marker["message"], marker["code"])
-        self._seen = offset + used
+        self._seen = offset + shard.used
         self.kept += kept.rowcount
-        for kind, count in by_type.items():
+        for kind, count in shard.resources_by_type.items():
             self.resources_by_type[kind] = self.resources_by_type.get(kind, 0) + count
-        self._shards.append((folder, offset))
+        self._shards.append((shard.folder, offset))
 
     # -- reading -----------------------------------------------------------
     def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:

@@ -97,9 +97,9 @@ def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
     unattached = _Unattached(quality, store)
     raws = source.read_part(part, quality.add, no_progress)
     ingest(raws, pool_gates(trials), store, unattached)
-    shard, used = store.detach()
+    shard = store.detach()
     try:
-        db = sqlite3.connect(shard / "resources.sqlite3")
+        db = sqlite3.connect(shard.folder / "resources.sqlite3")
         rows = db.execute(
             "SELECT rtype, rid, patient, stamp, seen, touches, body FROM resources ORDER BY rowid"
         ).fetchall()
@@ -109,10 +109,10 @@ def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
         patients = [p for (p,) in db.execute("SELECT id FROM patients")]
         db.close()
     finally:
-        shutil.rmtree(shard, ignore_errors=True)
+        shutil.rmtree(shard.folder, ignore_errors=True)
     return _Read(
         (part.index, part.start),
-        used,
+        shard.used,
         quality,
         unattached.records,
         store.resources_by_type,

@@ -40,7 +40,7 @@ from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
 from ..sources import ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
-from ..store import SqliteStore, StoreReader
+from ..store import Detached, SqliteStore, StoreReader
 from .embedded import (
     Embedded,
     Share,
@@ -58,11 +58,9 @@ from .embedded import (
 class _Shard:
     """What a worker read from one part of the files."""
 
-    folder: Path
-    used: int  # positions the shard's store took
+    store: Detached
     quality: DataQuality
     unattached: list[dict]
-    resources_by_type: dict[str, int]
     size: int  # bytes of the part, for the progress bar
 
 
@@ -111,16 +109,8 @@ def _read_part(part: FilePart) -> _Shard:
     store = SqliteStore(_JOB["workdir"], filtered_types=CODED, now=_JOB["now"])
     unattached = _Unattached(quality, store)
     ingest(source.read_part(part, quality.add, no_progress), _JOB["gates"], store, unattached)
-    folder, used = store.detach()
     end = part.end if part.end is not None else part.path.stat().st_size
-    return _Shard(
-        folder,
-        used,
-        quality,
-        unattached.records,
-        store.resources_by_type,
-        end - part.start,
-    )
+    return _Shard(store.detach(), quality, unattached.records, end - part.start)
 
 
 def _decide_part(index: int) -> Share:
@@ -202,7 +192,7 @@ class Workers:
                 job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
                 with _pool(self.workers, context, job, parent) as pool:
                     for shard in pool.map(_read_part, source.parts(self.workers, self.smallest)):
-                        store.absorb(shard.folder, shard.used, shard.resources_by_type)
+                        store.absorb(shard.store)
                         quality = quality.merge(shard.quality)
                         unattached += shard.unattached
                         if advance:
