@@ -9,11 +9,14 @@ bench/run.py's ``bare_parse``), then ``fhir-cohort screen --source DATA`` as a
 subprocess with each setting (the default, one worker per core; ``--workers 1``,
 which is the embedded engine; ``--workers 2``; with ``--spark``, ``--engine spark
 --spark-master local[2]``),
-each the best of ``--repeat`` wall-clock runs, with the peak RSS of the largest process
+each the best of ``--repeat`` wall-clock runs (taken in rounds: each round runs the bare
+parse and every setting once, so the VM's drift in speed falls on all of them alike;
+the median is kept too), with the peak RSS of the largest process
 (the CLI or one worker; ``wait4``'s ``ru_maxrss``) and the CPU seconds of the whole
 process tree (a figure the machine's load moves less than wall time). The load average
 is recorded before and after: on a shared machine the numbers move with it. Each run's
 candidates.json (without ``generator``) is compared with the first: all must agree.
+Also printed: how much faster ``--workers 2`` (and the default) is than ``--workers 1``.
 First, the median time of ``fhir-cohort --help`` (start-up).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,30 +86,33 @@ def main() -> None:
     settings = {**SETTINGS, **(SPARK if args.spark else {})}
     if args.only:
         settings = {k: v for k, v in settings.items() if k in args.only}
-    results = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "runs": []}
+    results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "runs": []}
     results["help_s"] = help_seconds()
     print(f"fhir-cohort --help: {results['help_s']:.3f} s (median of 10)", flush=True)
     for data in args.data:
         files = sorted(data.glob("*.ndjson"))
-        bare = []
-        for _ in range(args.repeat):
+        bare: list[float] = []
+        runs: dict[str, list[tuple[float, int, bytes, float]]] = {name: [] for name in settings}
+        for _ in range(args.repeat):  # rounds: every setting once per round
             started = time.perf_counter()
             lines = bare_parse(files)
             bare.append(time.perf_counter() - started)
+            for name, options in settings.items():
+                runs[name].append(cli_run(data, options))
         floor = min(bare)
         print(f"{data.name}: {lines:,} lines, bare parse {floor:.2f} s", flush=True)
-        reference = None
-        for name, options in settings.items():
-            runs = [cli_run(data, options) for _ in range(args.repeat)]
-            seconds = min(r[0] for r in runs)
-            peak = max(r[1] for r in runs)
-            cpu = min(r[3] for r in runs)
-            same = reference is None or runs[0][2] == reference
-            reference = reference or runs[0][2]
+        reference = next(iter(runs.values()))[0][2]
+        best: dict[str, float] = {}
+        for name, done in runs.items():
+            seconds = best[name] = min(r[0] for r in done)
+            peak = max(r[1] for r in done)
+            cpu = min(r[3] for r in done)
+            same = all(r[2] == reference for r in done)
             row = {
                 "data": data.name,
                 "setting": name,
                 "seconds": seconds,
+                "median_s": statistics.median(r[0] for r in done),
                 "x_bare_parse": seconds / floor,
                 "peak_rss_mib": peak / 2**20,
                 "cpu_s": cpu,
@@ -115,10 +122,16 @@ def main() -> None:
             }
             results["runs"].append(row)
             print(
-                f"  {name:24s} {seconds:7.2f} s  {seconds / floor:5.2f}x bare  cpu {cpu:6.1f} s  "
-                f"peak {peak / 2**20:6.0f} MiB  same={same}  load {row['load']:.1f}",
+                f"  {name:24s} {seconds:7.2f} s (median {row['median_s']:.2f})  "
+                f"{seconds / floor:5.2f}x bare  cpu {cpu:6.1f} s  "
+                f"peak {peak / 2**20:6.0f} MiB  same={same}",
                 flush=True,
             )
+        if "workers 1" in best:
+            for name in ("default", "workers 2"):
+                if name in best:
+                    speedup = best["workers 1"] / best[name]
+                    print(f"  {name} against workers 1: {speedup:.2f}x faster", flush=True)
     results["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
