@@ -440,6 +440,24 @@ def test_purge_removes_old_runs_patient_data_and_keeps_counts_and_the_latest(sta
     assert not (out / "candidates.json").exists() and (out / "report.html").exists()
 
 
+def test_purge_removes_a_bulk_export_no_run_used_for_days_and_keeps_one_in_use(state_dir):
+    with State(state_dir) as state:
+        stale, used = state.export_folder("stale scope"), state.export_folder("nightly scope")
+    for export in (stale, used):
+        (export / "baseline").mkdir(parents=True)
+        (export / "baseline" / "Condition.ndjson").write_text('{"resourceType":"Condition"}')
+        (export / ".bulk-state.json").write_text("{}")
+        for path in (*export.rglob("*"), export):
+            os.utime(path, (0, 0))
+    (used / ".bulk-state.json").write_text('{"baseline": {}}')  # last night's run
+    code, out_text, _ = cli("purge", "--older-than", "30", "--state", str(state_dir))
+    assert code == 0 and "removed 1 Bulk export(s) unused for 30 days" in out_text
+    assert not stale.exists()
+    assert (used / "baseline" / "Condition.ndjson").is_file()
+    code, out_text, _ = cli("purge", "--older-than", "30", "--state", str(state_dir))
+    assert code == 0 and "Bulk" not in out_text and used.is_dir()
+
+
 def test_an_old_state_is_migrated_and_keeps_its_runs_and_decisions(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()

@@ -1,10 +1,12 @@
 """State: the run history and review decisions of one screening setup.
 
-Rule: this is the only module that writes the state folder (``--state DIR``).
-It holds one SQLite file, ``state.sqlite3``, a lock file and ``work/``, where
-a run keeps its temporary store (emptied when the next run starts, so a killed
-run's copy of the data does not linger), all owner-only in an owner-only
-folder. A run is recorded in one transaction, after its
+Rule: this is the only module that writes the state folder (``--state DIR``),
+but for the Bulk exports it hands out. It holds one SQLite file,
+``state.sqlite3``, a lock file, ``work/``, where a run keeps its temporary store
+(emptied when the next run starts, so a killed run's copy of the data does not
+linger), and ``bulk/``, one folder per scope where a Bulk source keeps the export
+its incremental runs build on (removed by ``purge`` once unused), all owner-only in
+an owner-only folder. A run is recorded in one transaction, after its
 outputs are written, so a run killed half way leaves the history as it was.
 Review decisions are an append-only audit trail: triggers refuse any UPDATE
 or DELETE. A lock (``flock`` on ``DIR/lock``, released by the kernel when a
@@ -22,6 +24,7 @@ functions in :mod:`fhir_cohort.changes`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -261,6 +264,28 @@ class State:
         except OSError as error:
             raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
         return folder
+
+    def export_folder(self, scope: str) -> Path:
+        """Where the Bulk source of ``scope`` keeps its exports (created by the source)."""
+        return self.folder / "bulk" / hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+    def remove_exports(self, unused_since: float) -> int:
+        """Remove each scope's Bulk exports in which nothing was written since
+        ``unused_since`` (a POSIX time; links not followed); how many. That scope's next
+        Bulk run exports in full. Call it holding the lock."""
+        folder = self.folder / "bulk"
+        if not folder.is_dir():
+            return 0
+        unused = [
+            export
+            for export in sorted(folder.iterdir())
+            if export.is_dir()
+            and not export.is_symlink()
+            and all(p.lstat().st_mtime < unused_since for p in (export, *export.rglob("*")))
+        ]
+        for export in unused:
+            shutil.rmtree(export)
+        return len(unused)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

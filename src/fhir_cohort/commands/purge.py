@@ -3,8 +3,11 @@
 Rule: runs finished more than DAYS ago lose their candidates and candidate pool in the
 state (their counts and funnel stay, and so do decisions and the audit trail); the
 latest complete run of each screen is kept whatever its age, since the next run compares
-with it. Output files (``--out``) last written more than DAYS ago are removed. Holds the
-state's lock, so it never runs beside a screen.
+with it. A scope's Bulk export kept in the state (the baseline its incremental
+``--bulk`` runs build on) in which nothing was written for more than DAYS is removed
+(the next Bulk run of that scope exports in full); one a nightly run uses stays. Output
+files (``--out``) last written more than DAYS ago are removed. Holds the state's lock,
+so it never runs beside a screen.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     before = datetime.now(timezone.utc) - timedelta(days=args.older_than)
     with State(args.state or default_state_dir()) as state, state.lock():
         purged = state.purge(before.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        exports = state.remove_exports(before.timestamp())
     print(f"purged the patient data of {len(purged)} run(s); their counts are kept")
+    if exports:
+        print(f"removed {exports} Bulk export(s) unused for {args.older_than} days")
     for folder in args.out or ():
         if not folder.is_dir():
             raise UsageError(f"--out {folder} is not a folder")

@@ -11,7 +11,6 @@ and the cryptography behind SMART).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 from pathlib import Path
@@ -63,9 +62,8 @@ def server_sources(
     where the trials' searches allow it (``state`` None: a dry run, nothing kept)."""
     client = server_client(args)
     if args.bulk:
-        key = hashlib.sha256(scope.encode()).hexdigest()[:16]
         folder = args.bulk_dir or (
-            state.folder / "bulk" / key if state else args.out / "bulk-export"
+            state.export_folder(scope) if state else args.out / "bulk-export"
         )
 
         def status(text: str) -> None:
