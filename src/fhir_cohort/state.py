@@ -284,7 +284,10 @@ class State:
             and all(p.lstat().st_mtime < unused_since for p in (export, *export.rglob("*")))
         ]
         for export in unused:
-            shutil.rmtree(export)
+            try:
+                shutil.rmtree(export)
+            except OSError as error:
+                raise StateError(f"cannot remove the old Bulk export {export}: {error}") from None
         return len(unused)
 
     @contextmanager
