@@ -97,7 +97,7 @@ def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
     unattached = _Unattached(quality, store)
     raws = source.read_part(part, quality.add, no_progress)
     ingest(raws, pool_gates(trials), store, unattached)
-    shard = store.detach()
+    shard = store.detach(absorbed=False)
     try:
         db = sqlite3.connect(shard.folder / "resources.sqlite3")
         rows = db.execute(
