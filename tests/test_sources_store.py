@@ -15,7 +15,7 @@ from builders import LOINC, SNOMED, concept, observation, patient, sle
 from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources import RawResource, SourceError
 from fhir_cohort.sources.files import FileSource
-from fhir_cohort.store import SqliteStore
+from fhir_cohort.store import Detached, SqliteStore
 
 
 def read_all(source: FileSource) -> tuple[list[RawResource], list]:
@@ -291,3 +291,43 @@ def test_transaction_post_entries_take_their_id_from_the_urn_uuid(tmp_path):
         ("Patient", pid, pid),
         ("Condition", cid, pid),
     ]
+
+
+def _shard(folder: Path, resources: list[dict], keep) -> Detached:
+    """A worker's shard store (in ``folder``) holding ``resources``, detached to absorb."""
+    shard = SqliteStore(folder)
+    for index, resource in enumerate(resources, start=1):
+        pid = "a" if resource["resourceType"] != "Patient" else resource["id"]
+        shard.add(RawResource(resource, f"shard:{index}", pid), keep(resource))
+    return shard.detach()
+
+
+@pytest.mark.parametrize("unkept_first", [False, True])
+def test_a_newer_copy_the_trial_cannot_use_retires_a_kept_copy_in_another_shard(
+    tmp_path, trial, unkept_first
+):
+    """The workers' shards: a kept copy in one and a later copy the trial cannot use in
+    another (either shard first), matched at finish() through the shards' key indexes;
+    an older unusable copy in a third shard retires nothing."""
+    keep = pool_gates([trial]).classify
+    kept = _versioned("1:640", "2026-01-01T00:00:00Z")
+    newer = _versioned("1:640", "2026-02-01T00:00:00Z")
+    older = _versioned("1:640", "2025-12-01T00:00:00Z")
+    for unusable in (newer, older):
+        unusable["code"] = concept(LOINC, "2345-7")  # glucose: in no MiSLE value set
+    first, second = (
+        ([newer], [patient("a"), kept]) if unkept_first else ([patient("a"), kept], [newer])
+    )
+    with SqliteStore(tmp_path) as store:
+        for part in (first, second, [older]):
+            store.absorb(_shard(tmp_path, part, keep))
+        store.finish()
+        assert [r["resourceType"] for r in _stored(store)["a"]] == ["Patient"]
+        assert store.duplicates == 2  # three copies of one resource, counted once
+
+    with SqliteStore(tmp_path) as store:  # without the newer copy the kept one stays
+        for part in ([patient("a"), kept], [older]):
+            store.absorb(_shard(tmp_path, part, keep))
+        store.finish()
+        assert [r.get("valueString") for r in _stored(store)["a"]] == [None, "1:640"]
+        assert store.duplicates == 1
