@@ -15,7 +15,7 @@ from builders import LOINC, SNOMED, concept, observation, patient, sle
 from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources import RawResource, SourceError
 from fhir_cohort.sources.files import FileSource
-from fhir_cohort.store import Detached, SqliteStore
+from fhir_cohort.store import MEDICATION_BY_ID, Detached, SqliteStore
 
 
 def read_all(source: FileSource) -> tuple[list[RawResource], list]:
@@ -331,3 +331,14 @@ def test_a_newer_copy_the_trial_cannot_use_retires_a_kept_copy_in_another_shard(
         store.finish()
         assert [r.get("valueString") for r in _stored(store)["a"]] == [None, "1:640"]
         assert store.duplicates == 1
+
+
+def test_a_medication_is_found_by_id_on_an_index_not_a_scan(tmp_path):
+    """Every distinct Medication a record references is looked up; on a scan of all kept
+    records each lookup cost 80 ms at 10,000 patients."""
+    medication = {"resourceType": "Medication", "id": "med-1", "code": {"text": "rituximab"}}
+    with SqliteStore(tmp_path) as store:
+        _load(store, [patient("a"), _versioned("1:640", None), medication])
+        assert store.medication("med-1") == medication and store.medication("med-2") is None
+        plan = store._db.execute(f"EXPLAIN QUERY PLAN {MEDICATION_BY_ID}", ("med-1",)).fetchall()
+        assert [row[-1] for row in plan] == ["SEARCH resources USING INDEX medications (rid=?)"]

@@ -42,6 +42,9 @@ _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
 _NOT_READ = ("meta", "text")  # what copies may differ in without disagreeing
 _OLDEST = float("-inf")
+# A Medication by id, on the partial index ``medications`` (every distinct id a record
+# references is looked up: a scan of all kept records each took 80 ms at 10,000 patients).
+MEDICATION_BY_ID = "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?"
 # The unkept copies of a table that compete with a kept copy (its type and id has one),
 # found in key order: read through their key index, they probe the kept keys' index in
 # order, so each of its pages is read once. Probed in the order they were read, every
@@ -276,6 +279,7 @@ class SqliteStore:
                 PRAGMA temp_store = FILE;
                 CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, stamp TEXT,
                                         seen INTEGER, key INTEGER, touches INTEGER, body BLOB);
+                CREATE INDEX medications ON resources (rid) WHERE rtype = 'Medication';
                 CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
                 CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER, rtype TEXT, rid TEXT);
                 """
@@ -558,9 +562,7 @@ def kept_by_patient(
 
 
 def medication(db: sqlite3.Connection, medication_id: str) -> dict | None:
-    row = db.execute(
-        "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?", (medication_id,)
-    ).fetchone()
+    row = db.execute(MEDICATION_BY_ID, (medication_id,)).fetchone()
     return orjson.loads(row[0]) if row else None
 
 
