@@ -13,6 +13,9 @@ reads (all but ``meta`` and the narrative) are noted on the patient; when the
 choice between them rests on an unreadable ``meta.lastUpdated``, no copy wins
 for certain: every kept copy stays, marked doubtful, so none counts in the
 patient's favour. A full disk is a :class:`StoreError` (exit 2), not a crash.
+Every lookup the run makes goes through an index or in index order, never a scan per
+lookup: the page cache is small, so a scan or a random probe per row grows with the
+square of the data.
 """
 
 from __future__ import annotations
