@@ -4,6 +4,8 @@ Bundle, duplicates across files) and a generated population."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,24 @@ def test_other_engines_refuse_a_uri(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "hdfs://nn:8020/exports is read through a Hadoop filesystem" in err
         assert "--engine spark" in err
+
+
+# The JVM's own notice when Spark loads an incubating module: printed before any logging
+# is set up, so no configuration of ours reaches it.
+JVM_NOTICES = ("WARNING: Using incubator modules:",)
+
+
+def test_a_quiet_spark_screen_prints_nothing_of_sparks_own(tmp_path):
+    """A scheduled run is quiet unless something is wrong: with --quiet, Spark's stage
+    progress bars and its log lines (the loopback address, the native library, the
+    shell's log level) stay off stderr."""
+    command = [sys.executable, "-m", "fhir_cohort.cli", "screen", "--engine", "spark",
+               "--spark-master", "local[1]", "--quiet", "--source", str(ROOT / "fixtures" /
+               "misle-cohort"), "--as-of", AS_OF.isoformat(), "--out", str(tmp_path / "out"),
+               "--state", str(tmp_path / "state")]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""
+    said = [line for line in run.stderr.splitlines() if not line.startswith(JVM_NOTICES)]
+    assert said == []
+    assert (tmp_path / "out" / "candidates.json").is_file()

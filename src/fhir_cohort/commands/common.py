@@ -20,7 +20,9 @@ def bundled_fixtures() -> Path:
     return queries_dir().parent / "fixtures" / "misle-cohort"
 
 
-def progress_bars(enabled: bool) -> ProgressStart:
+def progress_bars() -> ProgressStart:
+    """Progress bars on stderr, shown only when it is a terminal (``--quiet``: pass no
+    progress at all)."""
     # No monitor thread: a screen forks its workers, which is safe only in a process
     # running one thread (engines/workers.py starts them another way otherwise).
     tqdm.monitor_interval = 0
@@ -36,7 +38,7 @@ def progress_bars(enabled: bool) -> ProgressStart:
             unit=unit,
             unit_scale=scale,
             leave=False,
-            disable=None if enabled else True,
+            disable=None,  # None: off when stderr is not a terminal
             file=sys.stderr,
         )
         bars.append(bar)

@@ -161,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
         started = utc_now()
         chosen = engine(args.engine, args.workers, args.spark_master)
         results = chosen.screen(
-            sources, trials, as_of, progress=progress_bars(not args.quiet), workdir=state.scratch()
+            sources,
+            trials,
+            as_of,
+            progress=None if args.quiet else progress_bars(),
+            workdir=state.scratch(),
         )
         written = []
         for result in results:

@@ -60,6 +60,8 @@ WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoo
 # A file on a Hadoop filesystem (no path the executors share) is read whole, as one JVM
 # byte array: at most 2 GiB, and it must fit the executor's heap with room to spare.
 LARGEST_REMOTE = 1024 * MIB
+# Spark's JVM logging for a --quiet screen in local mode: errors only.
+QUIET_LOGGING = Path(__file__).with_name("log4j2-quiet.properties")
 
 
 @dataclass
@@ -165,7 +167,9 @@ class Spark:
         ``largest_remote``: the largest file on a Hadoop filesystem read (whole)."""
         self.master, self.whole, self.largest_remote = master, whole, largest_remote
 
-    def session(self):
+    def session(self, quiet: bool = False):
+        """The Spark session (an existing one as it is). ``quiet``: no stage progress
+        bars, and in local mode the JVM logs errors only (:data:`QUIET_LOGGING`)."""
         try:
             from pyspark.sql import SparkSession
         except ImportError:
@@ -175,10 +179,15 @@ class Spark:
         builder = SparkSession.builder.appName("fhir-cohort")
         if self.master:
             builder = builder.master(self.master)
+        if quiet:
+            builder = builder.config("spark.ui.showConsoleProgress", "false")
         if (self.master or "local").startswith("local"):
             os.environ.setdefault("PYTHONHASHSEED", "0")
             builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
             builder = builder.config("spark.driver.memory", "2g")  # local: driver = executor
+            if quiet:  # a JVM this process starts (under spark-submit the cluster's rules)
+                logging = f"-Dlog4j2.configurationFile={QUIET_LOGGING.as_uri()}"
+                builder = builder.config("spark.driver.extraJavaOptions", logging)
         return builder.getOrCreate()
 
     def screen(
@@ -195,7 +204,7 @@ class Spark:
             raise UsageError("--engine spark reads files (--source), not a server")
         source = sources[0]
         now = time.time() if now is None else now
-        spark = self.session()
+        spark = self.session(quiet=progress is None)
         context = spark.sparkContext
         quality = DataQuality()
         read_by_type: dict[str, int] = {}
