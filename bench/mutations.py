@@ -17,7 +17,7 @@ something FHIR R4 does not allow, of one of five kinds:
 * ``deleted-required``: an element FHIR requires (a status, a subject, an
   Observation's code, a medication, an administration's date, an intent) is removed.
 
-The mutated cohort is screened (``pipeline.screen`` and every output writer; the
+The mutated cohort is screened (``engines.embedded.screen`` and every output writer; the
 report, the slowest, for one mutation in ``REPORT_EVERY``) and
 compared with the unmutated one, patient by patient. A mutation *fails* when the
 screen raises (the command line would exit 1) or when a patient becomes eligible or
@@ -303,11 +303,11 @@ def outcome(folder: Path, trial, report: bool = True) -> dict[str, tuple]:
     """Each listed patient's (status, eligible_from, reasons) after screening ``folder``
     and writing every output (a failure anywhere raises, as the command line would exit
     1); ``report=False`` skips report.html, the slowest output."""
+    from fhir_cohort.engines.embedded import screen
     from fhir_cohort.outputs.candidates import csv_bytes, json_bytes, screening_dict
     from fhir_cohort.outputs.group import build_group, group_json
     from fhir_cohort.outputs.report import render
     from fhir_cohort.outputs.terminal import summary
-    from fhir_cohort.pipeline import screen
     from fhir_cohort.sources.files import FileSource
 
     with tempfile.TemporaryDirectory(prefix="mutation-store-") as work:

@@ -10,7 +10,7 @@ process:
   line: the floor any Python screening of the same files must pay;
 * source / source+filter - ``FileSource.read`` alone, then with the trial's
   ingest filter (``pipeline.pool_gates(...).classify``), to split the cost;
-* screening - ``pipeline.screen([FileSource(path)], load_trial("misle"),
+* screening - ``engines.embedded.screen([FileSource(path)], load_trial("misle"),
   date(2026, 6, 30))``, end to end;
 
 each the best of ``--repeat`` wall-clock runs (``time.perf_counter``). Then the
@@ -179,7 +179,7 @@ def source_and_filter(path: Path, keep) -> tuple[int, int]:
 
 
 def run_screen(path: Path, trial):
-    from fhir_cohort.pipeline import screen
+    from fhir_cohort.engines.embedded import screen
     from fhir_cohort.sources.files import FileSource
 
     return screen([FileSource(path)], trial, AS_OF)

@@ -3,11 +3,11 @@
     python bench/two_trials.py --data bench/data/pop-2000 --repeat 3 --json out.json
 
 Reading is the expensive part of a screen (docs/benchmark.md), so several trials read
-the data once (``pipeline.screen_trials``): the store keeps the union of what the trials
+the data once (``Embedded().screen`` with both): the store keeps the union of what the trials
 read, and each patient's facts are built once and evaluated per trial. This script
 times, in one process, on the same NDJSON folder:
 
-* one pass - ``screen_trials([FileSource(path)], [misle, surpass2], D)``;
+* one pass - ``Embedded().screen([FileSource(path)], [misle, surpass2], D)``;
 * two runs - ``screen([FileSource(path)], misle, D)`` then the same for surpass2;
 
 each the best of ``--repeat`` runs, alternating the two so that a busy machine weighs on
@@ -28,8 +28,9 @@ from datetime import date
 from pathlib import Path
 
 from fhir_cohort.criteria.language import load
+from fhir_cohort.engines.embedded import Embedded, screen
 from fhir_cohort.outputs.candidates import candidate_dict
-from fhir_cohort.pipeline import Screening, screen, screen_trials
+from fhir_cohort.pipeline import Screening
 from fhir_cohort.sources.files import FileSource
 
 AS_OF = date(2026, 6, 30)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     trials = [load(name) for name in TRIALS]
 
     def one_pass() -> list[Screening]:
-        return screen_trials([FileSource(args.data)], trials, AS_OF)
+        return Embedded().screen([FileSource(args.data)], trials, AS_OF)
 
     def two_runs() -> list[Screening]:
         return [screen([FileSource(args.data)], trial, AS_OF) for trial in trials]

@@ -11,8 +11,8 @@ from real_servers import cohort_server, real_server  # noqa: F401 (session fixtu
 from web_support import screened_state, state_dir, users_state  # noqa: F401 (the workbench's)
 
 from fhir_cohort.criteria.language import load
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.transport import redact
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from fhir_cohort.criteria.language import load as load_trial
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,8 +31,8 @@ from test_bad_data import (
 )
 
 from fhir_cohort.cli import main
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileLimits, FileSource
 
 PROCEDURES = "Procedure.000.ndjson"

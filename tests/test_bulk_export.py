@@ -28,8 +28,8 @@ from candidate_diff import diff, rule_breaches
 from conftest import COHORT
 
 from fhir_cohort.cli import main
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.bulk import STATE, BulkSource
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.transport.client import FhirClient, ServerError

@@ -19,8 +19,8 @@ import pytest
 from builders import eligible_core
 
 from fhir_cohort.cli import main
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[1]

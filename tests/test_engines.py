@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhir_cohort.engines import engine
+from fhir_cohort.engines.embedded import Embedded
 from fhir_cohort.engines.workers import Workers, processes
 from fhir_cohort.errors import UsageError
-from fhir_cohort.pipeline import screen_trials
 from fhir_cohort.quality import DataQuality, Note
 from fhir_cohort.sources.files import FileSource
 
@@ -33,7 +33,7 @@ def population(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("fixture", DATA_SETS)
 def test_workers_equal_embedded_on_fixtures(fixture):
     path = ROOT / "fixtures" / fixture
-    reference = candidates(screen_trials, path)
+    reference = candidates(Embedded().screen, path)
     assert candidates(engine("embedded").screen, path) == reference
     # Every NDJSON file in two byte ranges, read by two processes.
     assert candidates(Workers(2, smallest=1).screen, path) == reference
@@ -43,7 +43,7 @@ def test_workers_equal_embedded_on_fixtures(fixture):
 def test_workers_equal_embedded_on_a_population(population, start):
     """Forked workers (a process running one thread) and workers from a fork server (a
     process with threads: the workbench, a test server) give the same answer."""
-    reference = candidates(screen_trials, population)
+    reference = candidates(Embedded().screen, population)
     assert b'"status": "eligible"' in reference
     for workers in (1, 2, 3):
         run = Workers(workers, smallest=1, start=start).screen
@@ -64,7 +64,7 @@ def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
     thread.start()
     try:
         assert processes().get_start_method() == "forkserver"
-        reference = candidates(screen_trials, population)
+        reference = candidates(Embedded().screen, population)
         assert candidates(Workers(2, smallest=1).screen, population) == reference
     finally:
         release.set()

@@ -10,8 +10,8 @@ import orjson
 from fhir.resources.R4B.group import Group
 
 from fhir_cohort.changes import LISTED
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.group import STATUS_EXTENSION, build_group, group_json
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
 ROOT = Path(__file__).resolve().parents[1]

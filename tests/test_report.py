@@ -16,6 +16,7 @@ from fhir_cohort.changes import Change, Changes, ReviewState, compare, snapshot
 from fhir_cohort.criteria.language import load
 from fhir_cohort.criteria.rank_terms import Ranked as Candidate
 from fhir_cohort.criteria.results import WASHOUT
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.report import (
     RECENT_SHARE,
     TIMELINE_WIDTH,
@@ -24,7 +25,6 @@ from fhir_cohort.outputs.report import (
     render,
     timeline,
 )
-from fhir_cohort.pipeline import screen
 from fhir_cohort.reviews import Review
 from fhir_cohort.sources.files import FileSource
 

@@ -23,8 +23,8 @@ from conftest import COHORT, EXPECTED
 
 from fhir_cohort.changes import Review, compare, snapshot
 from fhir_cohort.criteria.results import STATUSES
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.report import funnel_rows, timeline, write_report
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
 # the two candidate tables: to contact, then already acted on

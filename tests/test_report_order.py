@@ -21,10 +21,10 @@ from test_report import candidate_rows, cards, snapshots, text
 
 from fhir_cohort.changes import compare
 from fhir_cohort.criteria.results import STATUSES
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import ACTED_ON, csv_bytes, reasons
 from fhir_cohort.outputs.report import render
 from fhir_cohort.outputs.terminal import TOP, summary
-from fhir_cohort.pipeline import screen
 from fhir_cohort.reviews import REVIEW_STATUSES, Review
 from fhir_cohort.sources.files import FileSource
 

@@ -49,8 +49,8 @@ from fhir_cohort.cli import main
 from fhir_cohort.commands.common import bundled_fixtures
 from fhir_cohort.criteria.language import load as load_trial
 from fhir_cohort.criteria.language import queries_dir
+from fhir_cohort.engines.embedded import screen as run_screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen as run_screen
 from fhir_cohort.sources import rest
 from fhir_cohort.sources.bulk import BulkSource
 from fhir_cohort.sources.files import FileSource

@@ -13,8 +13,8 @@ from datetime import date
 
 from conftest import ROOT
 
+from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs.candidates import screening_dict
-from fhir_cohort.pipeline import screen
 from fhir_cohort.sources.files import FileSource
 
 THIRD_PARTY = ROOT / "fixtures" / "third-party"

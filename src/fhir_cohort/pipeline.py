@@ -25,10 +25,8 @@ doubt (their source marks them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 from .criteria.funnel import TrialFunnel
 from .criteria.language import Trial
@@ -39,9 +37,7 @@ from .quality import DataQuality, Note
 from .sources import (
     DOUBT_RECORD,
     PATIENT_REFERENCE_KEYS,
-    ProgressStart,
     RawResource,
-    ResourceSource,
     elsewhere,
     same_id_elsewhere,
 )
@@ -105,41 +101,6 @@ class Screening:
         """Notes about records read but not for certain (the run stays complete)."""
         counts = self.data_quality.counts
         return {code: counts[code] for code in UNREADABLE_DATA if counts.get(code)}
-
-
-def screen(
-    sources: Iterable[ResourceSource],
-    trial: Trial,
-    as_of: date,
-    progress: ProgressStart | None = None,
-    workdir: Path | None = None,
-    now: float | None = None,
-) -> Screening:
-    """Screen every patient in ``sources`` for ``trial`` as of ``as_of`` (see
-    :func:`screen_trials`)."""
-    return screen_trials(sources, [trial], as_of, progress, workdir, now)[0]
-
-
-def screen_trials(
-    sources: Iterable[ResourceSource],
-    trials: list[Trial],
-    as_of: date,
-    progress: ProgressStart | None = None,
-    workdir: Path | None = None,
-    now: float | None = None,
-) -> list[Screening]:
-    """Screen every patient in ``sources`` for each of ``trials`` as of ``as_of``, reading
-    the data once, in this process (the embedded engine; ``engines`` has the others).
-
-    ``progress(label, total, unit)`` may return a callback that is told how much
-    work was done; it is how the command line draws its progress bars.
-    ``workdir`` is where the run's temporary store goes (default: the system's
-    temporary folder). ``now`` is when the run started (default: the clock), after
-    which no ``meta.lastUpdated`` counts.
-    """
-    from .engines.embedded import Embedded  # the engines build on this module's types
-
-    return Embedded().screen(sources, trials, as_of, progress, workdir, now)
 
 
 def _other_subject(resource: dict) -> str | None:

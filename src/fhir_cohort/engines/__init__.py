@@ -35,7 +35,15 @@ class EngineName(str, Enum):
 
 
 class Engine(Protocol):
-    """Screen every patient of ``sources`` for each of ``trials`` as of ``as_of``."""
+    """Screen every patient of ``sources`` for each of ``trials`` as of ``as_of``, reading
+    the data once.
+
+    ``progress(label, total, unit)`` may return a callback that is told how much
+    work was done; it is how the command line draws its progress bars (None: none).
+    ``workdir`` is where the run's temporary store goes (default: the system's
+    temporary folder). ``now`` is when the run started (default: the clock), after
+    which no ``meta.lastUpdated`` counts.
+    """
 
     def screen(
         self,

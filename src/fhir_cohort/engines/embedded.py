@@ -237,3 +237,16 @@ class Embedded:
             plan() if plan else None,
             not_read,
         )
+
+
+def screen(
+    sources: Iterable[ResourceSource],
+    trial: Trial,
+    as_of: date,
+    progress: ProgressStart | None = None,
+    workdir: Path | None = None,
+    now: float | None = None,
+) -> Screening:
+    """Screen every patient in ``sources`` for one ``trial``, in this process (the
+    library's plain entry point; :class:`~fhir_cohort.engines.Engine` says the rest)."""
+    return Embedded().screen(sources, [trial], as_of, progress, workdir, now)[0]
