@@ -181,7 +181,7 @@ class FileSource:
                 pieces < 2
                 or size < smallest
                 or not name.endswith(NDJSON_SUFFIXES)
-                or (name.endswith(".gz"))
+                or name.endswith(".gz")
             ):
                 found.append(FilePart(index, path))
                 continue
