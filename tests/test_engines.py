@@ -4,6 +4,7 @@ generated population; counters merge associatively."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import threading
@@ -48,6 +49,26 @@ def test_workers_equal_embedded_on_a_population(population, start):
     for workers in (1, 2, 3):
         run = Workers(workers, smallest=1, start=start).screen
         assert candidates(run, population) == reference
+
+
+def test_workers_freeze_what_lives_only_while_they_run(population, monkeypatch):
+    """The objects alive at the start are frozen for the workers (none of them is walked
+    by a collection, nor copied into a worker by one) and unfrozen after, even when the
+    run fails: a long-lived process collects its garbage as before."""
+    frozen = []
+    freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (freeze(), frozen.append(gc.get_freeze_count())))
+    assert candidates(Workers(2, smallest=1).screen, population)
+    assert frozen and frozen[0] > 1000 and gc.get_freeze_count() == 0
+
+    def fails(*_):
+        assert gc.get_freeze_count() > 1000
+        raise UsageError("a full disk")
+
+    monkeypatch.setattr(Workers, "_screen", fails)
+    with pytest.raises(UsageError):
+        candidates(Workers(2, smallest=1).screen, population)
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
