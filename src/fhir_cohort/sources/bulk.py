@@ -70,7 +70,6 @@ by :class:`FileSource`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import shutil
@@ -794,7 +793,7 @@ class BulkSource:
         for raw in self._files.read(note, lambda _: None):
             if raw.foreign is not None:  # files know no base: the server's own URLs are local
                 patient, foreign = patient_of(raw.resource, self.client.base)
-                raw = dataclasses.replace(raw, patient=patient, foreign=foreign)
+                raw = raw._replace(patient=patient, foreign=foreign)
             yield raw
         for patient, why in job["doubts"]:
             yield RawResource({}, "bulk export", patient, unreadable=why)
