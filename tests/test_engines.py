@@ -52,23 +52,33 @@ def test_workers_equal_embedded_on_a_population(population, start):
 
 
 def test_workers_freeze_what_lives_only_while_they_run(population, monkeypatch):
-    """The objects alive at the start are frozen for the workers (none of them is walked
-    by a collection, nor copied into a worker by one) and unfrozen after, even when the
-    run fails: a long-lived process collects its garbage as before."""
+    """The objects alive when a run starts are frozen while the workers run (no
+    collection walks them, nor copies them into a forked worker) and unfrozen after, even
+    when the run fails: a long-lived process collects its garbage as before. A freeze the
+    host program made itself is left as it was."""
     frozen = []
     freeze = gc.freeze
     monkeypatch.setattr(gc, "freeze", lambda: (freeze(), frozen.append(gc.get_freeze_count())))
-    assert candidates(Workers(2, smallest=1).screen, population)
-    assert frozen and frozen[0] > 1000 and gc.get_freeze_count() == 0
+    reference = candidates(Embedded().screen, population)
+    assert candidates(Workers(2, smallest=1).screen, population) == reference
+    assert len(frozen) == 1 and frozen[0] > 1000 and gc.get_freeze_count() == 0
 
     def fails(*_):
         assert gc.get_freeze_count() > 1000
         raise UsageError("a full disk")
 
-    monkeypatch.setattr(Workers, "_screen", fails)
-    with pytest.raises(UsageError):
-        candidates(Workers(2, smallest=1).screen, population)
+    with monkeypatch.context() as patch:
+        patch.setattr(Workers, "_screen", fails)
+        with pytest.raises(UsageError):
+            candidates(Workers(2, smallest=1).screen, population)
     assert gc.get_freeze_count() == 0
+    freeze()  # the host's own
+    try:
+        host, freezes = gc.get_freeze_count(), len(frozen)
+        assert candidates(Workers(2, smallest=1).screen, population) == reference
+        assert gc.get_freeze_count() >= host and len(frozen) == freezes
+    finally:
+        gc.unfreeze()
 
 
 def test_a_process_with_threads_starts_workers_from_a_fork_server(population):
