@@ -13,7 +13,7 @@ import pytest
 from builders import LOINC, SNOMED, concept, observation, patient, sle
 
 from fhir_cohort.pipeline import pool_gates
-from fhir_cohort.sources import RawResource, SourceError
+from fhir_cohort.sources import RawResource, SourceError, files
 from fhir_cohort.sources.files import FileSource
 from fhir_cohort.store import MEDICATION_BY_ID, Detached, SqliteStore
 
@@ -46,6 +46,40 @@ def test_ndjson_lines_are_read_with_file_line_and_patient(tmp_path):
         ("c1", f"{path}:2", "a"),
         ("o1", f"{path}:3", "b"),
     ]
+
+
+def test_parts_of_a_file_name_its_lines_and_count_them_only_for_a_note(tmp_path, monkeypatch):
+    """A part numbers its lines as the whole file does, in every record and note, and
+    reads the file up to its start to count them only when a note or a record's place
+    is asked for (a clean part never is)."""
+    records = [observation(f"o{i}", "5048-4", pid="a") for i in range(40)]
+    path = write_ndjson(tmp_path / "data.ndjson", records)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[25] = b'{"resourceType": "Observation", "id": \n'  # not JSON
+    lines[31] = b'{"resourceType": "Observation", "id": "x", "subject": {}}\n'  # nobody's
+    path.write_bytes(b"".join(lines))
+    source = FileSource(path)
+    whole, whole_notes = read_all(source)
+    counted = []
+    count = files._lines_before
+    monkeypatch.setattr(files, "_lines_before", lambda *a: counted.append(a) or count(*a))
+    parts = source.parts(4, smallest=1)
+    assert len(parts) == 4 and parts[1].start > 0
+    read, notes = [], []
+    for part in parts:
+        read += source.read_part(part, notes.append, lambda _: None)
+    assert len(counted) == 1  # for the note on line 26 only
+    assert notes == whole_notes and [n.where for n in notes] == [f"{path}:26"]
+    assert [(r.where, r.patient, r.unreadable) for r in read] == [
+        (r.where, r.patient, r.unreadable) for r in whole
+    ]
+    assert [r.where for r in read if r.patient is None] == [f"{path}:26", f"{path}:32"]
+    assert len(counted) == len(set(counted)) == 3  # then once for each later part
+    clean = FileSource(write_ndjson(tmp_path / "clean.ndjson", records))
+    counted.clear()
+    sinks = (notes.append, lambda _: None)
+    read = [r for part in clean.parts(4, smallest=1) for r in clean.read_part(part, *sinks)]
+    assert len(read) == 40 and counted == []
 
 
 def test_gzipped_ndjson_is_read(tmp_path):

@@ -43,6 +43,14 @@ class RawResource(NamedTuple):
     them: formatting "file:line" for every resource would cost more than
     parsing some of them. A named tuple, immutable like a frozen dataclass but built
     in a third of its time (0.25 µs against 0.7 µs, one per record: 5 % of a screen).
+    Read from a part of a file, ``line`` counts from the part's first line and
+    ``lines_before`` tells (once asked, then remembered) how many lines come before it:
+    counting them is reading the file up to the part, which only a note needs.
+
+    >>> RawResource({}, "f.ndjson", "p1", 3).where
+    'f.ndjson:3'
+    >>> RawResource({}, "f.ndjson", "p1", 3, lines_before=lambda: 40).where
+    'f.ndjson:43'
     """
 
     resource: dict
@@ -53,10 +61,14 @@ class RawResource(NamedTuple):
     # Set when the record could not be read at all (``resource`` is then empty): why,
     # and ``patient`` is the patient its bytes name, if they name exactly one.
     unreadable: str | None = None
+    lines_before: Callable[[], int] | None = None
 
     @property
     def where(self) -> str:
-        return self.origin if self.line is None else f"{self.origin}:{self.line}"
+        if self.line is None:
+            return self.origin
+        before = self.lines_before() if self.lines_before is not None else 0
+        return f"{self.origin}:{self.line + before}"
 
 
 class ResourceSource(Protocol):
