@@ -20,6 +20,7 @@ unless the bad bytes touch its type, id, code or patient.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from functools import cache, partial
 from itertools import pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -230,19 +232,6 @@ def _line_start(path: Path, offset: int) -> int:
                 return file.tell()
 
 
-def _lines_before(path: Path, offset: int) -> int:
-    """How many line breaks the first ``offset`` bytes of a file hold."""
-    count = 0
-    with path.open("rb") as file:
-        while offset > 0:
-            block = file.read(min(offset, 16 * MIB))
-            if not block:
-                break
-            count += block.count(b"\n")
-            offset -= len(block)
-    return count
-
-
 def _at(number: int, before: Callable[[], int] | None) -> int:
     """The line number in the whole file of a part's line ``number``."""
     return number if before is None else number + before()
@@ -252,7 +241,7 @@ class _Span:
     """The bytes ``start`` to ``end`` of a plain file, read as if they were the whole file."""
 
     def __init__(self, path: Path, start: int, end: int):
-        self._file = path.open("rb")
+        self._path, self._file = path, path.open("rb")
         self._file.seek(start)
         self._start, self._left = start, end - start
 
@@ -266,11 +255,33 @@ class _Span:
     def tell(self) -> int:
         return self._file.tell() - self._start
 
+    def lines_before(self) -> int:
+        """How many line breaks the file holds before the span: read from the open file
+        while the span is read (its position stays; a file renamed or removed meanwhile
+        still answers), from the file opened again after."""
+        if not self._file.closed:
+            return _breaks(self._file, self._start)
+        with self._path.open("rb") as file:
+            return _breaks(file, self._start)
+
     def __enter__(self) -> _Span:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._file.close()
+
+
+def _breaks(file: BinaryIO, end: int) -> int:
+    """How many line breaks the first ``end`` bytes of an open file hold (``pread``: the
+    file's position stays)."""
+    count, done, fd = 0, 0, file.fileno()
+    while done < end:
+        block = os.pread(fd, min(end - done, 16 * MIB), done)
+        if not block:
+            break
+        count += block.count(b"\n")
+        done += len(block)
+    return count
 
 
 def _open(path: Path, part: FilePart | None = None):
@@ -304,9 +315,7 @@ class _Reader:
         # Lines are numbered from the part's first; how many come before it is counted
         # only if a note needs a line's number (reading the file up to the part took 6 %
         # of a two-worker screen).
-        before = (
-            cache(partial(_lines_before, self.path, part.start)) if part and part.start else None
-        )
+        before = cache(raw.lines_before) if isinstance(raw, _Span) and part and part.start else None
         name, base, cap = self.name, self.base, self.limits.line
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         done = 0
