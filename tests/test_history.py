@@ -1039,10 +1039,11 @@ def test_outputs_and_state_are_owner_only(tmp_path):
     for path in out.iterdir():
         assert mode(path) == 0o600, path
     assert mode(state) == 0o700
-    assert sorted(p.name for p in state.iterdir()) == ["lock", "state.sqlite3", "work"]
-    for path in state.iterdir():
+    assert sorted(p.name for p in state.iterdir()) == ["lock", "state.sqlite3", "templates", "work"]
+    for path in [*state.iterdir(), *(state / "templates").iterdir()]:
         assert mode(path) == (0o700 if path.is_dir() else 0o600), path
     assert list((state / "work").iterdir()) == []  # the run's store is gone with the run
+    assert len(list((state / "templates").iterdir())) == 1  # the report's, compiled
 
 
 # ----------------------------------------------------------- changes.py, pure

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html as htmllib
 import re
+import stat
 from datetime import date, timedelta
 
 import pytest
@@ -27,6 +28,7 @@ from fhir_cohort.outputs.report import (
 )
 from fhir_cohort.reviews import Review
 from fhir_cohort.sources.files import FileSource
+from fhir_cohort.state import State
 
 LATER = date(2026, 7, 22)  # the same data screened again, three weeks on
 YEAR = timedelta(days=365)  # the report's "recent" part: the year before as-of
@@ -144,6 +146,21 @@ def test_markup_from_the_data_is_shown_as_text(screening):
     assert "<script>alert(1)</script>" not in html
     assert "O&#39;Brien &lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert len(re.findall(r"<script>", html)) == 1  # only the page's own filter script
+
+
+def test_the_compiled_template_is_kept_owner_only_and_renders_the_same(screening, tmp_path):
+    """The state keeps the report's compiled template between runs (compiling it is a
+    tenth of a second of every run): owner-only, since it is loaded as code, and the
+    page is the same whether compiled now or loaded."""
+    compiled = State(tmp_path / "state").compiled_templates()
+    assert stat.S_IMODE(compiled.stat().st_mode) == 0o700
+    fresh = render(screening)
+    assert render(screening, compiled=compiled) == fresh
+    kept = list(compiled.iterdir())
+    assert len(kept) == 1 and stat.S_IMODE(kept[0].stat().st_mode) & 0o077 == 0
+    written = kept[0].stat().st_mtime_ns
+    assert render(screening, compiled=compiled) == fresh
+    assert kept[0].stat().st_mtime_ns == written  # loaded, not compiled again
 
 
 def test_report_is_self_contained(screening):

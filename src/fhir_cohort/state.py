@@ -265,6 +265,16 @@ class State:
             raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
         return folder
 
+    def compiled_templates(self) -> Path:
+        """An owner-only folder for the report's compiled template, kept between runs
+        (what is loaded from it runs as code: only the state's owner may write there)."""
+        folder = self.folder / "templates"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
+        return folder
+
     def export_folder(self, scope: str) -> Path:
         """Where the Bulk source of ``scope`` keeps its exports (created by the source)."""
         return self.folder / "bulk" / hashlib.sha256(scope.encode()).hexdigest()[:16]

@@ -92,14 +92,19 @@ def _attribute(sources: list[ResourceSource], name: str) -> str | None:
 
 
 def _write_outputs(
-    screening: Screening, changes: Changes, group: dict, out: Path, record: Callable[[], object]
+    screening: Screening,
+    changes: Changes,
+    group: dict,
+    out: Path,
+    record: Callable[[], object],
+    compiled: Path,
 ) -> None:
     """Stage the outputs, rename them into place, then ``record`` the run (undone if it
     fails)."""
     files = {
         "candidates.json": json_bytes(screening, changes),
         "candidates.csv": csv_bytes(screening, changes),
-        "report.html": render(screening, changes).encode("utf-8"),
+        "report.html": render(screening, changes, compiled).encode("utf-8"),
         "group.json": group_json(group),
     }
     try:
@@ -234,5 +239,5 @@ def _write_trial(
             pool=[p for s in sources for p in getattr(s, "pool", ())],
         )
 
-    _write_outputs(result, changes, group, out, record)
+    _write_outputs(result, changes, group, out, record, state.compiled_templates())
     return changes, group
