@@ -3,11 +3,13 @@ each candidate's evidence timeline, and what changed since the previous run."""
 
 from __future__ import annotations
 
+import errno
 import html as htmllib
 import re
 import stat
 from datetime import date, timedelta
 
+import jinja2.bccache
 import pytest
 from builders import D, eligible_core, run
 from conftest import COHORT, EXPECTED
@@ -161,6 +163,25 @@ def test_the_compiled_template_is_kept_owner_only_and_renders_the_same(screening
     written = kept[0].stat().st_mtime_ns
     assert render(screening, compiled=compiled) == fresh
     assert kept[0].stat().st_mtime_ns == written  # loaded, not compiled again
+
+
+def test_a_compiled_template_that_cannot_be_kept_fails_nothing(screening, tmp_path, monkeypatch):
+    """A full disk (or a damaged file) in the template folder costs a compile, not the run."""
+    compiled = State(tmp_path / "state").compiled_templates()
+    assert compiled is not None
+
+    def full(self, stream):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jinja2.bccache.Bucket, "write_bytecode", full)
+    fresh = render(screening)
+    assert render(screening, compiled=compiled) == fresh
+    assert [p for p in compiled.iterdir()] == []  # nothing half-written left behind
+    monkeypatch.undo()
+    assert render(screening, compiled=compiled) == fresh
+    (kept,) = compiled.iterdir()
+    kept.write_bytes(kept.read_bytes()[:100])  # truncated
+    assert render(screening, compiled=compiled) == fresh
 
 
 def test_report_is_self_contained(screening):

@@ -265,14 +265,15 @@ class State:
             raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
         return folder
 
-    def compiled_templates(self) -> Path:
+    def compiled_templates(self) -> Path | None:
         """An owner-only folder for the report's compiled template, kept between runs
-        (what is loaded from it runs as code: only the state's owner may write there)."""
+        (what is loaded from it runs as code: only the state's owner may write there);
+        None when it cannot be made (the template is then compiled for this run)."""
         folder = self.folder / "templates"
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
-        except OSError as error:
-            raise StateError(f"cannot use the state folder {self.folder}: {error}") from None
+        except OSError:
+            return None
         return folder
 
     def export_folder(self, scope: str) -> Path:

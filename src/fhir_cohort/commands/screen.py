@@ -97,7 +97,7 @@ def _write_outputs(
     group: dict,
     out: Path,
     record: Callable[[], object],
-    compiled: Path,
+    compiled: Path | None,
 ) -> None:
     """Stage the outputs, rename them into place, then ``record`` the run (undone if it
     fails)."""

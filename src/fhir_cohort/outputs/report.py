@@ -12,11 +12,13 @@ toggles rows, so the page reads the same printed or without scripts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_autoescape
+from jinja2.bccache import Bucket
 
 from ..changes import Changes
 from ..criteria.language import Trial
@@ -254,6 +256,15 @@ def card(candidate: Ranked, trial: Trial) -> dict:
     }
 
 
+class _Compiled(FileSystemBytecodeCache):
+    """Jinja2's bytecode cache in a folder, which never fails a run: a compiled template
+    that cannot be written (a full disk) is compiled again next time."""
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        with suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
 def render(
     screening: Screening, changes: Changes | None = None, compiled: Path | None = None
 ) -> str:
@@ -263,7 +274,7 @@ def render(
     environment = Environment(
         loader=PackageLoader("fhir_cohort.outputs", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
-        bytecode_cache=FileSystemBytecodeCache(str(compiled)) if compiled else None,
+        bytecode_cache=_Compiled(str(compiled)) if compiled else None,
     )
     environment.filters["plain"] = plain_value  # text from changes.py and reviews
     funnel = funnel_rows(screening)
