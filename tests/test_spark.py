@@ -4,6 +4,7 @@ Bundle, duplicates across files) and a generated population."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,37 @@ def test_other_engines_refuse_a_uri(tmp_path, capsys):
 # The JVM's own notice when Spark loads an incubating module: printed before any logging
 # is set up, so no configuration of ours reaches it.
 JVM_NOTICES = ("WARNING: Using incubator modules:",)
+
+
+def test_quiet_logging_leaves_the_users_own_java_options_and_logging(tmp_path):
+    """--quiet sets Spark's logging through the environment the JVM inherits: a user's own
+    spark.driver.extraJavaOptions stays as they set it, and the logging configuration it
+    names still wins over ours."""
+    mine = tmp_path / "mine.properties"
+    mine.write_text(
+        "rootLogger.level = info\nrootLogger.appenderRef.stderr.ref = stderr\n"
+        "appender.console.type = Console\nappender.console.name = stderr\n"
+        "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
+        "appender.console.layout.pattern = MINE %m%n\n"
+    )
+    options = f"-Dlog4j2.configurationFile={mine.as_uri()} -Dfhir.cohort.mine=1"
+    code = (
+        "from fhir_cohort.engines.spark import Spark\n"
+        "session = Spark('local[1]').session(quiet=True)\n"
+        "print(session.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
+        "session.stop()\n"
+    )
+    (tmp_path / "conf").mkdir()  # the user's spark-defaults.conf
+    (tmp_path / "conf" / "spark-defaults.conf").write_text(
+        f"spark.driver.extraJavaOptions {options}\n"
+    )
+    env = {**os.environ, "SPARK_CONF_DIR": str(tmp_path / "conf")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith(options)  # after the JVM module options Spark adds
+    assert "MINE " in run.stderr
 
 
 def test_a_quiet_spark_screen_prints_nothing_of_sparks_own(tmp_path):

@@ -62,6 +62,7 @@ WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoo
 LARGEST_REMOTE = 1024 * MIB
 # Spark's JVM logging for a --quiet screen in local mode: errors only.
 QUIET_LOGGING = Path(__file__).with_name("log4j2-quiet.properties")
+_LOG4J_ENV = "LOG4J_CONFIGURATION_FILE"
 
 
 @dataclass
@@ -181,14 +182,23 @@ class Spark:
             builder = builder.master(self.master)
         if quiet:
             builder = builder.config("spark.ui.showConsoleProgress", "false")
-        if (self.master or "local").startswith("local"):
+        local = (self.master or "local").startswith("local")
+        if local:
             os.environ.setdefault("PYTHONHASHSEED", "0")
             builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
             builder = builder.config("spark.driver.memory", "2g")  # local: driver = executor
-            if quiet:  # a JVM this process starts (under spark-submit the cluster's rules)
-                logging = f"-Dlog4j2.configurationFile={QUIET_LOGGING.as_uri()}"
-                builder = builder.config("spark.driver.extraJavaOptions", logging)
-        return builder.getOrCreate()
+        if not (quiet and local):  # quiet logging: only for a JVM this process starts
+            return builder.getOrCreate()
+        # Through the environment the JVM inherits (log4j's LOG4J_CONFIGURATION_FILE), not
+        # a Spark setting: a user's own spark.driver.extraJavaOptions stays as it is, and a
+        # -Dlog4j2.configurationFile in it (a system property) still wins over ours.
+        before = os.environ.get(_LOG4J_ENV)
+        os.environ.setdefault(_LOG4J_ENV, QUIET_LOGGING.as_uri())
+        try:
+            return builder.getOrCreate()
+        finally:
+            if before is None:
+                os.environ.pop(_LOG4J_ENV, None)
 
     def screen(
         self,
