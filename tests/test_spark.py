@@ -99,10 +99,29 @@ def test_other_engines_refuse_a_uri(tmp_path, capsys):
 JVM_NOTICES = ("WARNING: Using incubator modules:",)
 
 
-def test_quiet_logging_leaves_the_users_own_java_options_and_logging(tmp_path):
-    """--quiet sets Spark's logging through the environment the JVM inherits: a user's own
-    spark.driver.extraJavaOptions stays as they set it, and the logging configuration it
-    names still wins over ours."""
+def _local_session(env: dict[str, str]) -> tuple[list[str], str]:
+    """A quiet local session started in a fresh process: what its driver's Java options
+    and heap are, and what it printed on stderr."""
+    code = (
+        "from fhir_cohort.engines.spark import Spark\n"
+        "session = Spark('local[1]').session(quiet=True)\n"
+        "context = session.sparkContext\n"
+        "print(context.getConf().get('spark.driver.extraJavaOptions'))\n"
+        "print(context._jvm.java.lang.Runtime.getRuntime().maxMemory())\n"
+        "session.stop()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines(), run.stderr
+
+
+def test_a_local_session_leaves_the_users_own_spark_settings(tmp_path):
+    """A local session's defaults (a 2 GiB driver, quiet logging) reach the JVM through
+    the environment it inherits, never as Spark settings: a user's own
+    spark.driver.memory and spark.driver.extraJavaOptions stay as they set them, and the
+    logging configuration they name wins over ours."""
     mine = tmp_path / "mine.properties"
     mine.write_text(
         "rootLogger.level = info\nrootLogger.appenderRef.stderr.ref = stderr\n"
@@ -111,23 +130,17 @@ def test_quiet_logging_leaves_the_users_own_java_options_and_logging(tmp_path):
         "appender.console.layout.pattern = MINE %m%n\n"
     )
     options = f"-Dlog4j2.configurationFile={mine.as_uri()} -Dfhir.cohort.mine=1"
-    code = (
-        "from fhir_cohort.engines.spark import Spark\n"
-        "session = Spark('local[1]').session(quiet=True)\n"
-        "print(session.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
-        "session.stop()\n"
-    )
     (tmp_path / "conf").mkdir()  # the user's spark-defaults.conf
     (tmp_path / "conf" / "spark-defaults.conf").write_text(
-        f"spark.driver.extraJavaOptions {options}\n"
+        f"spark.driver.extraJavaOptions {options}\nspark.driver.memory 1200m\n"
     )
-    env = {**os.environ, "SPARK_CONF_DIR": str(tmp_path / "conf")}
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().endswith(options)  # after the JVM module options Spark adds
-    assert "MINE " in run.stderr
+    (java, heap), said = _local_session({**os.environ, "SPARK_CONF_DIR": str(tmp_path / "conf")})
+    assert java.endswith(options)  # after the JVM module options Spark adds
+    assert int(heap) < 1300 * 2**20 and "MINE " in said
+    (_, heap), said = _local_session(dict(os.environ))  # nothing of the user's
+    assert int(heap) > 1600 * 2**20 and said.splitlines() == [
+        line for line in said.splitlines() if line.startswith(JVM_NOTICES)
+    ]
 
 
 def test_a_quiet_spark_screen_prints_nothing_of_sparks_own(tmp_path):

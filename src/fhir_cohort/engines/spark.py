@@ -28,6 +28,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -62,7 +63,23 @@ WHOLE = 64 * MIB  # files this small are read whole, as bytes, through the Hadoo
 LARGEST_REMOTE = 1024 * MIB
 # Spark's JVM logging for a --quiet screen in local mode: errors only.
 QUIET_LOGGING = Path(__file__).with_name("log4j2-quiet.properties")
-_LOG4J_ENV = "LOG4J_CONFIGURATION_FILE"
+
+
+@contextmanager
+def _environment_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Defaults for the JVM a session starts, through the environment it inherits
+    (restored after) rather than Spark settings, which would replace a user's own: the
+    driver's memory (``SPARK_DRIVER_MEMORY``, below a ``spark.driver.memory`` of theirs)
+    and quiet logging (log4j's ``LOG4J_CONFIGURATION_FILE``, below a
+    ``-Dlog4j2.configurationFile`` in their ``spark.driver.extraJavaOptions``). A
+    variable the user set stays theirs."""
+    added = [name for name in values if name not in os.environ]
+    os.environ.update({name: values[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 @dataclass
@@ -183,22 +200,15 @@ class Spark:
         if quiet:
             builder = builder.config("spark.ui.showConsoleProgress", "false")
         local = (self.master or "local").startswith("local")
+        defaults = {}  # for the JVM this process starts (under spark-submit, the cluster's)
         if local:
             os.environ.setdefault("PYTHONHASHSEED", "0")
             builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
-            builder = builder.config("spark.driver.memory", "2g")  # local: driver = executor
-        if not (quiet and local):  # quiet logging: only for a JVM this process starts
+            defaults["SPARK_DRIVER_MEMORY"] = "2g"  # local: the driver is the executor
+            if quiet:
+                defaults["LOG4J_CONFIGURATION_FILE"] = QUIET_LOGGING.as_uri()
+        with _environment_defaults(defaults):
             return builder.getOrCreate()
-        # Through the environment the JVM inherits (log4j's LOG4J_CONFIGURATION_FILE), not
-        # a Spark setting: a user's own spark.driver.extraJavaOptions stays as it is, and a
-        # -Dlog4j2.configurationFile in it (a system property) still wins over ours.
-        before = os.environ.get(_LOG4J_ENV)
-        os.environ.setdefault(_LOG4J_ENV, QUIET_LOGGING.as_uri())
-        try:
-            return builder.getOrCreate()
-        finally:
-            if before is None:
-                os.environ.pop(_LOG4J_ENV, None)
 
     def screen(
         self,
