@@ -202,6 +202,8 @@ class Spark:
         local = (self.master or "local").startswith("local")
         defaults = {}  # for the JVM this process starts (under spark-submit, the cluster's)
         if local:
+            # Kept, not among the restored defaults: pyspark checks this process's own
+            # environment for it whenever it hashes keys (rdd.portable_hash).
             os.environ.setdefault("PYTHONHASHSEED", "0")
             builder = builder.config("spark.executorEnv.PYTHONHASHSEED", "0")
             defaults["SPARK_DRIVER_MEMORY"] = "2g"  # local: the driver is the executor
