@@ -6,16 +6,19 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from builders import LOINC, SNOMED, concept, observation, patient, sle
 
+from fhir_cohort import store as store_module
 from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources import RawResource, SourceError, files
 from fhir_cohort.sources.files import FileSource
-from fhir_cohort.store import MEDICATION_BY_ID, Detached, SqliteStore
+from fhir_cohort.store import MEDICATION_BY_ID, Detached, SqliteStore, sift
 
 
 def read_all(source: FileSource) -> tuple[list[RawResource], list]:
@@ -343,7 +346,7 @@ def test_a_newer_copy_the_trial_cannot_use_retires_a_kept_copy_in_another_shard(
     tmp_path, trial, unkept_first
 ):
     """The workers' shards: a kept copy in one and a later copy the trial cannot use in
-    another (either shard first), matched at finish() through the shards' key indexes;
+    another (either shard first), matched at finish() through the kept keys' bit set;
     an older unusable copy in a third shard retires nothing."""
     keep = pool_gates([trial]).classify
     kept = _versioned("1:640", "2026-01-01T00:00:00Z")
@@ -366,6 +369,49 @@ def test_a_newer_copy_the_trial_cannot_use_retires_a_kept_copy_in_another_shard(
             store.absorb(_shard(tmp_path, part, keep))
         store.finish()
         assert [r.get("valueString") for r in _stored(store)["a"]] == [None, "1:640"]
+        assert store.duplicates == 1
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+@pytest.mark.parametrize("bits", [None, 0])
+def test_only_copies_that_may_share_a_kept_key_are_taken_out_of_the_runs(
+    tmp_path, trial, monkeypatch, bits, in_worker
+):
+    """Copies the trial cannot use are written in runs; finish() takes out those whose key
+    a kept copy may have: every copy sharing one (before or after it, in this store or an
+    absorbed shard, sifted there or before as a worker does), and with a bit set so small
+    that every key collides (one bit), all of them, with the same outcome."""
+    if bits is not None:
+        monkeypatch.setattr(store_module, "_KEY_BITS", bits)
+    keep = pool_gates([trial]).classify
+    kept = _versioned("1:640", "2026-01-01T00:00:00Z")
+    newer = _versioned("1:640", "2026-02-01T00:00:00Z")
+    newer["code"] = concept(LOINC, "2345-7")  # glucose: in no MiSLE value set
+    others = [
+        {**newer, "id": f"other-{index}", "code": concept(LOINC, "2345-7")}
+        for index in range(12_000)  # past a run's 5,000
+    ]
+    with SqliteStore(tmp_path) as store:
+        for index, resource in enumerate([*others[:6_000], patient("a"), kept], start=1):
+            store.add(RawResource(resource, f"mem:{index}", "a"), keep(resource))
+        store.absorb(shard := _shard(tmp_path, [*others[6_000:], newer], keep))
+        assert store._db.execute("SELECT count(*) FROM unkept_runs").fetchone() == (2,)
+        if in_worker:
+            sift(shard.folder, store.kept_bits())
+            with closing(sqlite3.connect(shard.folder / "resources.sqlite3")) as db:
+                assert db.execute("SELECT count(*) FROM unkept_runs").fetchone() == (0,)
+                assert db.execute("SELECT stamp, seen FROM unkept").fetchall()[-1] == (
+                    "2026-02-01T00:00:00Z",
+                    6_001,  # its place in the shard
+                )
+        store.finish()
+        taken = store._db.execute("SELECT stamp, seen FROM unkept").fetchall()
+        assert ("2026-02-01T00:00:00Z", 12_003) in taken
+        if bits is None:  # two kept keys in 2**25 bits: another passes 1 in 16 million
+            assert len(taken) < 5
+        else:
+            assert len(taken) == 12_001
+        assert [r["resourceType"] for r in _stored(store)["a"]] == ["Patient"]
         assert store.duplicates == 1
 
 

@@ -15,7 +15,9 @@ for certain: every kept copy stays, marked doubtful, so none counts in the
 patient's favour. A full disk is a :class:`StoreError` (exit 2), not a crash.
 Every lookup the run makes goes through an index or in index order, never a scan per
 lookup: the page cache is small, so a scan or a random probe per row grows with the
-square of the data.
+square of the data. The copies the trial cannot use (most of the input) are written in
+runs, a row per batch, and only those whose type and id some kept copy may have (a
+fixed-size bit set of the kept keys) are taken out of them for the duplicate rule.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import sqlite3
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
@@ -45,19 +48,24 @@ _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
 _NOT_READ = ("meta", "text")  # what copies may differ in without disagreeing
 _OLDEST = float("-inf")
+# The kept keys' bit set: 2**25 bits (4 MiB) whatever the input, so memory stays flat; at
+# 10,000 patients (560,000 kept keys) about 1.7 % of the unkept copies pass it by chance
+# and are then matched exactly on the key index like the others.
+_KEY_BITS = (1 << 25) - 1
 # A Medication by id, on the partial index ``medications`` (every distinct id a record
 # references is looked up: a scan of all kept records each took 80 ms at 10,000 patients).
 MEDICATION_BY_ID = "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?"
-# The unkept copies of a table that compete with a kept copy (its type and id has one),
-# found in key order: read through their key index, they probe the kept keys' index in
-# order, so each of its pages is read once. Probed in the order they were read, every
-# row re-read a page from disk once that index outgrew the page cache (3 s of a
-# 10,000-patient screen).
+# The unkept copies that compete with a kept copy (its type and id has one), found in
+# key order: read through their key index, they probe the kept keys' index in order, so
+# each of its pages is read once. Probed in the order they were read, every row re-read
+# a page from disk once that index outgrew the page cache (3 s of a 10,000-patient
+# screen).
 _COMPETING = (
-    "{table} AS u INDEXED BY unkept_by_key "
+    "unkept AS u INDEXED BY unkept_by_key "
     "WHERE EXISTS (SELECT 1 FROM resources r WHERE r.key = u.key)"
 )
 _ABSENT = object()
+NO_ID = (None, None)  # the type and id of an unkept copy whose store did not keep them
 
 
 def marker(kind: str, seen: int, message: str, code: str) -> tuple[str, bytes]:
@@ -79,6 +87,51 @@ class Kept:
     position: int
     touches: int
     body: bytes
+
+
+@dataclass(slots=True)
+class _Run:
+    """Unkept copies as they are read (a batch), written as one row: their keys and
+    positions as 64-bit arrays, their raw stamps (and, for an engine settling them
+    itself, their types and ids) as JSON. A row costs SQLite nothing per copy; a table
+    of them with an index cost a fifth of a screen."""
+
+    keys: array = field(default_factory=lambda: array("q"))
+    seen: array = field(default_factory=lambda: array("q"))
+    stamps: list[str | None] = field(default_factory=list)
+    ids: list[tuple[str, str]] = field(default_factory=list)
+
+    def row(self) -> tuple[bytes, bytes, bytes, bytes | None]:
+        ids = orjson.dumps(self.ids) if self.ids else None
+        return self.keys.tobytes(), self.seen.tobytes(), orjson.dumps(self.stamps), ids
+
+    @staticmethod
+    def read(row: tuple) -> _Run:
+        """A written run back."""
+        ids = [tuple(pair) for pair in orjson.loads(row[3])] if row[3] else []
+        return _Run(array("q", row[0]), array("q", row[1]), orjson.loads(row[2]), ids)
+
+
+def _maybe_kept(bits: bytearray, keys: bytes) -> list[int]:
+    """Where in a run's keys are those whose bit is set (a kept copy may share them).
+
+    >>> bits = _bits([5])
+    >>> _maybe_kept(bits, array("q", [7, 5, 5 + (1 << 25), -3]).tobytes())
+    [1, 2]
+    """
+    return [
+        index
+        for index, key in enumerate(array("q", keys))
+        if bits[(key & _KEY_BITS) >> 3] >> (key & _KEY_BITS & 7) & 1
+    ]
+
+
+def _bits(keys: Iterable[int]) -> bytearray:
+    """The bit set of ``keys`` (bit ``key & _KEY_BITS``)."""
+    bits = bytearray((_KEY_BITS >> 3) + 1)
+    for key in keys:
+        bits[(key & _KEY_BITS) >> 3] |= 1 << (key & _KEY_BITS & 7)
+    return bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,13 +338,15 @@ class SqliteStore:
                 CREATE INDEX medications ON resources (rid) WHERE rtype = 'Medication';
                 CREATE TABLE patients (id TEXT PRIMARY KEY) WITHOUT ROWID;
                 CREATE TABLE unkept (key INTEGER, stamp TEXT, seen INTEGER, rtype TEXT, rid TEXT);
+                CREATE TABLE unkept_runs (keys BLOB, seen BLOB, stamps BLOB, ids BLOB);
                 """
             )
         self._now = time.time() if now is None else now
         self._filtered_types = filtered_types
         self.keep_ids = False  # keep the type and id of unkept copies (an engine settling them)
         self._rows: list[tuple] = []
-        self._unkept: list[tuple] = []
+        self._run = _Run()
+        self._kept_bits: bytearray | None = None  # kept_bits(), until more is read
         self._new_patients: list[tuple[str]] = []
         self._recent_patients: set[str] = set()  # bounded: cleared when large
         # Absorbed shards whose unkept copies are taken at finish(), and only those of a
@@ -347,8 +402,12 @@ class SqliteStore:
             stamp = meta.get("lastUpdated") if type(meta) is dict else meta
             if type(stamp) is not str:
                 stamp = _stamp(resource, meta)
-            row = (hash((rtype, resource["id"])), stamp, self._seen)
-            self._unkept.append((*row, rtype, resource["id"]) if self.keep_ids else row)
+            run = self._run
+            run.keys.append(hash((rtype, resource["id"])))
+            run.seen.append(self._seen)
+            run.stamps.append(stamp)
+            if self.keep_ids:
+                run.ids.append((rtype, resource["id"]))
         if not self._seen % _BATCH:
             self._flush()
 
@@ -365,11 +424,13 @@ class SqliteStore:
             self._db.executemany(
                 "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._rows
             )
-            values = "?, ?" if self.keep_ids else "NULL, NULL"
-            self._db.executemany(f"INSERT INTO unkept VALUES (?, ?, ?, {values})", self._unkept)
+            if self._run.keys:
+                self._db.execute("INSERT INTO unkept_runs VALUES (?, ?, ?, ?)", self._run.row())
             self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
+        if self._rows:
+            self._kept_bits = None
         self._rows.clear()
-        self._unkept.clear()
+        self._run = _Run()
         self._new_patients.clear()
         if len(self._recent_patients) > _RECENT_PATIENTS:
             self._recent_patients.clear()
@@ -379,17 +440,7 @@ class SqliteStore:
         self._flush()
         with _writing(self._folder):
             self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
-            for folder, offset in self._shards:
-                self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
-                self._db.execute(
-                    "INSERT INTO unkept SELECT u.key, u.stamp, u.seen + ?, u.rtype, u.rid FROM "
-                    + _COMPETING.format(table="shard.unkept"),
-                    (offset,),
-                )
-                self._db.commit()
-                self._db.execute("DETACH DATABASE shard")
-                shutil.rmtree(folder, ignore_errors=True)
-            self._shards.clear()
+            self._take_unkept(self.kept_bits())
             self._db.execute("CREATE INDEX unkept_by_key ON unkept (key)")
             # Identical copies (the same export read twice) agree whoever wins: one stays.
             # Only keys kept more than once are compared (found on the key index alone).
@@ -407,7 +458,7 @@ class SqliteStore:
                 for key, _ in self._db.execute(
                     "SELECT key, min(seen) FROM resources WHERE key IN ("
                     "SELECT key FROM resources GROUP BY key HAVING count(*) > 1 "
-                    "UNION SELECT u.key FROM " + _COMPETING.format(table="unkept") + ") "
+                    "UNION SELECT u.key FROM " + _COMPETING + ") "
                     "GROUP BY key ORDER BY 2"
                 )
             ]
@@ -415,6 +466,35 @@ class SqliteStore:
                 self._settle(key)
             self._db.execute("CREATE INDEX resources_by_patient ON resources (patient)")
             self._db.commit()
+
+    def kept_bits(self) -> bytearray:
+        """The bit set of every kept copy's key, once everything is absorbed: an unkept
+        copy whose bit is not set competes with none (:func:`sift` in any process)."""
+        if self._kept_bits is None:
+            self._flush()
+            self._kept_bits = _bits(key for (key,) in self._db.execute("SELECT key FROM resources"))
+        return self._kept_bits
+
+    def shards(self) -> list[Path]:
+        """The folders of the absorbed shards (to :func:`sift` before :meth:`finish`)."""
+        return [folder for folder, _ in self._shards]
+
+    def _take_unkept(self, bits: bytearray) -> None:
+        """Into the ``unkept`` table, the copies whose key some kept copy may have: this
+        store's own, sifted here, and each absorbed shard's (at its offset), sifted here
+        unless a worker did."""
+        _sift(self._db, "main", bits)
+        for folder, offset in self._shards:
+            self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
+            _sift(self._db, "shard", bits)
+            self._db.execute(
+                "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept",
+                (offset,),
+            )
+            self._db.commit()
+            self._db.execute("DETACH DATABASE shard")
+            shutil.rmtree(folder, ignore_errors=True)
+        self._shards.clear()
 
     def _settle(self, key: int) -> None:
         """One type and id read several times: keep the winner, note what disagreed."""
@@ -445,15 +525,11 @@ class SqliteStore:
         return self.kept - self.duplicates
 
     # -- shards: one store per part of the input, merged in source order ----------
-    def detach(self, absorbed: bool = True) -> Detached:
+    def detach(self) -> Detached:
         """End of a shard's input (before :meth:`finish`): what :meth:`absorb` takes in
-        another process. Its unkept copies are indexed by key here, where the work is
-        parallel, for :meth:`finish` to match them in order (``absorbed`` False: the
-        shard's rows are only read out, no index)."""
+        another process (or an engine reads out with :func:`unkept_copies`)."""
         self._flush()
         with _writing(self._folder):
-            if absorbed:
-                self._db.execute("CREATE INDEX unkept_by_key ON unkept (key)")
             self._db.commit()
         self._db.close()
         return Detached(self._folder, self._seen, self._markers, self.resources_by_type)
@@ -461,9 +537,10 @@ class SqliteStore:
     def absorb(self, shard: Detached) -> None:
         """Append a detached shard, read after everything absorbed so far: its positions
         (and the ids of its markers, which are made from them) follow on, and its counts
-        add up, as if one store had read both. Its unkept copies wait for :meth:`finish`,
-        which removes its folder."""
+        add up, as if one store had read both. Its unkept copies wait for :meth:`finish`
+        (sifted there, or before in a worker: :func:`sift`), which removes its folder."""
         self._flush()
+        self._kept_bits = None
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         markers: list[tuple[str, bytes, int]] = []
         with _writing(self._folder):
@@ -562,6 +639,46 @@ def kept_by_patient(
             kept.append(Kept(seen, bits, body))
     if current is not None:
         yield current, kept
+
+
+def _sift(db: sqlite3.Connection, schema: str, bits: bytearray) -> None:
+    """Move the copies of a store's unkept runs whose bit is set into its ``unkept``
+    table (``schema``: the store's, as attached), a run at a time, so memory stays flat;
+    the runs are emptied."""
+    for row in db.execute(f"SELECT * FROM {schema}.unkept_runs ORDER BY rowid"):
+        if hits := _maybe_kept(bits, row[0]):
+            run = _Run.read(row)
+            db.executemany(
+                f"INSERT INTO {schema}.unkept VALUES (?, ?, ?, ?, ?)",
+                [
+                    (run.keys[i], run.stamps[i], run.seen[i], *(run.ids[i] if run.ids else NO_ID))
+                    for i in hits
+                ],
+            )
+    db.execute(f"DELETE FROM {schema}.unkept_runs")
+
+
+def sift(folder: Path, bits: bytearray) -> None:
+    """A detached shard's unkept copies that may compete (``bits``: the run's
+    :meth:`SqliteStore.kept_bits`), sifted in the shard itself: in a worker, so that
+    :meth:`SqliteStore.finish` only copies them."""
+    with _writing(folder):
+        db = sqlite3.connect(folder / "resources.sqlite3")
+        try:
+            _sift(db, "main", bits)
+            db.commit()
+        finally:
+            db.close()
+
+
+def unkept_copies(db: sqlite3.Connection) -> Iterator[tuple[str, str, str | None, int]]:
+    """A detached store's unkept copies in the order read (it kept their types and ids,
+    ``keep_ids``): type, id, raw stamp, position."""
+    for row in db.execute("SELECT * FROM unkept_runs ORDER BY rowid"):
+        run = _Run.read(row)
+        assert len(run.ids) == len(run.keys), "the store did not keep the ids (keep_ids)"
+        for (rtype, rid), stamp, seen in zip(run.ids, run.stamps, run.seen, strict=True):
+            yield rtype, rid, stamp, seen
 
 
 def medication(db: sqlite3.Connection, medication_id: str) -> dict | None:

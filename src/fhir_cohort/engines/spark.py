@@ -43,7 +43,7 @@ from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
 from ..sources import DOUBT_RECORD, NOTE_RECORD, ProgressStart, ResourceSource, SourceError
 from ..sources.files import MIB, FilePart, FileSource, is_data_file
-from ..store import Copy, Kept, SqliteStore, marker, settle
+from ..store import Copy, Kept, SqliteStore, marker, settle, unkept_copies
 from .embedded import (
     Share,
     base_of,
@@ -117,15 +117,16 @@ def _read_part(part: FilePart, source: FileSource, trials, now) -> _Read:
     unattached = _Unattached(quality, store)
     raws = source.read_part(part, quality.add, no_progress)
     ingest(raws, pool_gates(trials), store, unattached)
-    shard = store.detach(absorbed=False)
+    shard = store.detach()
     try:
         db = sqlite3.connect(shard.folder / "resources.sqlite3")
         rows = db.execute(
             "SELECT rtype, rid, patient, stamp, seen, touches, body FROM resources ORDER BY rowid"
         ).fetchall()
-        rows += db.execute(
-            "SELECT rtype, rid, NULL, stamp, seen, 0, NULL FROM unkept ORDER BY rowid"
-        ).fetchall()
+        rows += [
+            (rtype, rid, None, stamp, seen, 0, None)
+            for rtype, rid, stamp, seen in unkept_copies(db)
+        ]
         patients = [p for (p,) in db.execute("SELECT id FROM patients")]
         db.close()
     finally:

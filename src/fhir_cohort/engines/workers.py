@@ -5,7 +5,9 @@ of the files (:meth:`FileSource.parts`: line-aligned byte ranges of each NDJSON 
 other files whole), each read by a worker process into a shard store of its own with
 its own notes; the shards are absorbed in source order, so positions, "first seen",
 marker ids and the first examples of each note are those of one reader, and the one
-duplicate rule then runs over the whole input. Deciding is split by patient: worker
+duplicate rule then runs over the whole input (the shards' copies the trial cannot use
+are first sifted in the workers: only those whose key a kept copy may have go on to
+it). Deciding is split by patient: worker
 ``i`` of ``N`` decides the patients whose stable hash (:func:`store.partition`) is
 ``i``; their notes are merged in patient-id order. Memory is one part's batch and one
 patient per worker. Input that is not files (a server) is read by the embedded engine,
@@ -41,7 +43,7 @@ from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
 from ..sources import ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
-from ..store import Detached, SqliteStore, StoreReader
+from ..store import Detached, SqliteStore, StoreReader, sift
 from .embedded import (
     Embedded,
     Share,
@@ -112,6 +114,10 @@ def _read_part(part: FilePart) -> _Shard:
     ingest(source.read_part(part, quality.add, no_progress), _JOB["gates"], store, unattached)
     end = part.end if part.end is not None else part.path.stat().st_size
     return _Shard(store.detach(), quality, unattached.records, end - part.start)
+
+
+def _sift(folder: Path) -> None:
+    sift(folder, _JOB["bits"])
 
 
 def _decide_part(index: int) -> Share:
@@ -221,6 +227,9 @@ class Workers:
                     retrieval[key] = retrieval.get(key, 0) + value
             if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
                 return Embedded().screen(sources, trials, as_of, progress, workdir, now)
+            # The shards' unkept copies that may compete, sifted where the work is parallel.
+            with _pool(self.workers, context, {"bits": store.kept_bits()}, parent) as pool:
+                list(pool.map(_sift, store.shards()))
             ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
             job = {"context": ran, "store": store.path, "parts": self.workers}
             with _pool(self.workers, context, job, parent) as pool:
