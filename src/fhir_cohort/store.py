@@ -65,6 +65,9 @@ _COMPETING = (
     "WHERE EXISTS (SELECT 1 FROM resources r WHERE r.key = u.key)"
 )
 _ABSENT = object()
+# A scratch store is thrown away if the run fails: no journal, no waiting for the disk
+# (set on each connection that writes to one).
+_SCRATCH = "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE;"
 NO_ID = (None, None)  # the type and id of an unkept copy whose store did not keep them
 
 
@@ -115,7 +118,7 @@ class _Run:
 def _maybe_kept(bits: bytearray, keys: bytes) -> list[int]:
     """Where in a run's keys are those whose bit is set (a kept copy may share them).
 
-    >>> bits = _bits([5])
+    >>> bits = _mark(None, [5])
     >>> _maybe_kept(bits, array("q", [7, 5, 5 + (1 << 25), -3]).tobytes())
     [1, 2]
     """
@@ -126,9 +129,10 @@ def _maybe_kept(bits: bytearray, keys: bytes) -> list[int]:
     ]
 
 
-def _bits(keys: Iterable[int]) -> bytearray:
-    """The bit set of ``keys`` (bit ``key & _KEY_BITS``)."""
-    bits = bytearray((_KEY_BITS >> 3) + 1)
+def _mark(bits: bytearray | None, keys: Iterable[int]) -> bytearray:
+    """Set the bits of ``keys`` (bit ``key & _KEY_BITS``) in ``bits`` (None: a new set)."""
+    if bits is None:
+        bits = bytearray((_KEY_BITS >> 3) + 1)
     for key in keys:
         bits[(key & _KEY_BITS) >> 3] |= 1 << (key & _KEY_BITS & 7)
     return bits
@@ -328,11 +332,9 @@ class SqliteStore:
         with _writing(self._folder):
             self._db = sqlite3.connect(self._folder / "resources.sqlite3")
             self._db.executescript(
-                """
-                PRAGMA page_size = 16384;
-                PRAGMA journal_mode = OFF;
-                PRAGMA synchronous = OFF;
-                PRAGMA temp_store = FILE;
+                "PRAGMA page_size = 16384;"
+                + _SCRATCH
+                + """
                 CREATE TABLE resources (rtype TEXT, rid TEXT, patient TEXT, stamp TEXT,
                                         seen INTEGER, key INTEGER, touches INTEGER, body BLOB);
                 CREATE INDEX medications ON resources (rid) WHERE rtype = 'Medication';
@@ -346,7 +348,7 @@ class SqliteStore:
         self.keep_ids = False  # keep the type and id of unkept copies (an engine settling them)
         self._rows: list[tuple] = []
         self._run = _Run()
-        self._kept_bits: bytearray | None = None  # kept_bits(), until more is read
+        self._kept_bits: bytearray | None = None  # kept_bits(), then kept up to date
         self._new_patients: list[tuple[str]] = []
         self._recent_patients: set[str] = set()  # bounded: cleared when large
         # Absorbed shards whose unkept copies are taken at finish(), and only those of a
@@ -427,8 +429,8 @@ class SqliteStore:
             if self._run.keys:
                 self._db.execute("INSERT INTO unkept_runs VALUES (?, ?, ?, ?)", self._run.row())
             self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
-        if self._rows:
-            self._kept_bits = None
+        if self._rows and self._kept_bits is not None:
+            _mark(self._kept_bits, (row[5] for row in self._rows))
         self._rows.clear()
         self._run = _Run()
         self._new_patients.clear()
@@ -468,11 +470,14 @@ class SqliteStore:
             self._db.commit()
 
     def kept_bits(self) -> bytearray:
-        """The bit set of every kept copy's key, once everything is absorbed: an unkept
-        copy whose bit is not set competes with none (:func:`sift` in any process)."""
+        """The bit set of every kept copy's key: an unkept copy whose bit is not set
+        competes with none (:func:`sift`). Made at the first call (a store that absorbs
+        shards makes it at the first, and sets their bits as it absorbs them, while the
+        workers read on), then kept up to date."""
+        self._flush()
         if self._kept_bits is None:
-            self._flush()
-            self._kept_bits = _bits(key for (key,) in self._db.execute("SELECT key FROM resources"))
+            keys = self._db.execute("SELECT key FROM resources")
+            self._kept_bits = _mark(None, (key for (key,) in keys))
         return self._kept_bits
 
     def shards(self) -> list[Path]:
@@ -482,11 +487,11 @@ class SqliteStore:
     def _take_unkept(self, bits: bytearray) -> None:
         """Into the ``unkept`` table, the copies whose key some kept copy may have: this
         store's own, sifted here, and each absorbed shard's (at its offset), sifted here
-        unless a worker did."""
+        unless a worker did (the shards are only read)."""
         _sift(self._db, "main", bits)
         for folder, offset in self._shards:
             self._db.execute("ATTACH DATABASE ? AS shard", (str(folder / "resources.sqlite3"),))
-            _sift(self._db, "shard", bits)
+            _sift(self._db, "shard", bits, offset)
             self._db.execute(
                 "INSERT INTO unkept SELECT key, stamp, seen + ?, rtype, rid FROM shard.unkept",
                 (offset,),
@@ -539,8 +544,7 @@ class SqliteStore:
         (and the ids of its markers, which are made from them) follow on, and its counts
         add up, as if one store had read both. Its unkept copies wait for :meth:`finish`
         (sifted there, or before in a worker: :func:`sift`), which removes its folder."""
-        self._flush()
-        self._kept_bits = None
+        bits = self.kept_bits()
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         markers: list[tuple[str, bytes, int]] = []
         with _writing(self._folder):
@@ -552,6 +556,7 @@ class SqliteStore:
                 (offset, DOUBT_RECORD, NOTE_RECORD),
             )
             self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
+            _mark(bits, (key for (key,) in self._db.execute("SELECT key FROM shard.resources")))
             if shard.markers:
                 markers = self._db.execute(
                     "SELECT patient, body, seen FROM shard.resources "
@@ -641,21 +646,21 @@ def kept_by_patient(
         yield current, kept
 
 
-def _sift(db: sqlite3.Connection, schema: str, bits: bytearray) -> None:
-    """Move the copies of a store's unkept runs whose bit is set into its ``unkept``
-    table (``schema``: the store's, as attached), a run at a time, so memory stays flat;
-    the runs are emptied."""
+def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0) -> None:
+    """Copy the copies of a store's unkept runs (``schema``: the store, as attached)
+    whose bit is set into the ``unkept`` table of the connection's own store, at
+    ``offset`` after their positions; a run at a time, so memory stays flat."""
     for row in db.execute(f"SELECT * FROM {schema}.unkept_runs ORDER BY rowid"):
         if hits := _maybe_kept(bits, row[0]):
             run = _Run.read(row)
             db.executemany(
-                f"INSERT INTO {schema}.unkept VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO main.unkept VALUES (?, ?, ?, ?, ?)",
                 [
-                    (run.keys[i], run.stamps[i], run.seen[i], *(run.ids[i] if run.ids else NO_ID))
+                    (run.keys[i], run.stamps[i], run.seen[i] + offset)
+                    + (run.ids[i] if run.ids else NO_ID)
                     for i in hits
                 ],
             )
-    db.execute(f"DELETE FROM {schema}.unkept_runs")
 
 
 def sift(folder: Path, bits: bytearray) -> None:
@@ -665,7 +670,9 @@ def sift(folder: Path, bits: bytearray) -> None:
     with _writing(folder):
         db = sqlite3.connect(folder / "resources.sqlite3")
         try:
+            db.executescript(_SCRATCH)
             _sift(db, "main", bits)
+            db.execute("DELETE FROM unkept_runs")  # sifted: finish() only copies the rest
             db.commit()
         finally:
             db.close()
