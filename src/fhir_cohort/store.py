@@ -68,7 +68,7 @@ _ABSENT = object()
 # A scratch store is thrown away if the run fails: no journal, no waiting for the disk
 # (set on each connection that writes to one).
 _SCRATCH = "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE;"
-NO_ID = (None, None)  # the type and id of an unkept copy whose store did not keep them
+_NO_ID = (None, None)  # the type and id of an unkept copy whose store did not keep them
 
 
 def marker(kind: str, seen: int, message: str, code: str) -> tuple[str, bytes]:
@@ -544,7 +544,7 @@ class SqliteStore:
         (and the ids of its markers, which are made from them) follow on, and its counts
         add up, as if one store had read both. Its unkept copies wait for :meth:`finish`
         (sifted there, or before in a worker: :func:`sift`), which removes its folder."""
-        bits = self.kept_bits()
+        bits = self.kept_bits()  # (everything read so far flushed first)
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         markers: list[tuple[str, bytes, int]] = []
         with _writing(self._folder):
@@ -647,9 +647,9 @@ def kept_by_patient(
 
 
 def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0) -> None:
-    """Copy the copies of a store's unkept runs (``schema``: the store, as attached)
-    whose bit is set into the ``unkept`` table of the connection's own store, at
-    ``offset`` after their positions; a run at a time, so memory stays flat."""
+    """Into the ``unkept`` table of the connection's own store, the copies of a store's
+    unkept runs (``schema``: that store, as attached) whose bit is set, their positions
+    moved on by ``offset``; a run at a time, so memory stays flat."""
     for row in db.execute(f"SELECT * FROM {schema}.unkept_runs ORDER BY rowid"):
         if hits := _maybe_kept(bits, row[0]):
             run = _Run.read(row)
@@ -657,7 +657,7 @@ def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0)
                 "INSERT INTO main.unkept VALUES (?, ?, ?, ?, ?)",
                 [
                     (run.keys[i], run.stamps[i], run.seen[i] + offset)
-                    + (run.ids[i] if run.ids else NO_ID)
+                    + (run.ids[i] if run.ids else _NO_ID)
                     for i in hits
                 ],
             )
@@ -672,7 +672,7 @@ def sift(folder: Path, bits: bytearray) -> None:
         try:
             db.executescript(_SCRATCH)
             _sift(db, "main", bits)
-            db.execute("DELETE FROM unkept_runs")  # sifted: finish() only copies the rest
+            db.execute("DELETE FROM unkept_runs")  # finish() copies what was taken, no more
             db.commit()
         finally:
             db.close()
