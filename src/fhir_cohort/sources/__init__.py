@@ -67,8 +67,17 @@ class RawResource(NamedTuple):
     def where(self) -> str:
         if self.line is None:
             return self.origin
-        before = self.lines_before() if self.lines_before is not None else 0
-        return f"{self.origin}:{self.line + before}"
+        return f"{self.origin}:{line_in_file(self.line, self.lines_before)}"
+
+
+def line_in_file(number: int, before: Callable[[], int] | None) -> int:
+    """The line number in the whole file of a part's line ``number`` (``before``: how
+    many lines come before the part, counted only when asked; None: the whole file).
+
+    >>> line_in_file(3, None), line_in_file(3, lambda: 40)
+    (3, 43)
+    """
+    return number if before is None else number + before()
 
 
 class ResourceSource(Protocol):

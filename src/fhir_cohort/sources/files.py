@@ -23,7 +23,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, partial
 from itertools import pairwise
@@ -33,7 +33,7 @@ from typing import BinaryIO
 import orjson
 
 from ..quality import Note
-from . import DOUBT, NoteSink, Progress, RawResource, SourceError, patient_of
+from . import DOUBT, NoteSink, Progress, RawResource, SourceError, line_in_file, patient_of
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
@@ -232,11 +232,6 @@ def _line_start(path: Path, offset: int) -> int:
                 return file.tell()
 
 
-def _at(number: int, before: Callable[[], int] | None) -> int:
-    """The line number in the whole file of a part's line ``number``."""
-    return number if before is None else number + before()
-
-
 class _Span:
     """The bytes ``start`` to ``end`` of a plain file, read as if they were the whole file."""
 
@@ -331,7 +326,7 @@ class _Reader:
                 if number == 1 and before is None and line.startswith(BOM):
                     line = line[3:]
                 if len(line) > cap:
-                    yield from self._too_long(line, stream, _at(number, before))
+                    yield from self._too_long(line, stream, line_in_file(number, before))
                     if stream.tell() > self.limits.inflated:
                         self._too_large(stream.tell())
                         break
@@ -340,7 +335,7 @@ class _Reader:
                     value = loads(line)
                 except decode_error as error:
                     if line.strip():
-                        at = _at(number, before)
+                        at = line_in_file(number, before)
                         yield from self._not_json(line, f"{name}:{at}", at, error.msg)
                     continue
                 # The common case, checked inline; anything unusual goes the careful way.
@@ -350,7 +345,7 @@ class _Reader:
                         patient, foreign = patient_of(value, base)
                         yield RawResource(value, name, patient, number, foreign, None, before)
                         continue
-                yield from self._resource_or_note(value, f"{name}:{_at(number, before)}")
+                yield from self._resource_or_note(value, f"{name}:{line_in_file(number, before)}")
             progress(raw.tell() - done)
 
     def json(self, progress: Progress) -> Iterator[RawResource]:
