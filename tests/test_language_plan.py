@@ -82,3 +82,23 @@ def test_pool_gate():
     assert gate.classify(family) == gate.classify(a1c) == KEPT
     assert gate.may_be_candidate(gate.classify(t2d) | KEPT)
     assert not gate.may_be_candidate(gate.classify(family) | gate.classify(a1c))
+
+
+@pytest.mark.parametrize("name", ["misle", "surpass2"])
+def test_the_pool_gate_answers_each_bit_pattern_as_its_rule_does_and_remembers_it(
+    name, monkeypatch
+):
+    """Deciding asks the gate once per patient; its answer is a pure function of the
+    patient's bits, so each pattern is walked through the rule tree once."""
+    trial = load(name)
+    gate = PoolGate(trial.spec, trial.valuesets)
+    patterns = range(1 << min(gate.width, 10))
+    walked = [gate._may(trial.spec.candidate_pool, touches) for touches in patterns]
+    assert True in walked and False in walked  # the patterns tell patients apart
+    assert [gate.may_be_candidate(touches) for touches in patterns] == walked
+
+    def walk_again(rule, touches):
+        raise AssertionError(f"pattern {touches} walked again")
+
+    monkeypatch.setattr(gate, "_may", walk_again)
+    assert [gate.may_be_candidate(touches) for touches in patterns] == walked

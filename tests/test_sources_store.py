@@ -424,3 +424,31 @@ def test_a_medication_is_found_by_id_on_an_index_not_a_scan(tmp_path):
         assert store.medication("med-1") == medication and store.medication("med-2") is None
         plan = store._db.execute(f"EXPLAIN QUERY PLAN {MEDICATION_BY_ID}", ("med-1",)).fetchall()
         assert [row[-1] for row in plan] == ["SEARCH resources USING INDEX medications (rid=?)"]
+
+
+def test_a_patient_no_pool_needs_is_read_from_the_bits_index_without_their_records(tmp_path):
+    """Deciding a patient outside every trial's pool needs only their records' bits OR-ed
+    (for a rare disease, nearly every patient): the store reads those from an index and
+    the records only of the patients ``needed`` asks for, all of them in source order."""
+    records = [("a", "o1", 2), ("b", "o2", 4), ("a", "o3", 1), ("b", "o4", 1)]
+    asked: list[int] = []
+
+    def needed(touches: int) -> bool:
+        asked.append(touches)
+        return bool(touches & 4)
+
+    with SqliteStore(tmp_path) as store:
+        for index, (pid, rid, bits) in enumerate(records, start=1):
+            store.add(RawResource(observation(rid, "5048-4", pid=pid), f"mem:{index}", pid), bits)
+        store.add(RawResource(patient("c"), "mem:5", "c"), 0)  # nothing of theirs is kept
+        store.finish()
+        got = {
+            pid: [(k.touches, k.body and json.loads(k.body)["id"]) for k in kept]
+            for pid, kept in store.kept_by_patient(needed=needed)
+        }
+        bits_query = store_module.PATIENT_BITS.format(where="")
+        plan = [row[-1] for row in store._db.execute(f"EXPLAIN QUERY PLAN {bits_query}")]
+    assert got == {"a": [(3, None)], "b": [(4, "o2"), (1, "o4")], "c": []}
+    assert asked == [3, 5]
+    assert any("USING COVERING INDEX resources_by_patient" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan

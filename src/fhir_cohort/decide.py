@@ -74,6 +74,18 @@ class Decision:
         return Decision(self.patient_id, self.results, None, self.notes)
 
 
+def pools(gates: TrialGates, trials: int, touches: int) -> list[int]:
+    """The trials (by index) whose candidate pool a patient may be in, from their
+    records' relevance bits OR-ed: the only trials their records are read for."""
+    return [i for i in range(trials) if gates.may_be_candidate(i, touches)]
+
+
+def needs_records(gates: TrialGates, trials: int) -> Callable[[int], bool]:
+    """Does deciding a patient whose records' bits OR to ``touches`` read the records?
+    (A store asked this reads only those patients' bodies.)"""
+    return lambda touches: bool(pools(gates, trials, touches))
+
+
 def decide(
     patient_id: str,
     kept: Iterable[Kept],
@@ -93,13 +105,16 @@ def decide(
     for record in records:
         touches |= record.touches
     results: list[TrialResult | None] = [None] * len(context.trials)
-    wanted = [i for i in range(len(context.trials)) if gates.may_be_candidate(i, touches)]
+    wanted = pools(gates, len(context.trials), touches)
     for i, funnel in enumerate(funnels):
         if i not in wanted:
             funnel.count_outside_pool()
     if not wanted:
         return Decision(patient_id, tuple(results), funnels, ())
-    resources = [orjson.loads(record.body) for record in records]
+    bodies = [record.body for record in records]
+    if None in bodies:  # the engine's store was told the patient needs no records
+        raise RuntimeError(f"the records of patient {patient_id} were not read")
+    resources = [orjson.loads(body) for body in bodies if body is not None]
     facts = patient_facts(patient_id, resources, medications, context.base)
     if context.doubts:
         facts = replace(facts, doubts=facts.doubts + context.doubts)

@@ -29,11 +29,13 @@ import tempfile
 import time
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache, partial
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -64,6 +66,12 @@ _COMPETING = (
     "unkept AS u INDEXED BY unkept_by_key "
     "WHERE EXISTS (SELECT 1 FROM resources r WHERE r.key = u.key)"
 )
+# Each patient and their kept records' bits, in patient order, read from the index
+# ``resources_by_patient`` alone (no record's body is read; ``where``: a filter on p.id).
+PATIENT_BITS = (
+    "SELECT p.id, r.touches FROM patients p "
+    "LEFT JOIN resources r ON r.patient = p.id {where} ORDER BY p.id"
+)
 _ABSENT = object()
 # A scratch store is thrown away if the run fails: no journal, no waiting for the disk
 # (set on each connection that writes to one).
@@ -85,11 +93,12 @@ class StoreError(UsageError):
 @dataclass(frozen=True, slots=True)
 class Kept:
     """One kept record of a patient: where it stood in the source order, what its codes
-    can mean to the trial (relevance bits), and its JSON bytes."""
+    can mean to the trial (relevance bits), and its JSON bytes (None: not read, because
+    deciding the patient does not need them; :func:`kept_by_patient`)."""
 
     position: int
     touches: int
-    body: bytes
+    body: bytes | None
 
 
 @dataclass(slots=True)
@@ -168,7 +177,7 @@ class PatientStore(Protocol):
     def add(self, raw: RawResource, keep: int) -> None: ...
     def finish(self) -> None: ...
     def kept_by_patient(
-        self, part: tuple[int, int] | None = None
+        self, part: tuple[int, int] | None = None, needed: Callable[[int], bool] | None = None
     ) -> Iterator[tuple[str, list[Kept]]]: ...
     def medication(self, medication_id: str) -> dict | None: ...
 
@@ -466,7 +475,8 @@ class SqliteStore:
             ]
             for key in keys:
                 self._settle(key)
-            self._db.execute("CREATE INDEX resources_by_patient ON resources (patient)")
+            # A patient's records' bits are read from this index alone (kept_by_patient).
+            self._db.execute("CREATE INDEX resources_by_patient ON resources (patient, touches)")
             self._db.commit()
 
     def kept_bits(self) -> bytearray:
@@ -576,10 +586,11 @@ class SqliteStore:
         self._shards.append((shard.folder, offset))
 
     # -- reading -----------------------------------------------------------
-    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
-        """Each patient (sorted by id) with their kept records (:class:`Kept`); with
-        ``part`` (i, n), only the patients whose :func:`partition` of n is i."""
-        return kept_by_patient(self._db, part)
+    def kept_by_patient(
+        self, part: tuple[int, int] | None = None, needed: Callable[[int], bool] | None = None
+    ) -> Iterator[tuple[str, list]]:
+        """Each patient (sorted by id) with their kept records (:func:`kept_by_patient`)."""
+        return kept_by_patient(self._db, part, needed)
 
     def patients(self) -> Iterator[PatientRecord]:
         """Each patient (sorted by id) with their kept resources, unparsed."""
@@ -587,7 +598,7 @@ class SqliteStore:
             touches = 0
             for record in kept:
                 touches |= record.touches
-            yield PatientRecord(patient, touches, tuple(record.body for record in kept))
+            yield PatientRecord(patient, touches, tuple(r.body for r in kept if r.body is not None))
 
     def patient_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM patients").fetchone()[0]
@@ -621,29 +632,41 @@ def partition(patient_id: str, parts: int) -> int:
 
 
 def kept_by_patient(
-    db: sqlite3.Connection, part: tuple[int, int] | None = None
+    db: sqlite3.Connection,
+    part: tuple[int, int] | None = None,
+    needed: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[str, list[Kept]]]:
-    """Each patient (sorted by id) with their kept records, in source order."""
+    """Each patient (sorted by id) with their kept records, in source order.
+
+    ``needed`` is told a patient's relevance bits OR-ed and says whether deciding them
+    reads their records (None: always). A patient it says no to comes with one record
+    that stands for all of theirs: those bits, no body. Their bodies are never read:
+    for a trial of a rare disease that is nearly every patient, and reading the bodies
+    was most of the time spent deciding them. With ``part`` (i, n), only the patients
+    whose :func:`partition` of n is i.
+    """
     where, args = "", cast(tuple, ())
     if part is not None:
         db.create_function("part", 2, partition, deterministic=True)
         where, args = "WHERE part(p.id, ?) = ?", (part[1], part[0])
-    cursor = db.execute(
-        "SELECT p.id, r.seen, r.touches, r.body FROM patients p "
-        f"LEFT JOIN resources r ON r.patient = p.id {where} ORDER BY p.id, r.seen",
-        args,
-    )
-    current: str | None = None
-    kept: list[Kept] = []
-    for patient, seen, bits, body in cursor:
-        if patient != current:
-            if current is not None:
-                yield current, kept
-            current, kept = patient, []
-        if body is not None:
-            kept.append(Kept(seen, bits, body))
-    if current is not None:
-        yield current, kept
+    cursor = db.execute(PATIENT_BITS.format(where=where), args)
+    for patient, rows in groupby(cursor, key=itemgetter(0)):
+        touches = 0
+        found = False
+        for _, bits in rows:
+            if bits is not None:  # None: a patient without kept records (the LEFT JOIN)
+                touches |= bits
+                found = True
+        if not found:
+            yield patient, []
+        elif needed is None or needed(touches):
+            records = db.execute(
+                "SELECT seen, touches, body FROM resources WHERE patient = ? ORDER BY seen",
+                (patient,),
+            )
+            yield patient, [Kept(*record) for record in records]
+        else:
+            yield patient, [Kept(0, touches, None)]
 
 
 def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0) -> None:
@@ -701,8 +724,10 @@ class StoreReader:
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         self.medication = lru_cache(maxsize=4096)(partial(medication, self._db))
 
-    def kept_by_patient(self, part: tuple[int, int] | None = None) -> Iterator[tuple[str, list]]:
-        return kept_by_patient(self._db, part)
+    def kept_by_patient(
+        self, part: tuple[int, int] | None = None, needed: Callable[[int], bool] | None = None
+    ) -> Iterator[tuple[str, list]]:
+        return kept_by_patient(self._db, part, needed)
 
     def close(self) -> None:
         self._db.close()

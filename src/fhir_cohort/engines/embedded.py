@@ -18,7 +18,7 @@ from ..criteria.language import Trial
 from ..criteria.plan import CODED, TrialGates
 from ..criteria.rank_terms import rank
 from ..criteria.tree import TrialResult
-from ..decide import Context, Decision, decide
+from ..decide import Context, Decision, decide, needs_records
 from ..normalise.elements import R4_RESOURCE_TYPES
 from ..normalise.resources import unattached_facts
 from ..pipeline import Screening, _Unattached, partial_input_doubts, pool_gates
@@ -98,10 +98,11 @@ def decide_patients(
     patients: Iterable[tuple[str, list[Kept]]],
     medications: Callable[[str], dict | None],
     context: Context,
+    gates: TrialGates,
     advance: Callable[[int], object] = no_progress,
 ) -> Iterator[Decision]:
-    """The seam over each patient, in the order given."""
-    gates = pool_gates(list(context.trials))
+    """The seam over each patient, in the order given (``gates``: the trials' pool gates,
+    built once per process; they memoise)."""
     for patient_id, kept in patients:
         advance(1)
         yield decide(patient_id, kept, medications, context, gates)
@@ -114,13 +115,14 @@ def decide_share(
     patients: Iterable[tuple[str, list[Kept]]],
     medications: Callable[[str], dict | None],
     context: Context,
+    gates: TrialGates,
 ) -> Share:
     """Decide a share of the patients (a worker's partition, a Spark partition): their
     funnel counts added up, without the trials (the caller has them), and the decisions
     worth sending back (a result or a note)."""
     funnels = context.funnels()
     decisions = []
-    for decision in decide_patients(patients, medications, context):
+    for decision in decide_patients(patients, medications, context, gates):
         for funnel, mine in zip(funnels, decision.funnels or (), strict=True):
             add_counters(funnel, mine)
         if (slim := decision.slim()) is not None:
@@ -224,7 +226,8 @@ class Embedded:
                 else no_progress
             )
             funnels = context.funnels()
-            decisions = decide_patients(store.kept_by_patient(), store.medication, context, advance)
+            patients = store.kept_by_patient(needed=needs_records(gates, len(trials)))
+            decisions = decide_patients(patients, store.medication, context, gates, advance)
             results = merge_decisions(decisions, funnels, quality)
             read = dict(store.resources_by_type)
         return screenings(

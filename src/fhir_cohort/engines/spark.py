@@ -378,4 +378,4 @@ def _decide_partition(part, run) -> Iterator[Share]:
     # doubt or a note about a patient no record names) do not make one, as in the store.
     groups = ((p, list(kept)) for p, kept in sorted(part))
     patients = ((p, [k for k in kept if k is not None]) for p, kept in groups if None in kept)
-    yield decide_share(patients, table.get, context)
+    yield decide_share(patients, table.get, context, pool_gates(list(context.trials)))

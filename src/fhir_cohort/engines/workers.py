@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..criteria.language import Trial
 from ..criteria.plan import CODED
+from ..decide import needs_records
 from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
@@ -122,9 +123,12 @@ def _sift(folder: Path) -> None:
 
 def _decide_part(index: int) -> Share:
     reader = StoreReader(_JOB["store"])
+    context = _JOB["context"]
+    gates = pool_gates(list(context.trials))
     try:
-        patients = reader.kept_by_patient((index, _JOB["parts"]))
-        return decide_share(patients, reader.medication, _JOB["context"])
+        needed = needs_records(gates, len(context.trials))
+        patients = reader.kept_by_patient((index, _JOB["parts"]), needed)
+        return decide_share(patients, reader.medication, context, gates)
     finally:
         reader.close()
 
