@@ -274,7 +274,7 @@ INSIDE = textwrap.dedent(
 
     results = [("first", *screen("2026-06-30"))]
     before = snapshot()
-    for free in (16, 512, 1200, 1800, 2400):
+    for free in (16, 512, 1200, 1800, 2400, 2800, 3200):
         filler = disk / "filler"
         filler.unlink(missing_ok=True)
         stat = os.statvfs(disk)
