@@ -9,8 +9,10 @@ processes and Spark executors give the same answer for the same records.
 
 Its input is one patient's *kept* records (:class:`~fhir_cohort.store.Kept`): each with
 its position in the source order and its relevance bits, in any order (they are put
-back in source order, so "first seen" holds in every engine). Copies of one type and id
-must be settled first by the store's one duplicate rule
+back in source order, so "first seen" holds in every engine). For a patient in no
+trial's pool (:func:`needs_records` says so from the bits alone) a store may hand one
+record that stands for all theirs, with the bits and no body: nothing else is read.
+Copies of one type and id must be settled first by the store's one duplicate rule
 (:func:`fhir_cohort.store.settle`), over the whole input: a newer copy under another
 patient, or one the trial cannot use, still retires this patient's, so the rule cannot
 be applied one patient at a time.
