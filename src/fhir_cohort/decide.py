@@ -76,16 +76,16 @@ class Decision:
         return Decision(self.patient_id, self.results, None, self.notes)
 
 
-def pools(gates: TrialGates, trials: int, touches: int) -> list[int]:
-    """The trials (by index) whose candidate pool a patient may be in, from their
-    records' relevance bits OR-ed: the only trials their records are read for."""
-    return [i for i in range(trials) if gates.may_be_candidate(i, touches)]
+def pools(gates: TrialGates, touches: int) -> list[int]:
+    """The trials (by index, one gate each) whose candidate pool a patient may be in,
+    from their records' relevance bits OR-ed: the only trials their records are read for."""
+    return [i for i in range(len(gates.gates)) if gates.may_be_candidate(i, touches)]
 
 
-def needs_records(gates: TrialGates, trials: int) -> Callable[[int], bool]:
+def needs_records(gates: TrialGates) -> Callable[[int], bool]:
     """Does deciding a patient whose records' bits OR to ``touches`` read the records?
     (A store asked this reads only those patients' bodies.)"""
-    return lambda touches: bool(pools(gates, trials, touches))
+    return lambda touches: bool(pools(gates, touches))
 
 
 def decide(
@@ -107,16 +107,17 @@ def decide(
     for record in records:
         touches |= record.touches
     results: list[TrialResult | None] = [None] * len(context.trials)
-    wanted = pools(gates, len(context.trials), touches)
+    wanted = pools(gates, touches)
     for i, funnel in enumerate(funnels):
         if i not in wanted:
             funnel.count_outside_pool()
     if not wanted:
         return Decision(patient_id, tuple(results), funnels, ())
-    bodies = [record.body for record in records]
-    if None in bodies:  # the engine's store was told the patient needs no records
-        raise RuntimeError(f"the records of patient {patient_id} were not read")
-    resources = [orjson.loads(body) for body in bodies if body is not None]
+    resources = []
+    for record in records:
+        if record.body is None:  # the engine's store was told the patient needs no records
+            raise RuntimeError(f"the records of patient {patient_id} were not read")
+        resources.append(orjson.loads(record.body))
     facts = patient_facts(patient_id, resources, medications, context.base)
     if context.doubts:
         facts = replace(facts, doubts=facts.doubts + context.doubts)

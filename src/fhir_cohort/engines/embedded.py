@@ -226,7 +226,7 @@ class Embedded:
                 else no_progress
             )
             funnels = context.funnels()
-            patients = store.kept_by_patient(needed=needs_records(gates, len(trials)))
+            patients = store.kept_by_patient(needed=needs_records(gates))
             decisions = decide_patients(patients, store.medication, context, gates, advance)
             results = merge_decisions(decisions, funnels, quality)
             read = dict(store.resources_by_type)

@@ -122,12 +122,11 @@ def _sift(folder: Path) -> None:
 
 
 def _decide_part(index: int) -> Share:
-    reader = StoreReader(_JOB["store"])
     context = _JOB["context"]
     gates = pool_gates(list(context.trials))
+    reader = StoreReader(_JOB["store"])
     try:
-        needed = needs_records(gates, len(context.trials))
-        patients = reader.kept_by_patient((index, _JOB["parts"]), needed)
+        patients = reader.kept_by_patient((index, _JOB["parts"]), needs_records(gates))
         return decide_share(patients, reader.medication, context, gates)
     finally:
         reader.close()
