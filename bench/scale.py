@@ -1,15 +1,16 @@
 """Benchmark: the engines end to end from the command line, against a bare parse.
 
     python bench/scale.py --data bench/data/pop-2000 --data bench/data/pop-10000 \
-        --json bench/data/scale.json [--spark] [--repeat 2]
+        --json bench/data/scale.json [--spark] [--repeat 2] [--trial surpass2]
 
 For each ``--data`` folder, in this one script run (so the ratios share the machine's
 load): the bare single-threaded parse (every NDJSON line through ``orjson.loads``,
 bench/run.py's ``bare_parse``), then ``fhir-cohort screen --source DATA`` as a
 subprocess with each setting (the default, one worker per core; ``--workers 1``,
 which is the embedded engine; ``--workers 2``; with ``--spark``, ``--engine spark
---spark-master local[2]``),
-each the best of ``--repeat`` wall-clock runs (taken in rounds: each round runs the bare
+--spark-master local[2]``), screening ``--trial`` (default MiSLE, a rare disease with a
+few candidates; SURPASS-2, a common one, lists about half the population), each the
+best of ``--repeat`` wall-clock runs (taken in rounds: each round runs the bare
 parse and every setting once, so the VM's drift in speed falls on all of them alike;
 the median is kept too), with the peak RSS of the largest process
 (the CLI or one worker; ``wait4``'s ``ru_maxrss``) and the CPU seconds of the whole
@@ -50,13 +51,14 @@ SETTINGS = {
 SPARK = {"spark local[2]": ["--engine", "spark", "--spark-master", "local[2]"]}
 
 
-def cli_run(data: Path, options: list[str]) -> tuple[float, int, bytes, float]:
+def cli_run(data: Path, options: list[str], trial: str) -> tuple[float, int, bytes, float]:
     """Seconds, peak RSS (bytes) of the largest process, candidates.json minus metadata,
     CPU seconds of the whole process tree (user + system)."""
     with tempfile.TemporaryDirectory() as folder:
         out, state = Path(folder) / "out", Path(folder) / "state"
         command = [sys.executable, "-m", "fhir_cohort.cli", "screen", "--source", str(data)]
         command += ["--as-of", "2026-06-30", "--out", str(out), "--state", str(state)]
+        command += ["--trial", trial]
         started = time.perf_counter()
         child = subprocess.Popen([*command, "--quiet", *options])
         _, status, usage = os.wait4(child.pid, 0)
@@ -110,11 +112,13 @@ def main() -> None:
     parser.add_argument("--spark", action="store_true")
     parser.add_argument("--only", action="append", help="run only these settings")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--trial", default="misle", help="the trial screened (default: misle)")
     args = parser.parse_args()
     settings = {**SETTINGS, **(SPARK if args.spark else {})}
     if args.only:
         settings = {k: v for k, v in settings.items() if k in args.only}
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "runs": []}
+    results["trial"] = args.trial
     # An installed package has its bytecode (pip compiles it); a checkout run with
     # PYTHONDONTWRITEBYTECODE set would compile fhir_cohort's modules on every run.
     compileall.compile_dir(Path(fhir_cohort.__file__).parent, quiet=1)
@@ -131,7 +135,7 @@ def main() -> None:
             bare.append(time.perf_counter() - started)
             paired.append(paired_bare_parse(files))
             for name, options in settings.items():
-                runs[name].append(cli_run(data, options))
+                runs[name].append(cli_run(data, options, args.trial))
         floor = min(bare)
         ceiling = 2 * floor / min(paired)
         ceilings = [2 * alone / pair for alone, pair in zip(bare, paired, strict=True)]

@@ -880,10 +880,11 @@ def test_failure_building_an_output_leaves_previous_outputs_and_history(tmp_path
     assert screen(state, out, COHORT).code == 0
     before = outputs_and_runs(out, state)
 
-    def broken(*_args, **_kwargs):
+    def broken(*_args, **_kwargs):  # the page fails half-way, after its first chunk
+        yield b"<!doctype html>"
         raise RuntimeError("template exploded")
 
-    monkeypatch.setattr(cli_module, "render", broken)
+    monkeypatch.setattr(cli_module, "report_bytes", broken)
     monkeypatch.delenv("FHIR_COHORT_DEBUG", raising=False)
     failed = screen(state, out, COHORT, as_of="2026-07-22")
     assert failed.code == 1
@@ -1043,7 +1044,7 @@ def test_outputs_and_state_are_owner_only(tmp_path):
     for path in [*state.iterdir(), *(state / "templates").iterdir()]:
         assert mode(path) == (0o700 if path.is_dir() else 0o600), path
     assert list((state / "work").iterdir()) == []  # the run's store is gone with the run
-    assert len(list((state / "templates").iterdir())) == 1  # the report's, compiled
+    assert len(list((state / "templates").iterdir())) == 2  # the report's and its rows', compiled
 
 
 # ----------------------------------------------------------- changes.py, pure

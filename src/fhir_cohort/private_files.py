@@ -6,8 +6,9 @@ crash never leaves half a file and nobody else on the machine can read one.
 Several files are staged first and renamed together
 (:func:`write_private_files`), so a run killed while writing leaves the
 previous set as it was. A folder a run writes into is locked for the whole
-run (:func:`locked_folder`), so two runs never interleave their files. At the
-bottom of the package: any stage may use it.
+run (:func:`locked_folder`), so two runs never interleave their files. A file's
+content may come as chunks, written as they come, so a large output is never whole in
+memory. At the bottom of the package: any stage may use it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Locked, UsageError
+
+Content = bytes | Iterable[bytes]  # a file's bytes, whole or as chunks
 
 
 @contextmanager
@@ -47,12 +50,14 @@ def locked_folder(folder: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
-def _staged(path: Path, data: bytes) -> Path:
-    """``data`` in an owner-only temporary file beside ``path``, flushed to disk."""
+def _staged(path: Path, data: Content) -> Path:
+    """``data`` in an owner-only temporary file beside ``path``, flushed to disk (none if
+    making the chunks fails)."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                stream.write(chunk)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o600)
@@ -62,13 +67,13 @@ def _staged(path: Path, data: bytes) -> Path:
     return Path(temporary)
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: Content) -> None:
     """Atomically write ``data`` to ``path``, readable by its owner only."""
     write_private_files(path.parent, {path.name: data})
 
 
 def write_private_files(
-    folder: Path, files: dict[str, bytes], then: Callable[[], object] | None = None
+    folder: Path, files: dict[str, Content], then: Callable[[], object] | None = None
 ) -> None:
     """Write several files into ``folder`` (owner-only): all staged, then all renamed.
 

@@ -28,7 +28,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -360,10 +360,11 @@ class State:
         checkpoint: str | None,
         searches: str | None = None,
         funnel: dict,
-        candidates: list[tuple[str, dict, dict]],
+        candidates: Iterable[tuple[str, dict, dict]],
         pool: Sequence[str] = (),
     ) -> int:
-        """Keep one run: ``candidates`` are (patient, snapshot, full result) triples."""
+        """Keep one run: ``candidates`` are (patient, snapshot, full result) triples, taken
+        one at a time."""
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO runs (trial, scope, as_of, started_at, finished_at, outcome, "

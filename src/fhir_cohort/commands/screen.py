@@ -25,12 +25,12 @@ from ..changes import Changes, compare, snapshot
 from ..criteria.language import Trial, check_site, load, load_site, queries_dir
 from ..engines import engine
 from ..errors import Exit
-from ..outputs.candidates import candidate_dict, csv_bytes, json_bytes
+from ..outputs.candidates import candidate_dict, csv_chunks, json_chunks
 from ..outputs.group import build_group, group_json
-from ..outputs.report import render
+from ..outputs.report import report_bytes
 from ..outputs.terminal import problems, summary
 from ..pipeline import Screening
-from ..private_files import locked_folder, write_private_files
+from ..private_files import Content, locked_folder, write_private_files
 from ..sources import ResourceSource, SourceError
 from ..sources.files import MIB, FileLimits, FileSource, is_uri
 from ..state import RunRecord, State, default_state_dir, utc_now
@@ -100,11 +100,12 @@ def _write_outputs(
     compiled: Path | None,
 ) -> None:
     """Stage the outputs, rename them into place, then ``record`` the run (undone if it
-    fails)."""
-    files = {
-        "candidates.json": json_bytes(screening, changes),
-        "candidates.csv": csv_bytes(screening, changes),
-        "report.html": render(screening, changes, compiled).encode("utf-8"),
+    fails). Each file is made as it is written, so only one is in memory at a time, and
+    that one in chunks."""
+    files: dict[str, Content] = {
+        "candidates.json": json_chunks(screening, changes),
+        "candidates.csv": csv_chunks(screening, changes),
+        "report.html": report_bytes(screening, changes, compiled),
         "group.json": group_json(group),
     }
     try:
@@ -232,10 +233,10 @@ def _write_trial(
             checkpoint=_attribute(sources, "checkpoint"),
             searches=_attribute(sources, "searches_fingerprint"),
             funnel=result.funnel.to_dict(),
-            candidates=[
+            candidates=(
                 (c.result.patient, current[c.result.patient], candidate_dict(c))
                 for c in result.candidates
-            ],
+            ),
             pool=[p for s in sources for p in getattr(s, "pool", ())],
         )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 
 import orjson
@@ -57,6 +57,7 @@ CSV_COLUMNS = (
 # Decisions that close a case or act on it: the patient leaves the "to contact" order.
 # Only "reopened" (a newer record undoing the one before) puts a patient back.
 ACTED_ON = frozenset(REVIEW_STATUSES) - {"reopened"}
+CSV_ROWS = 1000  # rows of candidates.csv written at a time
 
 
 def acted_on(patient: str, changes: Changes | None) -> str | None:
@@ -121,9 +122,9 @@ def candidate_dict(candidate: Ranked) -> dict:
     return {"rank": candidate.rank, "score": candidate.score, **candidate.result.to_dict()}
 
 
-def screening_dict(screening: Screening, changes: Changes | None = None) -> dict:
+def _head(screening: Screening, changes: Changes | None) -> dict:
+    """candidates.json but its candidates."""
     trial = screening.trial
-    reviews = changes.reviews if changes else {}
     return {
         "trial": trial.id,
         "trial_title": trial.title,
@@ -137,21 +138,40 @@ def screening_dict(screening: Screening, changes: Changes | None = None) -> dict
         },
         "data_quality": screening.data_quality.to_list(),
         "changes": changes.to_dict() if changes else None,
-        "candidates": [
-            {
-                **candidate_dict(c),
-                "review": reviews[c.result.patient].to_dict()
-                if c.result.patient in reviews
-                else None,
-            }
-            for c in screening.candidates
-        ],
     }
 
 
+def _entries(screening: Screening, changes: Changes | None) -> Iterator[dict]:
+    """candidates.json's candidates, one at a time, in rank order."""
+    reviews = changes.reviews if changes else {}
+    for c in screening.candidates:
+        review = reviews.get(c.result.patient)
+        yield {**candidate_dict(c), "review": review.to_dict() if review else None}
+
+
+def screening_dict(screening: Screening, changes: Changes | None = None) -> dict:
+    """candidates.json, whole."""
+    return {**_head(screening, changes), "candidates": list(_entries(screening, changes))}
+
+
+def json_chunks(screening: Screening, changes: Changes | None = None) -> Iterator[bytes]:
+    """candidates.json as orjson writes :func:`screening_dict` indented, a candidate at a
+    time, so the list is never whole in memory (a common-disease trial lists thousands).
+    The candidates come last, so the head is written first and left open; orjson writes
+    no raw line break inside a string, so a candidate is indented by its line breaks.
+    """
+    head = orjson.dumps(_head(screening, changes), option=orjson.OPT_INDENT_2)
+    yield head[:-2] + b',\n  "candidates": ['
+    opening = b"\n    "
+    for entry in _entries(screening, changes):
+        yield opening + orjson.dumps(entry, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n    ")
+        opening = b",\n    "
+    yield b"]\n}" if opening == b"\n    " else b"\n  ]\n}"
+
+
 def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
-    """candidates.json."""
-    return orjson.dumps(screening_dict(screening, changes), option=orjson.OPT_INDENT_2)
+    """candidates.json, whole."""
+    return b"".join(json_chunks(screening, changes))
 
 
 def flagged(candidate: Ranked, trial: Trial) -> list[str]:
@@ -243,13 +263,23 @@ def _safe_cell(value: object) -> object:
     return value
 
 
-def csv_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
-    """candidates.csv, the screening log (text from the data cannot start a formula)."""
+def csv_chunks(screening: Screening, changes: Changes | None = None) -> Iterator[bytes]:
+    """candidates.csv, the screening log (text from the data cannot start a formula), in
+    chunks of ``CSV_ROWS`` rows."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for candidate in work_order(screening.candidates, changes):
+    for count, candidate in enumerate(work_order(screening.candidates, changes), 1):
         writer.writerow(
             {k: _safe_cell(v) for k, v in csv_row(candidate, screening, changes).items()}
         )
-    return buffer.getvalue().encode("utf-8")
+        if not count % CSV_ROWS:
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode("utf-8")
+
+
+def csv_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
+    """candidates.csv, whole."""
+    return b"".join(csv_chunks(screening, changes))
