@@ -48,7 +48,12 @@ def expected() -> dict:
 
 
 @pytest.fixture(scope="session")
-def cohort_output(trial, expected) -> dict:
-    """candidates.json for the bundled cohort, screened once per test session."""
-    as_of = date.fromisoformat(expected["as_of"])
-    return screening_dict(screen([FileSource(COHORT)], trial, as_of))
+def cohort_screening(trial, expected):
+    """The bundled cohort screened for MiSLE, once per test session (never changed)."""
+    return screen([FileSource(COHORT)], trial, date.fromisoformat(expected["as_of"]))
+
+
+@pytest.fixture(scope="session")
+def cohort_output(cohort_screening) -> dict:
+    """candidates.json for the bundled cohort."""
+    return screening_dict(cohort_screening)

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import date
 
 import orjson
 import pytest
-from conftest import COHORT, EXPECTED
 
 from fhir_cohort.changes import compare, snapshot
-from fhir_cohort.engines.embedded import screen
 from fhir_cohort.outputs import candidates as candidates_module
 from fhir_cohort.outputs import report as report_module
 from fhir_cohort.outputs.candidates import csv_chunks, json_chunks, screening_dict
 from fhir_cohort.outputs.report import render, report_bytes
 from fhir_cohort.private_files import write_private_files
-from fhir_cohort.sources.files import FileSource
 
 
 @pytest.fixture(scope="module")
-def screening(trial):
-    as_of = date.fromisoformat(json.loads(EXPECTED.read_text())["as_of"])
-    return screen([FileSource(COHORT)], trial, as_of)
+def screening(cohort_screening):
+    return cohort_screening
 
 
 @pytest.fixture(scope="module")

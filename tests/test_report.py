@@ -12,7 +12,7 @@ from datetime import date, timedelta
 import jinja2.bccache
 import pytest
 from builders import D, eligible_core, run
-from conftest import COHORT, EXPECTED
+from conftest import COHORT
 from misle_view import MisleView
 
 from fhir_cohort.changes import Change, Changes, ReviewState, compare, snapshot
@@ -48,11 +48,8 @@ BIOLOGICS = "Other biologics in the last 6 months"  # the trial's label for biol
 
 
 @pytest.fixture(scope="module")
-def screening(trial):
-    import json
-
-    as_of = date.fromisoformat(json.loads(EXPECTED.read_text())["as_of"])
-    return screen([FileSource(COHORT)], trial, as_of)
+def screening(cohort_screening):
+    return cohort_screening
 
 
 @pytest.fixture(scope="module")
