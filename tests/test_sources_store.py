@@ -8,6 +8,7 @@ import json
 import re
 import sqlite3
 import stat
+from array import array
 from contextlib import closing
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fhir_cohort import store as store_module
 from fhir_cohort.pipeline import pool_gates
 from fhir_cohort.sources import RawResource, SourceError, files
 from fhir_cohort.sources.files import FileSource
-from fhir_cohort.store import MEDICATION_BY_ID, Detached, SqliteStore, sift
+from fhir_cohort.store import BITS_PER_KEY, MEDICATION_BY_ID, Detached, KeyBits, SqliteStore, sift
 
 
 def read_all(source: FileSource) -> tuple[list[RawResource], list]:
@@ -373,16 +374,16 @@ def test_a_newer_copy_the_trial_cannot_use_retires_a_kept_copy_in_another_shard(
 
 
 @pytest.mark.parametrize("in_worker", [False, True])
-@pytest.mark.parametrize("bits", [None, 0])
+@pytest.mark.parametrize("every_key_passes", [False, True])
 def test_only_copies_that_may_share_a_kept_key_are_taken_out_of_the_runs(
-    tmp_path, trial, monkeypatch, bits, in_worker
+    tmp_path, trial, monkeypatch, every_key_passes, in_worker
 ):
     """Copies the trial cannot use are written in runs; finish() takes out those whose key
     a kept copy may have: every copy sharing one (before or after it, in this store or an
-    absorbed shard, sifted there or before as a worker does), and with a bit set so small
-    that every key collides (one bit), all of them, with the same outcome."""
-    if bits is not None:
-        monkeypatch.setattr(store_module, "_KEY_BITS", bits)
+    absorbed shard, sifted there or before as a worker does), and with a bit set that
+    every key passes (as a full one would), all of them, with the same outcome."""
+    if every_key_passes:
+        monkeypatch.setattr(KeyBits, "hits", lambda self, keys: list(range(len(keys) // 8)))
     keep = pool_gates([trial]).classify
     kept = _versioned("1:640", "2026-01-01T00:00:00Z")
     newer = _versioned("1:640", "2026-02-01T00:00:00Z")
@@ -407,12 +408,63 @@ def test_only_copies_that_may_share_a_kept_key_are_taken_out_of_the_runs(
         store.finish()
         taken = store._db.execute("SELECT stamp, seen FROM unkept").fetchall()
         assert ("2026-02-01T00:00:00Z", 12_003) in taken
-        if bits is None:  # two kept keys in 2**25 bits: another passes 1 in 16 million
-            assert len(taken) < 5
-        else:
+        if every_key_passes:
             assert len(taken) == 12_001
+        else:  # two kept keys in 2**25 bits: another passes 1 in 16 million
+            assert len(taken) < 5
         assert [r["resourceType"] for r in _stored(store)["a"]] == ["Patient"]
         assert store.duplicates == 1
+
+
+def _kept_copies(count: int, prefix: str) -> list[dict]:
+    return [
+        _versioned("1:640", "2026-01-01T00:00:00Z", f"{prefix}-{index}") for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize("through", ["own", "absorbed"])
+def test_the_kept_keys_bit_set_grows_fourfold_while_crowded(tmp_path, trial, monkeypatch, through):
+    """A bit set of a fixed size lets nearly every copy through once the kept keys far
+    outnumber its bits (at a health system's scale); it grows fourfold, from every kept
+    key (its own and its absorbed shards'), while there is more than one key per
+    BITS_PER_KEY bits. Every kept key stays marked, and a newer copy the trial cannot
+    use still retires its kept copy."""
+    monkeypatch.setattr(store_module, "FIRST_BITS", 64)
+    keep = pool_gates([trial]).classify
+    kept = _kept_copies(300, "k")
+    newer = {**kept[123], "meta": {"lastUpdated": "2026-02-01T00:00:00Z"}}
+    newer["code"] = concept(LOINC, "2345-7")  # glucose: in no MiSLE value set
+    with SqliteStore(tmp_path) as store:
+        store.add(RawResource(patient("a"), "mem:1", "a"), keep(patient("a")))
+        assert store.kept_bits().mask + 1 == 64
+        if through == "own":
+            for index, resource in enumerate(kept, start=2):
+                store.add(RawResource(resource, f"mem:{index}", "a"), keep(resource))
+        else:
+            store.absorb(_shard(tmp_path, kept, keep))
+        bits = store.kept_bits()
+        # 301 keys: 64 -> 256 -> 1,024 -> 4,096 -> 16,384 bits, the first with room for them
+        assert bits.mask + 1 == 16_384 >= 301 * BITS_PER_KEY > 4_096
+        keys = array("q", [hash(("Observation", r["id"])) for r in kept]).tobytes()
+        assert bits.hits(keys) == list(range(300))
+        store.add(RawResource(newer, "mem:999", "a"), keep(newer))
+        store.finish()
+        assert store.duplicates == 1
+        assert "k-123" not in {r["id"] for r in _stored(store)["a"]}
+        assert len(_stored(store)["a"]) == 300  # the Patient and the 299 others
+
+
+def test_the_kept_keys_bit_set_stops_growing_at_its_most(tmp_path, trial, monkeypatch):
+    """Past MOST_BITS it stays as it is: more copies pass by chance (matched exactly
+    after), memory stays bounded."""
+    monkeypatch.setattr(store_module, "FIRST_BITS", 64)
+    monkeypatch.setattr(store_module, "MOST_BITS", 256)
+    keep = pool_gates([trial]).classify
+    with SqliteStore(tmp_path) as store:
+        for index, resource in enumerate(_kept_copies(300, "k"), start=1):
+            store.add(RawResource(resource, f"mem:{index}", "a"), keep(resource))
+        bits = store.kept_bits()
+        assert bits.mask + 1 == 256 and bits.count == 300 and not bits.crowded()
 
 
 def test_a_medication_is_found_by_id_on_an_index_not_a_scan(tmp_path):

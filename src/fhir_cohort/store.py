@@ -16,8 +16,8 @@ patient's favour. A full disk is a :class:`StoreError` (exit 2), not a crash.
 Every lookup the run makes goes through an index or in index order, never a scan per
 lookup: the page cache is small, so a scan or a random probe per row grows with the
 square of the data. The copies the trial cannot use (most of the input) are written in
-runs, a row per batch, and only those whose type and id some kept copy may have (a
-fixed-size bit set of the kept keys) are taken out of them for the duplicate rule.
+runs, a row per batch, and only those whose type and id some kept copy may have (a bit
+set of the kept keys, :class:`KeyBits`) are taken out of them for the duplicate rule.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tempfile
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,10 +50,16 @@ _BATCH = 5000
 _RECENT_PATIENTS = 100_000  # patient ids remembered to skip repeat inserts
 _NOT_READ = ("meta", "text")  # what copies may differ in without disagreeing
 _OLDEST = float("-inf")
-# The kept keys' bit set: 2**25 bits (4 MiB) whatever the input, so memory stays flat; at
+# The kept keys' bit set (KeyBits): 2**25 bits (4 MiB) to begin with, four times larger
+# each time the keys marked pass one per 16 bits, up to 2**30 bits (128 MiB). Up to two
+# million kept keys (about 37,000 patients of the benchmark's shape) it stays 4 MiB: at
 # 10,000 patients (560,000 kept keys) about 1.7 % of the unkept copies pass it by chance
-# and are then matched exactly on the key index like the others.
-_KEY_BITS = (1 << 25) - 1
+# and are then matched exactly on the key index like the others. A fixed size would let
+# almost every copy pass at a health system's scale (at 55 million kept keys, 81 %);
+# growing, at most 1 in 16 does up to 67 million kept keys.
+FIRST_BITS = 1 << 25
+MOST_BITS = 1 << 30
+BITS_PER_KEY = 16
 # A Medication by id, on the partial index ``medications`` (every distinct id a record
 # references is looked up: a scan of all kept records each took 80 ms at 10,000 patients).
 MEDICATION_BY_ID = "SELECT body FROM resources WHERE rtype = 'Medication' AND rid = ?"
@@ -124,36 +130,58 @@ class _Run:
         return _Run(array("q", row[0]), array("q", row[1]), orjson.loads(row[2]), ids)
 
 
-def _maybe_kept(bits: bytearray, keys: bytes) -> list[int]:
-    """Where in a run's keys are those whose bit is set (a kept copy may share them).
+class KeyBits:
+    """The kept copies' keys as a bit set (bit ``key % size``): an unkept copy whose bit
+    is not set shares its type and id with no kept copy. It errs only towards "may"."""
 
-    >>> bits = _mark(None, [5])
-    >>> _maybe_kept(bits, array("q", [7, 5, 5 + (1 << 25), -3]).tobytes())
-    [1, 2]
-    """
-    return [
-        index
-        for index, key in enumerate(array("q", keys))
-        if bits[(key & _KEY_BITS) >> 3] >> (key & _KEY_BITS & 7) & 1
-    ]
+    __slots__ = ("bits", "count", "mask")
+
+    def __init__(self, size: int):
+        """``size``: how many bits (a power of two, at least 8)."""
+        self.bits = bytearray(size >> 3)
+        self.mask = size - 1
+        self.count = 0  # keys marked (a key marked twice counts twice)
+
+    def mark(self, keys: Sequence[int]) -> None:
+        bits, mask = self.bits, self.mask
+        for key in keys:
+            bits[(key & mask) >> 3] |= 1 << (key & 7)
+        self.count += len(keys)
+
+    def hits(self, keys: bytes) -> list[int]:
+        """Where in a run's keys (64-bit integers) are those whose bit is set.
+
+        >>> kept = KeyBits(64)
+        >>> kept.mark([5])
+        >>> kept.hits(array("q", [7, 5, 5 + 64, -3]).tobytes())
+        [1, 2]
+        """
+        bits, mask = self.bits, self.mask
+        return [
+            index
+            for index, key in enumerate(array("q", keys))
+            if bits[(key & mask) >> 3] >> (key & 7) & 1
+        ]
+
+    def crowded(self) -> bool:
+        """More keys than one per ``BITS_PER_KEY`` bits, and room to grow.
+
+        >>> kept = KeyBits(64)
+        >>> kept.mark(range(4)); kept.crowded()
+        False
+        >>> kept.mark([4]); kept.crowded()
+        True
+        """
+        size = self.mask + 1
+        return self.count * BITS_PER_KEY > size and size < MOST_BITS
 
 
-def _mark(bits: bytearray | None, keys: Iterable[int]) -> bytearray:
-    """Set the bits of ``keys`` (bit ``key & _KEY_BITS``) in ``bits`` (None: a new set)."""
-    if bits is None:
-        bits = bytearray((_KEY_BITS >> 3) + 1)
-    for key in keys:
-        bits[(key & _KEY_BITS) >> 3] |= 1 << (key & _KEY_BITS & 7)
-    return bits
-
-
-def _marked(db: sqlite3.Connection, schema: str, bits: bytearray | None = None) -> bytearray:
-    """The bits of a store's kept keys (``schema``: that store, as attached) set in
-    ``bits`` (None: a new set), read from the arrays it wrote as it flushed (a cursor
-    over its rows cost three times the marking)."""
-    bits = _mark(bits, ())
+def _marked(db: sqlite3.Connection, schema: str, bits: KeyBits) -> KeyBits:
+    """``bits`` with the keys of a store's kept copies set (``schema``: that store, as
+    attached), read from the arrays it wrote as it flushed (a cursor over its rows cost
+    three times the marking)."""
     for (keys,) in db.execute(f"SELECT keys FROM {schema}.kept_keys"):
-        _mark(bits, array("q", keys))
+        bits.mark(array("q", keys))
     return bits
 
 
@@ -368,7 +396,7 @@ class SqliteStore:
         self.keep_ids = False  # keep the type and id of unkept copies (an engine settling them)
         self._rows: list[tuple] = []
         self._run = _Run()
-        self._kept_bits: bytearray | None = None  # kept_bits(), then kept up to date
+        self._kept_bits: KeyBits | None = None  # kept_bits(), then kept up to date
         self._new_patients: list[tuple[str]] = []
         self._recent_patients: set[str] = set()  # bounded: cleared when large
         # Absorbed shards whose unkept copies are taken at finish(), and only those of a
@@ -450,7 +478,8 @@ class SqliteStore:
                 keys = array("q", [row[5] for row in self._rows])
                 self._db.execute("INSERT INTO kept_keys VALUES (?)", (keys.tobytes(),))
                 if self._kept_bits is not None:
-                    _mark(self._kept_bits, keys)
+                    self._kept_bits.mark(keys)
+                    self._grown()
             if self._run.keys:
                 self._db.execute("INSERT INTO unkept_runs VALUES (?, ?, ?, ?)", self._run.row())
             self._db.executemany("INSERT OR IGNORE INTO patients VALUES (?)", self._new_patients)
@@ -493,21 +522,31 @@ class SqliteStore:
             self._db.execute("CREATE INDEX resources_by_patient ON resources (patient, touches)")
             self._db.commit()
 
-    def kept_bits(self) -> bytearray:
+    def kept_bits(self) -> KeyBits:
         """The bit set of every kept copy's key: an unkept copy whose bit is not set
         competes with none (:func:`sift`). Made at the first call (a store that absorbs
         shards makes it at the first, and sets their bits as it absorbs them, while the
         workers read on), then kept up to date."""
         self._flush()
         if self._kept_bits is None:
-            self._kept_bits = _marked(self._db, "main")
+            self._kept_bits = _marked(self._db, "main", KeyBits(FIRST_BITS))
+            self._grown()
         return self._kept_bits
+
+    def _grown(self) -> None:
+        """Make the bit set four times larger (up to ``MOST_BITS``), from every kept key
+        (all in ``kept_keys``), while it is crowded: building each size again costs at most
+        4/3 of marking the keys once (each smaller size held a quarter as many)."""
+        while self._kept_bits is not None and self._kept_bits.crowded():
+            larger = KeyBits(min(4 * (self._kept_bits.mask + 1), MOST_BITS))
+            self._kept_bits = None  # one set in memory at a time
+            self._kept_bits = _marked(self._db, "main", larger)
 
     def shards(self) -> list[Path]:
         """The folders of the absorbed shards (to :func:`sift` before :meth:`finish`)."""
         return [folder for folder, _ in self._shards]
 
-    def _take_unkept(self, bits: bytearray) -> None:
+    def _take_unkept(self, bits: KeyBits) -> None:
         """Into the ``unkept`` table, the copies whose key some kept copy may have: this
         store's own, sifted here, and each absorbed shard's (at its offset), sifted here
         unless a worker did (the shards are only read)."""
@@ -579,7 +618,9 @@ class SqliteStore:
                 (offset, DOUBT_RECORD, NOTE_RECORD),
             )
             self._db.execute("INSERT OR IGNORE INTO patients SELECT id FROM shard.patients")
+            self._db.execute("INSERT INTO kept_keys SELECT keys FROM shard.kept_keys")
             _marked(self._db, "shard", bits)
+            self._grown()
             if shard.markers:
                 markers = self._db.execute(
                     "SELECT patient, body, seen FROM shard.resources "
@@ -682,12 +723,12 @@ def kept_by_patient(
             yield patient, [Kept(0, touches, None)]
 
 
-def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0) -> None:
+def _sift(db: sqlite3.Connection, schema: str, bits: KeyBits, offset: int = 0) -> None:
     """Into the ``unkept`` table of the connection's own store, the copies of a store's
     unkept runs (``schema``: that store, as attached) whose bit is set, their positions
     moved on by ``offset``; a run at a time, so memory stays flat."""
     for row in db.execute(f"SELECT * FROM {schema}.unkept_runs ORDER BY rowid"):
-        if hits := _maybe_kept(bits, row[0]):
+        if hits := bits.hits(row[0]):
             run = _Run.read(row)
             db.executemany(
                 "INSERT INTO main.unkept VALUES (?, ?, ?, ?, ?)",
@@ -699,7 +740,7 @@ def _sift(db: sqlite3.Connection, schema: str, bits: bytearray, offset: int = 0)
             )
 
 
-def sift(folder: Path, bits: bytearray) -> None:
+def sift(folder: Path, bits: KeyBits) -> None:
     """A detached shard's unkept copies that may compete (``bits``: the run's
     :meth:`SqliteStore.kept_bits`), sifted in the shard itself: in a worker, so that
     :meth:`SqliteStore.finish` only copies them."""
