@@ -162,11 +162,12 @@ def json_chunks(screening: Screening, changes: Changes | None = None) -> Iterato
     """
     head = orjson.dumps(_head(screening, changes), option=orjson.OPT_INDENT_2)
     yield head[:-2] + b',\n  "candidates": ['
-    opening = b"\n    "
+    written = 0
     for entry in _entries(screening, changes):
-        yield opening + orjson.dumps(entry, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n    ")
-        opening = b",\n    "
-    yield b"]\n}" if opening == b"\n    " else b"\n  ]\n}"
+        indented = orjson.dumps(entry, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n    ")
+        yield (b",\n    " if written else b"\n    ") + indented
+        written += 1
+    yield b"\n  ]\n}" if written else b"]\n}"
 
 
 def json_bytes(screening: Screening, changes: Changes | None = None) -> bytes:
