@@ -116,13 +116,14 @@ def decide_share(
     medications: Callable[[str], dict | None],
     context: Context,
     gates: TrialGates,
+    advance: Callable[[int], object] = no_progress,
 ) -> Share:
     """Decide a share of the patients (a worker's partition, a Spark partition): their
     funnel counts added up, without the trials (the caller has them), and the decisions
     worth sending back (a result or a note)."""
     funnels = context.funnels()
     decisions = []
-    for decision in decide_patients(patients, medications, context, gates):
+    for decision in decide_patients(patients, medications, context, gates, advance):
         for funnel, mine in zip(funnels, decision.funnels or (), strict=True):
             add_counters(funnel, mine)
         if (slim := decision.slim()) is not None:

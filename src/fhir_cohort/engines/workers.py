@@ -10,7 +10,9 @@ are first sifted in the workers: only those whose key a kept copy may have go on
 it). Deciding is split by patient: worker
 ``i`` of ``N`` decides the patients whose stable hash (:func:`store.partition`) is
 ``i``; their notes are merged in patient-id order. Memory is one part's batch and one
-patient per worker. Input that is not files (a server) is read by the embedded engine,
+patient per worker. The progress bars move as the workers go (a count they share, read
+by the parent while it waits), not a part at a time: a part can be gigabytes. Input
+that is not files (a server) is read by the embedded engine,
 as are inputs with more records naming no patient than one process keeps. Workers
 never outlive the run (a killed run takes them along) and a worker that dies ends the
 run with one line, never a wait.
@@ -27,8 +29,8 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ from ..decide import needs_records
 from ..errors import UsageError
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
-from ..sources import ProgressStart, ResourceSource
+from ..sources import Progress, ProgressStart, ResourceSource
 from ..sources.files import MIB, FilePart, FileSource
 from ..store import Detached, SqliteStore, StoreReader, sift
 from .embedded import (
@@ -65,13 +67,13 @@ class _Shard:
     store: Detached
     quality: DataQuality
     unattached: list[dict]
-    size: int  # bytes of the part, for the progress bar
 
 
 # What a worker's tasks read: set once per worker by :func:`_start` (inherited when the
 # pool forks, pickled once per worker under forkserver), never changed by a task.
 _JOB: dict = {}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_TICK = 0.25  # seconds between looks at the workers' progress
 
 
 def _start(job: dict, parent: int | None) -> None:
@@ -107,14 +109,27 @@ def processes(start: str | None = None) -> BaseContext:
     return context
 
 
+def _shared(done) -> Progress:
+    """A worker's progress, added to the stage's count (``done``: a shared integer, or
+    None when nobody watches)."""
+    if done is None:
+        return no_progress
+
+    def add(count: int) -> None:
+        with done.get_lock():
+            done.value += count
+
+    return add
+
+
 def _read_part(part: FilePart) -> _Shard:
     source: FileSource = _JOB["source"]
     quality = DataQuality()
     store = SqliteStore(_JOB["workdir"], filtered_types=CODED, now=_JOB["now"])
     unattached = _Unattached(quality, store)
-    ingest(source.read_part(part, quality.add, no_progress), _JOB["gates"], store, unattached)
-    end = part.end if part.end is not None else part.path.stat().st_size
-    return _Shard(store.detach(), quality, unattached.records, end - part.start)
+    progress = _shared(_JOB.get("done"))
+    ingest(source.read_part(part, quality.add, progress), _JOB["gates"], store, unattached)
+    return _Shard(store.detach(), quality, unattached.records)
 
 
 def _sift(folder: Path) -> None:
@@ -127,7 +142,8 @@ def _decide_part(index: int) -> Share:
     reader = StoreReader(_JOB["store"])
     try:
         patients = reader.kept_by_patient((index, _JOB["parts"]), needs_records(gates))
-        return decide_share(patients, reader.medication, context, gates)
+        advance = _shared(_JOB.get("done"))
+        return decide_share(patients, reader.medication, context, gates, advance)
     finally:
         reader.close()
 
@@ -164,6 +180,29 @@ def _pool(
             "a worker process ended before its part was done (killed by the system, "
             "perhaps out of memory); nothing was recorded: run again, with fewer --workers"
         ) from None
+
+
+def in_order(
+    pool: ProcessPoolExecutor,
+    task: Callable,
+    items: Iterable,
+    done=None,
+    advance: Progress | None = None,
+) -> Iterator:
+    """``task`` over ``items`` in the pool, the results in the order of the items. While
+    it waits, it shows on ``advance`` what the workers have added to ``done`` (a shared
+    integer) since it last looked."""
+    futures: list[Future] = [pool.submit(task, item) for item in items]
+    shown = 0
+    for future in futures:
+        finished = advance is None or done is None
+        while not finished:
+            finished = bool(wait([future], timeout=_TICK).done)
+            now = done.value
+            if now > shown:
+                advance(now - shown)  # type: ignore[misc]
+                shown = now
+        yield future.result()
 
 
 class Workers:
@@ -218,14 +257,14 @@ class Workers:
             gates = pool_gates(trials)
             for source in sources:
                 advance = progress("reading", source.total_work(), "B") if progress else None
+                done = context.Value("q", 0) if advance else None
                 job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
-                with _pool(self.workers, context, job, parent) as pool:
-                    for shard in pool.map(_read_part, source.parts(self.workers, self.smallest)):
+                with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
+                    parts = source.parts(self.workers, self.smallest)
+                    for shard in in_order(pool, _read_part, parts, done, advance):
                         store.absorb(shard.store)
                         quality = quality.merge(shard.quality)
                         unattached += shard.unattached
-                        if advance:
-                            advance(shard.size)
                 for key, value in source.stats().items():
                     retrieval[key] = retrieval.get(key, 0) + value
             if len(unattached) > MAX_UNATTACHED:  # one reader notes those past the cap
@@ -234,9 +273,11 @@ class Workers:
             with _pool(self.workers, context, {"bits": store.kept_bits()}, parent) as pool:
                 list(pool.map(_sift, store.shards()))
             ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
-            job = {"context": ran, "store": store.path, "parts": self.workers}
+            advance = progress("screening", store.patient_count(), "patients") if progress else None
+            done = context.Value("q", 0) if advance else None
+            job = {"context": ran, "store": store.path, "parts": self.workers, "done": done}
             with _pool(self.workers, context, job, parent) as pool:
-                parts = list(pool.map(_decide_part, range(self.workers)))
+                shares = list(in_order(pool, _decide_part, range(self.workers), done, advance))
             read = dict(store.resources_by_type)
-        funnels, results = merge_shares(ran, parts, quality)
+        funnels, results = merge_shares(ran, shares, quality)
         return screenings(ran, funnels, quality, results, read, retrieval)
