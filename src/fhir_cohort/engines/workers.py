@@ -195,14 +195,22 @@ def in_order(
     futures: list[Future] = [pool.submit(task, item) for item in items]
     shown = 0
     for future in futures:
-        finished = advance is None or done is None
-        while not finished:
-            finished = bool(wait([future], timeout=_TICK).done)
-            now = done.value
-            if now > shown:
-                advance(now - shown)  # type: ignore[misc]
-                shown = now
+        if advance is not None and done is not None:
+            shown = _watched(future, done, shown, advance)
         yield future.result()
+
+
+def _watched(future: Future, done, shown: int, advance: Progress) -> int:
+    """Wait for ``future``, moving the bar every ``_TICK`` seconds by what the workers
+    have added to ``done`` since it showed ``shown``; what it shows after."""
+    finished = False
+    while not finished:
+        finished = bool(wait([future], timeout=_TICK).done)
+        now = done.value
+        if now > shown:
+            advance(now - shown)
+            shown = now
+    return shown
 
 
 class Workers:
