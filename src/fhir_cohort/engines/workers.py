@@ -12,10 +12,10 @@ it). Deciding is split by patient: worker
 ``i``; their notes are merged in patient-id order. Memory is one part's batch and one
 patient per worker. The progress bars move as the workers go (a count they share, read
 by the parent while it waits), not a part at a time: a part can be gigabytes. Input
-that is not files (a server) is read by the embedded engine,
-as are inputs with more records naming no patient than one process keeps. Workers
-never outlive the run (a killed run takes them along) and a worker that dies ends the
-run with one line, never a wait.
+that is not files (a server) is read by the embedded engine, as are inputs with more
+records naming no patient than one process keeps. Workers never outlive the run (a
+killed run takes them along) and a worker that dies ends the run with one line, never
+a wait.
 """
 
 from __future__ import annotations
