@@ -40,9 +40,11 @@ class Bars:
         return found
 
 
-def test_the_bars_add_up_to_every_byte_and_every_patient(population):
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_the_bars_add_up_to_every_byte_and_every_patient(population, start):
+    """Forked workers share the count by inheritance, a fork server's by pickling."""
     bars = Bars()
-    run = Workers(2, smallest=1).screen
+    run = Workers(2, smallest=1, start=start).screen
     watched = run([FileSource(population)], TRIALS, AS_OF, progress=bars.start, now=NOW)
     size = sum(path.stat().st_size for path in FileSource(population).files)
     assert size > 6_000_000
