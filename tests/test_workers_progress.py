@@ -4,7 +4,6 @@ every patient. Watching them changes no answer."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from engine_support import AS_OF, NOW, TRIALS, candidates
 from engine_support import population as generate
 
 from fhir_cohort.engines import workers as workers_module
-from fhir_cohort.engines.workers import Workers, in_order
+from fhir_cohort.engines.workers import Workers, in_order, processes
 from fhir_cohort.outputs.candidates import json_bytes
 from fhir_cohort.sources.files import FileSource
 
@@ -57,6 +56,11 @@ def test_the_bars_add_up_to_every_byte_and_every_patient(population, start):
     assert b"\n".join(json_bytes(s) for s in watched) == candidates(run, population)
 
 
+def parent(context) -> int | None:
+    """The pid a forked worker dies with (a fork server's workers follow it instead)."""
+    return os.getpid() if context.get_start_method() == "fork" else None
+
+
 def _waits_to_be_seen(amount: int) -> bool:
     """A task that reports ``amount`` done, then waits until the parent has shown it."""
     job = workers_module._JOB
@@ -69,7 +73,7 @@ def test_progress_is_shown_while_a_task_is_still_running(monkeypatch):
     """The parent shows what a worker reported before that worker's task ends: here the
     task cannot end until the parent has shown its count (else it times out, False)."""
     monkeypatch.setattr(workers_module, "_TICK", 0.01)
-    context = multiprocessing.get_context("fork")
+    context = processes()  # forked, unless this process runs threads
     done, seen = context.Value("q", 0), context.Event()
     shown: list[int] = []
 
@@ -79,12 +83,12 @@ def test_progress_is_shown_while_a_task_is_still_running(monkeypatch):
             seen.set()
 
     job = {"done": done, "seen": seen}
-    with workers_module._pool(1, context, job, os.getpid()) as pool:
+    with workers_module._pool(1, context, job, parent(context)) as pool:
         results = list(in_order(pool, _waits_to_be_seen, [5], done, advance))
     assert results == [True] and sum(shown) == 5
 
 
 def test_without_a_bar_results_come_in_order():
-    context = multiprocessing.get_context("fork")
-    with workers_module._pool(2, context, {}, os.getpid()) as pool:
+    context = processes()
+    with workers_module._pool(2, context, {}, parent(context)) as pool:
         assert list(in_order(pool, abs, [-3, 2, -1, 0])) == [3, 2, 1, 0]
