@@ -137,8 +137,7 @@ def _sift(folder: Path) -> None:
 
 
 def _decide_part(index: int) -> Share:
-    context = _JOB["context"]
-    gates = pool_gates(list(context.trials))
+    context, gates = _JOB["context"], _JOB["gates"]
     reader = StoreReader(_JOB["store"])
     try:
         patients = reader.kept_by_patient((index, _JOB["parts"]), needs_records(gates))
@@ -283,8 +282,8 @@ class Workers:
             ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
             advance = progress("screening", store.patient_count(), "patients") if progress else None
             done = context.Value("q", 0) if advance else None
-            job = {"context": ran, "store": store.path, "parts": self.workers, "done": done}
-            with _pool(self.workers, context, job, parent) as pool:
+            job = {"context": ran, "gates": gates, "store": store.path, "parts": self.workers}
+            with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                 shares = list(in_order(pool, _decide_part, range(self.workers), done, advance))
             read = dict(store.resources_by_type)
         funnels, results = merge_shares(ran, shares, quality)
