@@ -74,7 +74,9 @@ def test_the_worklist_keeps_answering_while_a_screen_records_a_run(state_dir, tm
             code, _, err = cli("screen", "--source", str(COHORT), "--state", str(state_dir),
                                "--out", str(tmp_path / "out"), "--as-of", "2026-08-01",
                                "--quiet")  # fmt: skip
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30  # a busy machine may answer slowly
+            while "3" not in runs and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             done.set()
             reader.join()
