@@ -199,6 +199,15 @@ def in_order(
         yield future.result()
 
 
+def _bar(
+    progress: ProgressStart | None, context: BaseContext, title: str, total: int, unit: str
+) -> tuple[Progress | None, object]:
+    """A progress bar and the shared count the workers add to (None, None: no progress)."""
+    if progress is None:
+        return None, None
+    return progress(title, total, unit), context.Value("q", 0)
+
+
 def _watched(future: Future, done, shown: int, advance: Progress) -> int:
     """Wait for ``future``, moving the bar every ``_TICK`` seconds by what the workers
     have added to ``done`` since it showed ``shown``; what it shows after."""
@@ -263,8 +272,7 @@ class Workers:
         with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
             gates = pool_gates(trials)
             for source in sources:
-                advance = progress("reading", source.total_work(), "B") if progress else None
-                done = context.Value("q", 0) if advance else None
+                advance, done = _bar(progress, context, "reading", source.total_work(), "B")
                 job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
                 with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                     parts = source.parts(self.workers, self.smallest)
@@ -280,8 +288,8 @@ class Workers:
             with _pool(self.workers, context, {"bits": store.kept_bits()}, parent) as pool:
                 list(pool.map(_sift, store.shards()))
             ran = settled(store, quality, unattached, trials, as_of, base_of(sources))
-            advance = progress("screening", store.patient_count(), "patients") if progress else None
-            done = context.Value("q", 0) if advance else None
+            count = store.patient_count()
+            advance, done = _bar(progress, context, "screening", count, "patients")
             job = {"context": ran, "gates": gates, "store": store.path, "parts": self.workers}
             with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                 shares = list(in_order(pool, _decide_part, range(self.workers), done, advance))
