@@ -17,11 +17,13 @@ the median is kept too), with the peak RSS of the largest process
 process tree (a figure the machine's load moves less than wall time). The load average
 is recorded before and after: on a shared machine the numbers move with it. Each run's
 candidates.json (without ``generator``) is compared with the first: all must agree.
-Also printed: how much faster ``--workers 2`` (and the default) is than ``--workers 1``,
-against the machine's own ceiling: each round also runs two bare parses at once (forked),
-and twice the time of one alone over the time of the pair is what two processes gain on
-work with nothing serial and nothing shared (on two cores of a VM, less than 2x: the
-cores share caches, memory bandwidth and a host).
+Also printed: how much faster ``--workers 2`` (and the default) is than ``--workers 1``
+(from the best times, and round by round with the median: a round's settings ran
+minutes apart, under much the same load), against the machine's own ceiling: each round
+also runs two bare parses at once (forked), and twice the time of one alone over the
+time of the pair is what two processes gain on work with nothing serial and nothing
+shared (on two cores of a VM, less than 2x: the cores share caches, memory bandwidth
+and a host).
 First, the median time of ``fhir-cohort --help`` (start-up).
 """
 
@@ -174,21 +176,31 @@ def main() -> None:
                 "load": os.getloadavg()[0],
             }
             results["runs"].append(row)
+            # Each round against its own bare parse: a drift in the VM's speed between
+            # rounds falls on both sides of the ratio.
+            row["x_bare_per_round"] = [r[0] / b for r, b in zip(done, bare, strict=True)]
             print(
                 f"  {name:24s} {seconds:7.2f} s (median {row['median_s']:.2f})  "
-                f"{seconds / floor:5.2f}x bare  cpu {cpu:6.1f} s  "
+                f"{seconds / floor:5.2f}x bare (per round median "
+                f"{statistics.median(row['x_bare_per_round']):.2f})  cpu {cpu:6.1f} s  "
                 f"peak {peak / 2**20:6.0f} MiB  same={same}",
                 flush=True,
             )
-        if "workers 1" in best:
-            for name in ("default", "workers 2"):
-                if name in best:
-                    speedup = best["workers 1"] / best[name]
-                    print(
-                        f"  {name} against workers 1: {speedup:.2f}x faster "
-                        f"({speedup / ceiling:.0%} of the two processes' ceiling)",
-                        flush=True,
-                    )
+        for name in ("default", "workers 2") if "workers 1" in best else ():
+            if name in best:
+                speedup = best["workers 1"] / best[name]
+                pairs = zip(runs["workers 1"], runs[name], strict=True)
+                rounds = [one[0] / other[0] for one, other in pairs]
+                results.setdefault("speedups", []).append(
+                    {"data": data.name, "setting": name, "best": speedup, "per_round": rounds}
+                )
+                print(
+                    f"  {name} against workers 1: {speedup:.2f}x faster "
+                    f"({speedup / ceiling:.0%} of the two processes' ceiling; per round "
+                    f"{', '.join(f'{r:.2f}' for r in rounds)}, median "
+                    f"{statistics.median(rounds):.2f})",
+                    flush=True,
+                )
     results["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
