@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import date
 
-import orjson
-
 from .criteria.funnel import TrialFunnel
 from .criteria.language import Trial
 from .criteria.plan import TrialGates
@@ -117,7 +115,7 @@ def decide(
     for record in records:
         if record.body is None:  # the engine's store was told the patient needs no records
             raise RuntimeError(f"the records of patient {patient_id} were not read")
-        resources.append(orjson.loads(record.body))
+        resources.append(record.body)  # parsed as it is normalised
     facts = patient_facts(patient_id, resources, medications, context.base)
     if context.doubts:
         facts = replace(facts, doubts=facts.doubts + context.doubts)

@@ -687,11 +687,12 @@ def _doubted(resource: dict) -> list[str]:
 
 def patient_facts(
     patient_id: str,
-    resources: Iterable[dict],
+    resources: Iterable[dict | bytes],
     lookup: MedicationLookup,
     base: str | None = None,
 ) -> PatientFacts:
-    """Normalise one patient's resources into :class:`PatientFacts`.
+    """Normalise one patient's resources (parsed, or as JSON bytes) into
+    :class:`PatientFacts`.
 
     ``base`` is the source's own server base, for absolute Medication references.
     """
@@ -736,7 +737,9 @@ def patient_facts(
         problems = [*_doubted(resource), *reading.problems]
         notes += found + _notes(reading.problems, where)
         if record is not None:
-            facts["records"].append(replace(record, unreadable=tuple(problems)))
+            facts["records"].append(
+                replace(record, unreadable=tuple(problems)) if problems else record
+            )
         for one in fact if isinstance(fact, tuple) else () if fact is None else (fact,):
             if problems:
                 one = replace(one, unreadable=tuple(problems))
