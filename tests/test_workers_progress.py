@@ -64,8 +64,7 @@ def parent(context) -> int | None:
 def _waits_to_be_seen(amount: int) -> bool:
     """A task that reports ``amount`` done, then waits until the parent has shown it."""
     job = workers_module._JOB
-    with job["done"].get_lock():
-        job["done"].value += amount
+    workers_module._shared(job["done"])(amount)
     return job["seen"].wait(timeout=30)
 
 

@@ -713,7 +713,7 @@ class Drug:
     pattern: re.Pattern[str] | None
     # The name found in each text searched (bounded): records repeat a few drug names,
     # and searching them was a third of evaluating a common-disease trial's pool.
-    _named: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _named: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
     def matches(self, codes, names) -> str | None:
         """What identified the drug (a code or a name), or None."""
