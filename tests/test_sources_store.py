@@ -88,6 +88,36 @@ def test_parts_of_a_file_name_its_lines_and_count_them_only_for_a_note(tmp_path,
     assert len(read) == 40 and counted == []
 
 
+def test_parts_read_ahead_give_the_whole_files_records_notes_and_bytes(tmp_path):
+    """A part is read through a read-ahead buffer and stops at its end, wherever the
+    buffer's refills fall: over-long lines longer than the buffer (skipped in pieces)
+    and lines on either side of a part's bounds give what one reader of the whole file
+    gives, and the progress adds up to every byte once."""
+    huge = files._BUFFER * 3 // 2
+    records = [observation(f"o{i}", "5048-4", pid=f"p{i % 7}") for i in range(300)]
+    lines = [json.dumps(r).encode() + b"\n" for r in records]
+    head = b'{"resourceType": "Observation", "subject": {"reference": "Patient/p3"}, "n": "'
+    for at in (0, 100, 150, 299):  # first and last line, and near the middle bound
+        lines[at] = head + b"x" * huge + b'"}\n'
+    path = tmp_path / "data.ndjson"
+    path.write_bytes(b"".join(lines))
+    source = FileSource(path, limits=files.FileLimits(line=64 * 1024))
+    whole, whole_notes = read_all(source)
+    for pieces in (2, 3, 5):
+        parts = source.parts(pieces, smallest=1)
+        assert 1 < len(parts) <= pieces  # bounds that fall in one long line are one
+        read, notes, done = [], [], []
+        for part in parts:
+            read += source.read_part(part, notes.append, done.append)
+        assert sum(done) == path.stat().st_size
+        assert notes == whole_notes and len(notes) == 4
+        assert [n.where for n in notes] == [f"{path}:{at + 1}" for at in (0, 100, 150, 299)]
+        assert [(r.where, r.patient, r.unreadable, r.resource) for r in read] == [
+            (r.where, r.patient, r.unreadable, r.resource) for r in whole
+        ]
+    assert len(whole) == 300 and sum(r.unreadable is not None for r in whole) == 4
+
+
 def test_gzipped_ndjson_is_read(tmp_path):
     path = tmp_path / "Condition.000.ndjson.gz"
     lines = "".join(json.dumps(r) + "\n" for r in [sle("c1", pid="a"), sle("c2", pid="b")])
