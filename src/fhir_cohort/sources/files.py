@@ -242,35 +242,34 @@ class _Span(io.RawIOBase):
 
     def __init__(self, path: Path, start: int, end: int):
         super().__init__()
-        self._path, self._fd = path, os.open(path, os.O_RDONLY)
-        self._start, self._at, self._end = start, start, end
+        self._path, self._file = path, io.FileIO(path, "r")
+        self._file.seek(start)
+        self._start, self._left = start, end - start
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        want = min(len(buffer), self._end - self._at)
-        if want <= 0:
+        if self._left <= 0:
             return 0
-        got = os.preadv(self._fd, [memoryview(buffer)[:want]], self._at)
-        self._at += got
+        got = self._file.readinto(memoryview(buffer)[: self._left]) or 0
+        self._left -= got
         return got
 
     def tell(self) -> int:
-        return self._at - self._start
+        return self._file.tell() - self._start
 
     def lines_before(self) -> int:
         """How many line breaks the file holds before the span: read from the open file
         while the span is read (its position stays; a file renamed or removed meanwhile
         still answers), from the file opened again after."""
         if not self.closed:
-            return _breaks(self._fd, self._start)
+            return _breaks(self._file.fileno(), self._start)
         with self._path.open("rb") as file:
             return _breaks(file.fileno(), self._start)
 
     def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
+        self._file.close()
         super().close()
 
 
