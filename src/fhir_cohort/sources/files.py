@@ -237,12 +237,13 @@ def _line_start(path: Path, offset: int) -> int:
 
 
 class _Span(io.RawIOBase):
-    """The bytes ``start`` to ``end`` of a plain file, read as if they were the whole file
-    (unbuffered: :func:`_open` puts a :data:`_BUFFER` in front of it)."""
+    """The bytes ``start`` to ``end`` of a plain file, open in ``file``, read as if they
+    were the whole file (unbuffered: :func:`_open` puts a :data:`_BUFFER` in front of it).
+    """
 
-    def __init__(self, path: Path, start: int, end: int):
+    def __init__(self, file: io.FileIO, path: Path, start: int, end: int):
         super().__init__()
-        self._path, self._file = path, io.FileIO(path, "r")
+        self._file, self._path = file, path
         self._file.seek(start)
         self._start, self._left = start, end - start
 
@@ -291,7 +292,8 @@ def _open(path: Path, part: FilePart | None = None) -> tuple[BinaryIO, BinaryIO]
     same, or inflated), both with a :data:`_BUFFER`."""
     if part is not None and (part.start or part.end is not None):
         end = path.stat().st_size if part.end is None else part.end
-        span = io.BufferedReader(_Span(path, part.start, end), _BUFFER)
+        # Opened first: a file that cannot be opened leaves no half-made span to close.
+        span = io.BufferedReader(_Span(io.FileIO(path, "r"), path, part.start, end), _BUFFER)
         return span, span
     raw = path.open("rb", buffering=_BUFFER)
     if path.name.lower().endswith(".gz"):
