@@ -1,5 +1,5 @@
 """Imports point down the flow, never back: sources -> normalise -> criteria -> decide ->
-engines -> outputs -> commands. Each part of the package (a subpackage or a top-level
+listing -> engines -> outputs -> commands. Each part of the package (a subpackage or a top-level
 module) may import only the parts listed before it here, at module level or inside a
 function alike, so a cycle or an upward import fails this test rather than a review.
 """
@@ -27,6 +27,8 @@ LAYERS = [
     "store",
     "criteria",
     "decide",  # the one per-patient function
+    "snapshots",  # what the history keeps of a candidate
+    "listing",  # the ranked candidates, kept on disk
     "pipeline",
     "engines",
     "changes",

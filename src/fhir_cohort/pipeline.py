@@ -31,7 +31,7 @@ from datetime import date
 from .criteria.funnel import TrialFunnel
 from .criteria.language import Trial
 from .criteria.plan import PATIENT_DATA, PoolGate, TrialGates
-from .criteria.rank_terms import Ranked
+from .listing import Candidates
 from .normalise.elements import R4_RESOURCE_TYPES, show
 from .quality import DataQuality, Note
 from .sources import (
@@ -88,7 +88,7 @@ class Screening:
     as_of: date
     funnel: TrialFunnel
     data_quality: DataQuality
-    candidates: list[Ranked]
+    candidates: Candidates  # ranked: an engine's listing on disk, or a list
     retrieval: dict[str, int] = field(default_factory=dict)
     plan: dict | None = None  # how a server was asked (its source's ``retrieval_plan``)
 

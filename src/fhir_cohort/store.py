@@ -343,7 +343,7 @@ def settle(where: str, copies: list[Copy], now: float) -> Settled:
 
 
 @contextmanager
-def _writing(folder: Path) -> Iterator[None]:
+def writing(folder: Path) -> Iterator[None]:
     """Turn a full disk (or an unwritable scratch folder) into one StoreError line."""
     try:
         yield
@@ -370,13 +370,13 @@ class SqliteStore:
         (None: any type). A copy not kept still competes with a kept copy of the
         same type and id. ``now``: when the run started (a later lastUpdated does not
         count)."""
-        with _writing(folder or Path(tempfile.gettempdir())):
+        with writing(folder or Path(tempfile.gettempdir())):
             self._folder = Path(tempfile.mkdtemp(prefix="fhir-cohort-", dir=folder))
         # 16 KiB pages (not 4): a kept record (about 1 KiB) rarely spills onto an overflow
         # page, which makes copying shards and building the indexes about a third cheaper
         # (a screen of 2,000 patients 10 % faster; 64 KiB gains little more and needs
         # more room on a nearly full disk). The page cache stays 2 MiB whatever the page.
-        with _writing(self._folder):
+        with writing(self._folder):
             self._db = sqlite3.connect(self._folder / "resources.sqlite3")
             self._db.executescript(
                 "PRAGMA page_size = 16384;"
@@ -470,7 +470,7 @@ class SqliteStore:
         self._rows.append((kind, rid, patient, None, self._seen, hash((kind, rid)), 1, body))
 
     def _flush(self) -> None:
-        with _writing(self._folder):
+        with writing(self._folder):
             self._db.executemany(
                 "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._rows
             )
@@ -492,7 +492,7 @@ class SqliteStore:
     def finish(self) -> None:
         """End of input: settle every type and id read more than once, index by patient."""
         self._flush()
-        with _writing(self._folder):
+        with writing(self._folder):
             self._db.execute("CREATE INDEX resources_by_key ON resources (key)")
             self._take_unkept(self.kept_bits())
             self._db.execute("CREATE INDEX unkept_by_key ON unkept (key)")
@@ -596,7 +596,7 @@ class SqliteStore:
         """End of a shard's input (before :meth:`finish`): what :meth:`absorb` takes in
         another process (or an engine reads out with :func:`unkept_copies`)."""
         self._flush()
-        with _writing(self._folder):
+        with writing(self._folder):
             self._db.commit()
         self._db.close()
         return Detached(self._folder, self._seen, self._markers, self.resources_by_type)
@@ -609,7 +609,7 @@ class SqliteStore:
         bits = self.kept_bits()  # (everything read so far flushed first)
         offset, plain = self._seen, "rtype NOT IN (?, ?)"
         markers: list[tuple[str, bytes, int]] = []
-        with _writing(self._folder):
+        with writing(self._folder):
             path = str(shard.folder / "resources.sqlite3")
             self._db.execute("ATTACH DATABASE ? AS shard", (path,))
             kept = self._db.execute(
@@ -744,7 +744,7 @@ def sift(folder: Path, bits: KeyBits) -> None:
     """A detached shard's unkept copies that may compete (``bits``: the run's
     :meth:`SqliteStore.kept_bits`), sifted in the shard itself: in a worker, so that
     :meth:`SqliteStore.finish` only copies them."""
-    with _writing(folder):
+    with writing(folder):
         db = sqlite3.connect(folder / "resources.sqlite3")
         try:
             db.executescript(_SCRATCH)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 
-from ..changes import Changes, compare, snapshot
+from ..changes import Changes, compare
 from ..criteria.language import Trial, check_site, load, load_site, queries_dir
 from ..engines import engine
 from ..errors import Exit
-from ..outputs.candidates import candidate_dict, csv_chunks, json_chunks
+from ..listing import entries, snapshots
+from ..outputs.candidates import csv_chunks, json_chunks
 from ..outputs.group import build_group, group_json
 from ..outputs.report import report_bytes
 from ..outputs.terminal import problems, summary
@@ -115,7 +116,7 @@ def _write_outputs(
 
 
 def _changes(
-    state: State, trial: Trial, previous: RunRecord | None, current: dict, as_of: date
+    state: State, trial: Trial, previous: RunRecord | None, current: Mapping[str, dict], as_of: date
 ) -> Changes:
     """This run against the previous complete one, with the review decisions on record."""
     return compare(
@@ -218,7 +219,7 @@ def _write_trial(
     """One trial's outputs written into ``out`` and its run recorded (or neither)."""
     trial, as_of = result.trial, result.as_of
     previous = state.previous_run(trial.id, scope)
-    current = {c.result.patient: snapshot(c) for c in result.candidates}
+    current = snapshots(result.candidates)
     changes = _changes(state, trial, previous, current, as_of)
     group = build_group(result)
     missing = result.missing_data()
@@ -233,10 +234,7 @@ def _write_trial(
             checkpoint=_attribute(sources, "checkpoint"),
             searches=_attribute(sources, "searches_fingerprint"),
             funnel=result.funnel.to_dict(),
-            candidates=(
-                (c.result.patient, current[c.result.patient], candidate_dict(c))
-                for c in result.candidates
-            ),
+            candidates=entries(result.candidates),
             pool=[p for s in sources for p in getattr(s, "pool", ())],
         )
 

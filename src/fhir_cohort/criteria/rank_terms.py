@@ -64,17 +64,18 @@ def score(result: TrialResult, trial: Trial) -> int:
     return sum(term_points(term, result) for term in trial.spec.ranking)
 
 
+_ORDER = {status: i for i, status in enumerate(STATUSES)}
+
+
+def sort_key(result: TrialResult, points: int) -> tuple[int, date, int, str]:
+    """Where a listed result ranks, smallest first: its status, the soonest end of a
+    washout, the most points, then its patient id."""
+    soonest = result.eligible_from if result.status == WASHOUT else None
+    return (_ORDER[result.status], soonest or date.min, -points, result.patient)
+
+
 def rank(results: list[TrialResult], trial: Trial) -> list[Ranked]:
     """The listed candidates, ranked 1..n."""
-    order = {status: i for i, status in enumerate(STATUSES)}
-    scored = [(score(r, trial), r) for r in results if r.status in order]
-
-    def key(item: tuple[int, TrialResult]):
-        points, result = item
-        soonest = result.eligible_from if result.status == WASHOUT else None
-        return (order[result.status], soonest or date.min, -points, result.patient)
-
-    return [
-        Ranked(i, points, result)
-        for i, (points, result) in enumerate(sorted(scored, key=key), start=1)
-    ]
+    scored = [(score(r, trial), r) for r in results if r.status in _ORDER]
+    ordered = sorted(scored, key=lambda item: sort_key(item[1], item[0]))
+    return [Ranked(i, points, result) for i, (points, result) in enumerate(ordered, start=1)]

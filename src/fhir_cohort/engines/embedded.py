@@ -16,9 +16,8 @@ from pathlib import Path
 from ..criteria.funnel import TrialFunnel
 from ..criteria.language import Trial
 from ..criteria.plan import CODED, TrialGates
-from ..criteria.rank_terms import rank
-from ..criteria.tree import TrialResult
 from ..decide import Context, Decision, decide, needs_records
+from ..listing import Listing
 from ..normalise.elements import R4_RESOURCE_TYPES
 from ..normalise.resources import unattached_facts
 from ..pipeline import Screening, _Unattached, partial_input_doubts, pool_gates
@@ -134,9 +133,9 @@ def decide_share(
 
 
 def merge_shares(
-    context: Context, shares: Iterable[Share], quality: DataQuality
-) -> tuple[list[TrialFunnel], list[list[TrialResult]]]:
-    """The run's funnels and each trial's candidates from the shares, in any order (the
+    context: Context, shares: Iterable[Share], quality: DataQuality, workdir: Path | None
+) -> tuple[list[TrialFunnel], list[Listing]]:
+    """The run's funnels and each trial's listing from the shares, in any order (the
     decisions are merged in patient-id order, so notes come as one process gives them)."""
     funnels = context.funnels()
     decisions: list[Decision] = []
@@ -145,32 +144,41 @@ def merge_shares(
             add_counters(funnel, share)
         decisions += decided
     decisions.sort(key=lambda d: d.patient_id)
-    return funnels, merge_decisions(decisions, funnels, quality)
+    listings = listings_for(context, workdir)
+    merge_decisions(decisions, funnels, quality, listings)
+    return funnels, listings
+
+
+def listings_for(context: Context, workdir: Path | None) -> list[Listing]:
+    """An empty listing for each trial, in ``workdir`` (None: the system's temporary
+    folder); each removes itself when the run's outcome is dropped."""
+    return [Listing(trial, workdir) for trial in context.trials]
 
 
 def merge_decisions(
-    decisions: Iterable[Decision], funnels: list[TrialFunnel], quality: DataQuality
-) -> list[list[TrialResult]]:
+    decisions: Iterable[Decision],
+    funnels: list[TrialFunnel],
+    quality: DataQuality,
+    listings: list[Listing],
+) -> None:
     """Add decisions (in patient-id order) to the run's funnels (unless their shares are
-    counted already: None) and notes; each trial's candidates' results."""
-    results: list[list[TrialResult]] = [[] for _ in funnels]
+    counted already: None), notes and each trial's listing."""
     for decision in decisions:
         if decision.funnels is not None:
             for funnel, share in zip(funnels, decision.funnels, strict=True):
                 add_counters(funnel, share)
         for note in decision.notes:
             quality.add(note)
-        for listed, result in zip(results, decision.results, strict=True):
+        for listing, result in zip(listings, decision.results, strict=True):
             if result is not None:
-                listed.append(result)
-    return results
+                listing.add(result)
 
 
 def screenings(
     context: Context,
     funnels: list[TrialFunnel],
     quality: DataQuality,
-    results: list[list[TrialResult]],
+    listings: list[Listing],
     read: dict[str, int],
     retrieval: dict[str, int],
     plan: dict | None = None,
@@ -178,11 +186,13 @@ def screenings(
 ) -> list[Screening]:
     """Each trial's outcome from the merged shares (``read``: resources by type)."""
     out = []
-    for trial, funnel, listed in zip(context.trials, funnels, results, strict=True):
+    for trial, funnel, listing in zip(context.trials, funnels, listings, strict=True):
         funnel.resources_read = dict(read)
         funnel.count_outside_pool(not_read)
-        ranked = rank(listed, trial)
-        out.append(Screening(trial, context.as_of, funnel, quality, ranked, dict(retrieval), plan))
+        screening = Screening(
+            trial, context.as_of, funnel, quality, listing.ranked(), dict(retrieval), plan
+        )
+        out.append(screening)
     return out
 
 
@@ -229,13 +239,14 @@ class Embedded:
             funnels = context.funnels()
             patients = store.kept_by_patient(needed=needs_records(gates))
             decisions = decide_patients(patients, store.medication, context, gates, advance)
-            results = merge_decisions(decisions, funnels, quality)
+            listings = listings_for(context, workdir)
+            merge_decisions(decisions, funnels, quality, listings)
             read = dict(store.resources_by_type)
         return screenings(
             context,
             funnels,
             quality,
-            results,
+            listings,
             read,
             dict(retrieval),
             plan() if plan else None,

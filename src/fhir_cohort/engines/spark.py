@@ -328,10 +328,10 @@ class Spark:
             .groupByKey()
             .mapPartitions(lambda part: _decide_partition(part, shared_run.value))
         )
-        funnels, results = merge_shares(ran, grouped.collect(), quality)
+        funnels, listings = merge_shares(ran, grouped.collect(), quality, workdir)
         reads.unpersist()
         settled.unpersist()
-        return screenings(ran, funnels, quality, results, read_by_type, {"files": len(files)})
+        return screenings(ran, funnels, quality, listings, read_by_type, {"files": len(files)})
 
 
 def _listed(spark, uris: list[str]) -> list[tuple[str, int]]:

@@ -251,7 +251,7 @@ class Workers:
         scratch = Path(tempfile.mkdtemp(prefix="fhir-cohort-workers-", dir=workdir))
         try:
             with _long_lived():
-                return self._screen(files, trials, as_of, progress, scratch, now)
+                return self._screen(files, trials, as_of, progress, scratch, now, workdir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -261,19 +261,22 @@ class Workers:
         trials: list[Trial],
         as_of: date,
         progress: ProgressStart | None,
-        workdir: Path,
+        scratch: Path,
         now: float,
+        workdir: Path | None,
     ) -> list[Screening]:
+        """``scratch``: the run's stores and shards (removed after); ``workdir``: where
+        the outcome's listings go (they outlive the run's scratch)."""
         context = processes(self.start)
         parent = os.getpid() if context.get_start_method() == "fork" else None
         quality = DataQuality()
         retrieval: dict[str, int] = {}
         unattached: list[dict] = []
-        with SqliteStore(workdir, filtered_types=CODED, now=now) as store:
+        with SqliteStore(scratch, filtered_types=CODED, now=now) as store:
             gates = pool_gates(trials)
             for source in sources:
                 advance, done = _bar(progress, context, "reading", source.total_work(), "B")
-                job = {"source": source, "gates": gates, "workdir": workdir, "now": now}
+                job = {"source": source, "gates": gates, "workdir": scratch, "now": now}
                 with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                     parts = source.parts(self.workers, self.smallest)
                     for shard in in_order(pool, _read_part, parts, done, advance):
@@ -294,5 +297,5 @@ class Workers:
             with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                 shares = list(in_order(pool, _decide_part, range(self.workers), done, advance))
             read = dict(store.resources_by_type)
-        funnels, results = merge_shares(ran, shares, quality)
-        return screenings(ran, funnels, quality, results, read, retrieval)
+        funnels, listings = merge_shares(ran, shares, quality, workdir)
+        return screenings(ran, funnels, quality, listings, read, retrieval)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import date
 
 import orjson
@@ -27,6 +27,8 @@ from ..changes import Changes, flags
 from ..criteria.language import Trial
 from ..criteria.rank_terms import Ranked
 from ..criteria.tree import NodeResult
+from ..listing import Candidates, entries, picked
+from ..listing import candidate_dict as candidate_dict
 from ..pipeline import Screening
 from ..reviews import REVIEW_STATUSES, SET_ASIDE
 from ..text import printable
@@ -75,10 +77,11 @@ def acted_on(patient: str, changes: Changes | None) -> str | None:
     return state.review.status
 
 
-def work_order(candidates: Sequence[Ranked], changes: Changes | None) -> list[Ranked]:
+def work_order(candidates: Candidates, changes: Changes | None) -> Iterator[Ranked]:
     """The candidates as a coordinator works them: not yet acted on first, then those
-    already acted on, each part in rank order."""
-    return sorted(candidates, key=lambda c: acted_on(c.result.patient, changes) is not None)
+    already acted on, each part in rank order (read back one at a time)."""
+    yield from picked(candidates, lambda patient: acted_on(patient, changes) is None)
+    yield from picked(candidates, lambda patient: acted_on(patient, changes) is not None)
 
 
 UCUM_WORDS = {"degF": "°F", "degC": "°C", "in_i": "in", "lb_av": "lb", "ft_i": "ft"}
@@ -118,10 +121,6 @@ def reasons(candidate: Ranked, trial: Trial) -> list[str]:
     return out
 
 
-def candidate_dict(candidate: Ranked) -> dict:
-    return {"rank": candidate.rank, "score": candidate.score, **candidate.result.to_dict()}
-
-
 def _head(screening: Screening, changes: Changes | None) -> dict:
     """candidates.json but its candidates."""
     trial = screening.trial
@@ -144,9 +143,9 @@ def _head(screening: Screening, changes: Changes | None) -> dict:
 def _entries(screening: Screening, changes: Changes | None) -> Iterator[dict]:
     """candidates.json's candidates, one at a time, in rank order."""
     reviews = changes.reviews if changes else {}
-    for c in screening.candidates:
-        review = reviews.get(c.result.patient)
-        yield {**candidate_dict(c), "review": review.to_dict() if review else None}
+    for patient, _, candidate in entries(screening.candidates):
+        review = reviews.get(patient)
+        yield {**candidate, "review": review.to_dict() if review else None}
 
 
 def screening_dict(screening: Screening, changes: Changes | None = None) -> dict:

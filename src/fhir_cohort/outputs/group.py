@@ -15,6 +15,7 @@ import orjson
 
 from .. import __version__
 from ..changes import LISTED
+from ..listing import headers
 from ..pipeline import Screening
 
 STATUS_EXTENSION = "https://github.com/fhir-cohort/fhir-cohort/StructureDefinition/screen-status"
@@ -35,11 +36,11 @@ def build_group(screening: Screening) -> dict:
     trial = screening.trial
     members = [
         {
-            "extension": [{"url": STATUS_EXTENSION, "valueCode": c.result.status}],
-            "entity": {"reference": f"Patient/{c.result.patient}"},
+            "extension": [{"url": STATUS_EXTENSION, "valueCode": c.status}],
+            "entity": {"reference": f"Patient/{c.patient}"},
         }
-        for c in screening.candidates
-        if c.result.status in LISTED
+        for c in headers(screening.candidates)
+        if c.status in LISTED
     ]
     group: dict = {
         "resourceType": "Group",

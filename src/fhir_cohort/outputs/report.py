@@ -26,6 +26,7 @@ from ..criteria.language import Trial
 from ..criteria.rank_terms import Ranked
 from ..criteria.results import STATUSES, WASHOUT, Evidence
 from ..criteria.tree import NodeResult
+from ..listing import headers
 from ..pipeline import Screening
 from ..private_files import write_private
 from .candidates import (
@@ -330,11 +331,10 @@ def pieces(
     of candidates, and rendering 4,927 of them whole took 211 MiB.
     """
     trial = screening.trial
-    ordered = work_order(screening.candidates, changes)
-    rows = [_row(c, trial, changes) for c in ordered]
+    rows = [_row(c, trial, changes) for c in work_order(screening.candidates, changes)]
     cards = (
         {**row, "card": card(c, trial), "timeline": timeline(c, screening.as_of, trial)}
-        for c, row in zip(ordered, rows, strict=True)
+        for c, row in zip(work_order(screening.candidates, changes), rows, strict=True)
     )
     funnel = funnel_rows(screening)
     return (
@@ -357,7 +357,7 @@ def pieces(
             changes=changes,
             missing=screening.missing_data(),
             unreadable=screening.unreadable_data(),
-            doubted=sum(c.result.doubted for c in screening.candidates),
+            doubted=sum(c.doubted for c in headers(screening.candidates)),
         )
     )
 

@@ -8,8 +8,11 @@ and messages come from the data and must not move the cursor or split lines.
 
 from __future__ import annotations
 
+from itertools import islice
+
 from ..changes import Changes
 from ..criteria.results import STATUSES
+from ..listing import headers
 from ..pipeline import Screening
 from ..reviews import Review
 from ..text import printable
@@ -34,7 +37,7 @@ def problems(screening: Screening, pull: str | None = None) -> list[str]:
         out.append(f"incremental pull not possible, pulled everything: {pull[6:-1]}")
     unreadable = screening.unreadable_data()
     if unreadable:
-        doubted = sum(c.result.doubted for c in screening.candidates)
+        doubted = sum(h.doubted for h in headers(screening.candidates))
         out.append(
             "records that cannot be read for certain: "
             + ", ".join(f"{n} {code}" for code, n in unreadable.items())
@@ -91,11 +94,13 @@ def review_lines(reviews: list[Review], trial: str) -> list[str]:
 def top_lines(screening: Screening, changes: Changes | None) -> list[str]:
     """The first candidates to contact (nobody already acted on), full ids, then a count
     of the rest and of those already acted on."""
+    patients = [h.patient for h in headers(screening.candidates)]
+    waiting = sum(acted_on(patient, changes) is None for patient in patients)
     order = work_order(screening.candidates, changes)
-    to_contact = [c for c in order if acted_on(c.result.patient, changes) is None]
-    width = max([len("patient"), *(len(c.result.patient) for c in to_contact[:TOP])])
+    top = list(islice(order, min(TOP, waiting)))  # only these are read back
+    width = max([len("patient"), *(len(c.result.patient) for c in top)])
     lines = [f"  {'rank':>4}  {'patient':<{width}} {'status':<13} {'met':>5}  notes"]
-    for candidate in to_contact[:TOP]:
+    for candidate in top:
         result = candidate.result
         notes = "; ".join(flagged(candidate, screening.trial))
         if result.eligible_from:
@@ -105,9 +110,9 @@ def top_lines(screening: Screening, changes: Changes | None) -> list[str]:
         met = f"{sum(bool(n.value) for n in result.inclusions.values())}/{len(result.inclusions)}"
         patient = f"{result.patient:<{width}}"
         lines.append(f"  {candidate.rank:>4}  {patient} {result.status:<13} {met:>5}  {notes}")
-    if len(to_contact) > TOP:
-        lines.append(f"  ... {len(to_contact) - TOP} more to contact in candidates.csv")
-    acted = len(order) - len(to_contact)
+    if waiting > TOP:
+        lines.append(f"  ... {waiting - TOP} more to contact in candidates.csv")
+    acted = len(patients) - waiting
     if acted:
         lines.append(f"  {acted} already acted on (review decisions), listed after them")
     return lines
