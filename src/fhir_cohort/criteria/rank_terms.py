@@ -75,7 +75,9 @@ def sort_key(result: TrialResult, points: int) -> tuple[int, date, int, str]:
 
 
 def rank(results: list[TrialResult], trial: Trial) -> list[Ranked]:
-    """The listed candidates, ranked 1..n."""
+    """The listed candidates, ranked 1..n, in memory: the rule a run's
+    :class:`~fhir_cohort.listing.Listing` follows on disk (its tests hold it to this),
+    for a screening built from results by hand."""
     scored = [(score(r, trial), r) for r in results if r.status in _ORDER]
     ordered = sorted(scored, key=lambda item: sort_key(item[1], item[0]))
     return [Ranked(i, points, result) for i, (points, result) in enumerate(ordered, start=1)]
