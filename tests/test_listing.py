@@ -111,3 +111,23 @@ def test_only_listed_statuses_are_listed(screened, tmp_path):
     assert len(listing.ranked()) == 1 and listing[0].result == results[0]
     with pytest.raises(RuntimeError):  # ranks are given once
         listing.add(results[1])
+
+
+def test_listings_detached_in_workers_and_absorbed_rank_as_one(screened, tmp_path):
+    """A worker's listing, detached, is absorbed by the run's: the shares' candidates
+    rank together as one listing of them all would, and the shares' files are gone."""
+    trial, _, results = screened
+    (tmp_path / "scratch").mkdir()
+    shares = [Listing(trial, tmp_path / "scratch") for _ in range(3)]
+    for i, result in enumerate(results):
+        shares[i % 3].add(result)
+    paths = [share.detach() for share in shares]
+    whole = Listing(trial, tmp_path)
+    for path in paths:
+        whole.absorb(path)
+    assert [(c.rank, c.score, c.result) for c in whole.ranked()] == [
+        (c.rank, c.score, c.result) for c in rank(results, trial)
+    ]
+    assert list((tmp_path / "scratch").iterdir()) == []
+    with pytest.raises(RuntimeError):  # a ranked listing is not handed on
+        whole.detach()

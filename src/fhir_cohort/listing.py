@@ -193,6 +193,30 @@ class Listing:
         """Remove the listing's folder (also done when it is collected)."""
         self._cleanup()
 
+    def detach(self) -> Path:
+        """Its database file, closed and left for another process to :meth:`absorb`
+        (in the run's scratch folder, which goes when the run does); unranked."""
+        if self._ranked:
+            raise RuntimeError("a ranked listing is read here, not handed on")
+        with writing(self._folder):
+            self._db.commit()
+        self._cleanup.detach()
+        self._db.close()
+        return self._folder / "listing.sqlite3"
+
+    def absorb(self, path: Path) -> None:
+        """Take in the candidates of a listing another process :meth:`detach`-ed (a
+        worker's share), then remove its folder."""
+        if self._ranked:
+            raise RuntimeError("a listing takes no result once it is ranked")
+        with writing(self._folder):
+            self._db.execute("ATTACH DATABASE ? AS share", (str(path),))
+            taken = self._db.execute("INSERT INTO listed SELECT * FROM share.listed").rowcount
+            self._db.commit()
+            self._db.execute("DETACH DATABASE share")
+        self._count += taken
+        shutil.rmtree(path.parent, ignore_errors=True)
+
 
 def _ranked(snap: dict, rank: int) -> dict:
     snap["rank"] = rank  # in the place the snapshot kept for it

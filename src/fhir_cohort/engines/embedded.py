@@ -107,7 +107,10 @@ def decide_patients(
         yield decide(patient_id, kept, medications, context, gates)
 
 
-Share = tuple[list[TrialFunnel], list[Decision]]
+# A share of the patients decided: its funnel counts, its decisions worth sending back,
+# and the files of the listings its results went to (none: the results are in the
+# decisions).
+Share = tuple[list[TrialFunnel], list[Decision], list[Path]]
 
 
 def decide_share(
@@ -116,20 +119,29 @@ def decide_share(
     context: Context,
     gates: TrialGates,
     advance: Callable[[int], object] = no_progress,
+    listings: list[Listing] | None = None,
 ) -> Share:
     """Decide a share of the patients (a worker's partition, a Spark partition): their
     funnel counts added up, without the trials (the caller has them), and the decisions
-    worth sending back (a result or a note)."""
+    worth sending back (a result or a note). With ``listings`` (a worker's, one per
+    trial), the results go there as they are decided and the decisions keep only notes,
+    so a share holds nothing per candidate; the listings come back detached."""
     funnels = context.funnels()
     decisions = []
+    none = (None,) * len(funnels)
     for decision in decide_patients(patients, medications, context, gates, advance):
         for funnel, mine in zip(funnels, decision.funnels or (), strict=True):
             add_counters(funnel, mine)
+        if listings is not None:
+            for listing, result in zip(listings, decision.results, strict=True):
+                if result is not None:
+                    listing.add(result)
+            decision = Decision(decision.patient_id, none, decision.funnels, decision.notes)
         if (slim := decision.slim()) is not None:
             decisions.append(slim)
     for funnel in funnels:
         funnel.trial = None  # type: ignore[assignment]
-    return funnels, decisions
+    return funnels, decisions, [listing.detach() for listing in listings or ()]
 
 
 def merge_shares(
@@ -138,13 +150,16 @@ def merge_shares(
     """The run's funnels and each trial's listing from the shares, in any order (the
     decisions are merged in patient-id order, so notes come as one process gives them)."""
     funnels = context.funnels()
+    listings = listings_for(context, workdir)
     decisions: list[Decision] = []
-    for counted, decided in shares:
+    for counted, decided, listed in shares:
         for funnel, share in zip(funnels, counted, strict=True):
             add_counters(funnel, share)
+        if listed:  # a worker's listings (Spark's results come in its decisions)
+            for listing, path in zip(listings, listed, strict=True):
+                listing.absorb(path)
         decisions += decided
     decisions.sort(key=lambda d: d.patient_id)
-    listings = listings_for(context, workdir)
     merge_decisions(decisions, funnels, quality, listings)
     return funnels, listings
 

@@ -7,15 +7,16 @@ its own notes; the shards are absorbed in source order, so positions, "first see
 marker ids and the first examples of each note are those of one reader, and the one
 duplicate rule then runs over the whole input (the shards' copies the trial cannot use
 are first sifted in the workers: only those whose key a kept copy may have go on to
-it). Deciding is split by patient: worker
-``i`` of ``N`` decides the patients whose stable hash (:func:`store.partition`) is
-``i``; their notes are merged in patient-id order. Memory is one part's batch and one
-patient per worker. The progress bars move as the workers go (a count they share, read
-by the parent while it waits), not a part at a time: a part can be gigabytes. Input
-that is not files (a server) is read by the embedded engine, as are inputs with more
-records naming no patient than one process keeps. Workers never outlive the run (a
-killed run takes them along) and a worker that dies ends the run with one line, never
-a wait.
+it). Deciding is split by patient: worker ``i`` of ``N`` decides the patients whose
+stable hash (:func:`store.partition`) is ``i``; their notes are merged in patient-id
+order, and their results go to a listing of the worker's own
+(:class:`~fhir_cohort.listing.Listing`), which the parent absorbs. Memory is one part's
+batch and one patient per worker. The progress bars move as the workers go (a count
+they share, read by the parent while it waits), not a part at a time: a part can be
+gigabytes. Input that is not files (a server) is read by the embedded engine, as are
+inputs with more records naming no patient than one process keeps. Workers never
+outlive the run (a killed run takes them along) and a worker that dies ends the run
+with one line, never a wait.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ..criteria.language import Trial
 from ..criteria.plan import CODED
 from ..decide import needs_records
 from ..errors import UsageError
+from ..listing import Listing
 from ..pipeline import MAX_UNATTACHED, Screening, _Unattached, pool_gates
 from ..quality import DataQuality
 from ..sources import Progress, ProgressStart, ResourceSource
@@ -142,7 +144,8 @@ def _decide_part(index: int) -> Share:
     try:
         patients = reader.kept_by_patient((index, _JOB["parts"]), needs_records(gates))
         advance = _shared(_JOB.get("done"))
-        return decide_share(patients, reader.medication, context, gates, advance)
+        listings = [Listing(trial, _JOB["scratch"]) for trial in context.trials]
+        return decide_share(patients, reader.medication, context, gates, advance, listings)
     finally:
         reader.close()
 
@@ -294,6 +297,7 @@ class Workers:
             count = store.patient_count()
             advance, done = _bar(progress, context, "screening", count, "patients")
             job = {"context": ran, "gates": gates, "store": store.path, "parts": self.workers}
+            job["scratch"] = scratch  # where the workers' listings go, absorbed after
             with _pool(self.workers, context, {**job, "done": done}, parent) as pool:
                 shares = list(in_order(pool, _decide_part, range(self.workers), done, advance))
             read = dict(store.resources_by_type)
