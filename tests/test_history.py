@@ -1260,3 +1260,21 @@ def test_compare_with_reviews_new_set_aside_reconsider():
     assert changes.for_patient("listed").startswith("new evidence since review: ")
     assert changes.for_patient("aside").startswith("set aside: ")
     assert set(changes.reviews) == set(reviews)
+
+
+def test_a_runs_snapshots_read_as_asked_are_its_snapshots(tmp_path):
+    """The diff reads the previous run's snapshots from the history as it asks for them
+    (memory does not grow with that run's candidates): the same patients, in the same
+    order, with the same snapshots, as the dict the history gives."""
+    with State(tmp_path) as state:
+        run = state.record_run(
+            trial="t", scope="s", as_of="2026-06-30", started_at="2026-06-30T00:00:00Z",
+            outcome="complete", checkpoint=None, funnel={},
+            candidates=[(p, {"status": "eligible", "rank": i}, {}) for i, p in enumerate("cab")],
+        )  # fmt: skip
+        whole, asked = state.snapshots(run), state.snapshots_read_as_asked(run)
+        assert list(asked.items()) == list(whole.items()) and list(asked) == list(whole)
+        assert len(asked) == 3 and asked["b"] == {"status": "eligible", "rank": 2}
+        assert asked.get("nobody") is None and "a" in asked
+        with pytest.raises(KeyError):
+            asked["nobody"]

@@ -28,7 +28,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -168,6 +168,35 @@ class RunRecord:
     outcome: str
     checkpoint: str | None  # the server's clock for the next incremental run
     searches: str | None  # a digest of the candidate searches the checkpoint is good for
+
+
+class RunSnapshots(Mapping[str, dict]):
+    """A run's snapshots by patient, in the history's order, read as they are asked for."""
+
+    _ALL = "SELECT patient, snapshot FROM run_candidates WHERE run_id = ?"
+
+    def __init__(self, db: sqlite3.Connection, run_id: int):
+        self._db, self._run = db, run_id
+
+    def __getitem__(self, patient: str) -> dict:
+        row = self._db.execute(
+            "SELECT snapshot FROM run_candidates WHERE run_id = ? AND patient = ?",
+            (self._run, patient),
+        ).fetchone()
+        if row is None:
+            raise KeyError(patient)
+        return orjson.loads(row[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return (patient for patient, _ in self._db.execute(self._ALL, (self._run,)))
+
+    def __len__(self) -> int:
+        query = "SELECT count(*) FROM run_candidates WHERE run_id = ?"
+        return self._db.execute(query, (self._run,)).fetchone()[0]
+
+    def items(self) -> Iterator[tuple[str, dict]]:  # type: ignore[override]
+        rows = self._db.execute(self._ALL, (self._run,))
+        return ((patient, orjson.loads(body)) for patient, body in rows)
 
 
 class State:
@@ -337,10 +366,12 @@ class State:
 
     def snapshots(self, run_id: int) -> dict[str, dict]:
         """Each candidate of a run, as :func:`fhir_cohort.changes.snapshot` summarised it."""
-        rows = self._db.execute(
-            "SELECT patient, snapshot FROM run_candidates WHERE run_id = ?", (run_id,)
-        )
-        return {patient: orjson.loads(body) for patient, body in rows}
+        return dict(RunSnapshots(self._db, run_id).items())
+
+    def snapshots_read_as_asked(self, run_id: int) -> RunSnapshots:
+        """:meth:`snapshots`, read from the history as they are asked for (a screen's
+        diff, with the state open: memory does not grow with the run's candidates)."""
+        return RunSnapshots(self._db, run_id)
 
     def pool(self, run_id: int) -> list[str]:
         """The patients a run's server searches found (its candidate pool)."""

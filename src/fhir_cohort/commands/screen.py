@@ -120,7 +120,7 @@ def _changes(
 ) -> Changes:
     """This run against the previous complete one, with the review decisions on record."""
     return compare(
-        state.snapshots(previous.id) if previous else None,
+        state.snapshots_read_as_asked(previous.id) if previous else None,
         current,
         state.latest_reviews(trial.id),
         as_of,
