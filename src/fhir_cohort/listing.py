@@ -23,7 +23,6 @@ import sqlite3
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date
 from pathlib import Path
 from typing import NamedTuple, overload
 
@@ -80,28 +79,21 @@ class Listing:
             return
         points = score(result, self.trial)
         k_status, k_from, k_points, _ = sort_key(result, points)
-        with writing(self._folder):
-            self._insert(result, points, k_status, k_from, k_points)
-        self._count += 1
-
-    def _insert(
-        self, result: TrialResult, points: int, k_status: int, k_from: date, k_points: int
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO listed VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-            (
-                result.patient,
-                result.status,
-                result.doubted,
-                k_status,
-                k_from.isoformat(),
-                k_points,
-                points,
-                pickle.dumps(result, pickle.HIGHEST_PROTOCOL),
-                orjson.dumps(result_snapshot(result, None)),
-                orjson.dumps(result.to_dict()),
-            ),
+        row = (
+            result.patient,
+            result.status,
+            result.doubted,
+            k_status,
+            k_from.isoformat(),
+            k_points,
+            points,
+            pickle.dumps(result, pickle.HIGHEST_PROTOCOL),
+            orjson.dumps(result_snapshot(result, None)),
+            orjson.dumps(result.to_dict()),
         )
+        with writing(self._folder):
+            self._db.execute("INSERT INTO listed VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)", row)
+        self._count += 1
 
     def ranked(self) -> Listing:
         """Number the candidates in rank order (once, after the last :meth:`add`)."""

@@ -133,9 +133,7 @@ def decide_share(
         for funnel, mine in zip(funnels, decision.funnels or (), strict=True):
             add_counters(funnel, mine)
         if listings is not None:
-            for listing, result in zip(listings, decision.results, strict=True):
-                if result is not None:
-                    listing.add(result)
+            _list(listings, decision)
             decision = Decision(decision.patient_id, none, decision.funnels, decision.notes)
         if (slim := decision.slim()) is not None:
             decisions.append(slim)
@@ -184,9 +182,14 @@ def merge_decisions(
                 add_counters(funnel, share)
         for note in decision.notes:
             quality.add(note)
-        for listing, result in zip(listings, decision.results, strict=True):
-            if result is not None:
-                listing.add(result)
+        _list(listings, decision)
+
+
+def _list(listings: list[Listing], decision: Decision) -> None:
+    """A decision's results, each in its trial's listing (None: not a candidate there)."""
+    for listing, result in zip(listings, decision.results, strict=True):
+        if result is not None:
+            listing.add(result)
 
 
 def screenings(
